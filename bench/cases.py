@@ -1,0 +1,59 @@
+"""Benchmark cases: one per kernel, each with every competitor a user could pick instead.
+
+A case builds fresh random inputs on a device and returns callables, all doing the same work
+(forward + backward where the op is trained through), keyed by a label. The first label is the
+baseline the others' speed-ups are reported against. `floor_bytes` is the traffic a perfect
+kernel must move: time at the measured copy bandwidth is the floor, reported as % of it.
+The CPU (pytest-benchmark) and GPU (do_bench) runners both read these cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import climbq_kernels as cq
+from climbq_kernels import reference
+
+
+@dataclass
+class Case:
+    name: str
+    candidates: dict[str, Callable[[], object]]
+    floor_bytes: int
+
+
+def _climbq_act_reference(x, labels, num_classes, bits, act_range, grad):
+    """The float64-capable reference, forward then its hand-written backward, in x's dtype."""
+    sigma = reference.class_sigma(labels, num_classes)[labels]
+    mu = torch.zeros_like(sigma)
+    out = reference.climbq_act_quant(x, sigma, mu, bits, act_range)
+    return out, reference.climbq_act_quant_backward(grad, x, sigma, mu, bits, act_range)
+
+
+def climbq_act_case(device: str, dtype: torch.dtype = torch.float32, shape=(128, 65536), num_classes: int = 10,
+                    bits: int = 4, act_range: float = 2.0, backends: tuple[str, ...] = ()) -> Case:
+    """ClimbQ activation quantizer, forward + backward (SPEC 1a)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device, dtype)
+    grad = torch.randn(shape, generator=gen).to(device, dtype)
+    labels = torch.randint(0, num_classes, (shape[0],), generator=gen).to(device)
+    x_leaf = x.clone().requires_grad_()
+    compiled = torch.compile(_climbq_act_reference)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                out = cq.climbq_act_quant(x_leaf, labels, num_classes=num_classes, bits=bits, act_range=act_range)
+                return out, torch.autograd.grad(out, x_leaf, grad)[0]
+        return run
+
+    args = (x, labels, num_classes, bits, act_range, grad)
+    candidates = {"reference (eager)": lambda: _climbq_act_reference(*args),
+                  "torch.compile(reference)": lambda: compiled(*args)}
+    candidates.update({f"climbq {name}": ours(name) for name in backends})
+    # forward reads x, writes out; backward reads grad and x, writes dx.
+    return Case(f"climbq_act fwd+bwd {tuple(shape)} {str(dtype)[6:]}", candidates,
+                floor_bytes=5 * x.numel() * x.element_size())

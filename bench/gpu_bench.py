@@ -1,0 +1,76 @@
+"""GPU benchmarks: each case's candidates timed with triton.testing.do_bench (median, L2 flushed).
+
+Also measures the device's copy bandwidth and a large bf16 matmul in the same run, so every
+kernel is reported as % of the measured copy bandwidth. Writes gpu.json, gpu.md and gpu.png.
+
+Run on a GPU machine: python3 bench/gpu_bench.py --out bench/results/<device>-<date>
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cases import climbq_act_case  # noqa: E402
+from report import copy_bandwidth_bytes_per_s, environment, markdown, rows, save  # noqa: E402
+
+import climbq_kernels as cq  # noqa: E402
+
+
+def do_bench_seconds(fn) -> float:
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+
+
+def bf16_matmul_tflops(n: int = 8192) -> float:
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    return 2 * n**3 / do_bench_seconds(lambda: a @ b) / 1e12
+
+
+def plot(all_rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    labels = [f"{r['case']}\n{r['candidate']}" for r in all_rows]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(labels) + 1))
+    ax.barh(labels, [r["pct_of_copy_bandwidth"] for r in all_rows])
+    ax.set_xlabel("% of measured copy bandwidth (higher is better)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark", file=sys.stderr)
+        return 1
+    gpu_backends = tuple(name for name in ("triton", "cuda") if cq.backends()[name].available)
+    case_builders = [lambda: climbq_act_case("cuda", torch.bfloat16, shape=(256, 65536), backends=gpu_backends),
+                     lambda: climbq_act_case("cuda", torch.float32, shape=(128, 131072), backends=gpu_backends)]
+    bandwidth = copy_bandwidth_bytes_per_s("cuda", do_bench_seconds, size_bytes=1 << 30)
+    env = {**environment("cuda", bandwidth), "bf16_matmul_TFLOPs": bf16_matmul_tflops()}
+    all_rows = []
+    for build in tqdm(case_builders, desc="cases"):
+        case = build()
+        timings = {label: do_bench_seconds(fn) for label, fn in tqdm(case.candidates.items(), desc=case.name, leave=False)}
+        all_rows += rows(case, timings, bandwidth)
+    path = save(args.out, "gpu", env, all_rows)
+    plot(all_rows, args.out / "gpu.png")
+    print(markdown(all_rows, f"GPU benchmarks: {env}"))
+    print(f"saved to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

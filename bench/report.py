@@ -1,0 +1,53 @@
+"""Turn measured timings into the side-by-side table every runner prints and saves.
+
+Each row: candidate, median time, speed-up against the case's first candidate (the
+reference), and % of the copy-bandwidth floor (floor time / measured time).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+
+def copy_bandwidth_bytes_per_s(device: str, timer, size_bytes: int = 256 * 2**20) -> float:
+    """Measured device-to-device copy bandwidth: bytes read + written per second by `clone`."""
+    src = torch.randn(size_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    seconds = timer(lambda: dst.copy_(src))
+    return 2 * size_bytes / seconds
+
+
+def rows(case, timings: dict[str, float], bandwidth: float) -> list[dict]:
+    baseline = timings[next(iter(case.candidates))]
+    floor = case.floor_bytes / bandwidth
+    return [{"case": case.name, "candidate": label, "median_ms": seconds * 1e3,
+             "speedup_vs_reference": baseline / seconds, "pct_of_copy_bandwidth": 100 * floor / seconds}
+            for label, seconds in timings.items()]
+
+
+def markdown(all_rows: list[dict], header: str) -> str:
+    lines = [header, "", "| case | candidate | median ms | x reference | % of copy bandwidth |", "|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['candidate']} | {r['median_ms']:.3f} | {r['speedup_vs_reference']:.2f}x | "
+              f"{r['pct_of_copy_bandwidth']:.1f}% |" for r in all_rows]
+    return "\n".join(lines) + "\n"
+
+
+def environment(device: str, bandwidth: float) -> dict:
+    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
+    return {"device": name, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "copy_bandwidth_GBps": bandwidth / 1e9}
+
+
+def save(out_dir: Path, stem: str, env: dict, all_rows: list[dict]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps({"environment": env, "results": all_rows}, indent=2))
+    header = (f"# {stem}: {env['device']}, {env['date']}, torch {env['torch']}, "
+              f"copy bandwidth {env['copy_bandwidth_GBps']:.1f} GB/s")
+    path = out_dir / f"{stem}.md"
+    path.write_text(markdown(all_rows, header))
+    return path

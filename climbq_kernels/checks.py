@@ -1,0 +1,121 @@
+"""Argument checks shared by every public function and backend.
+
+Each check raises `TypeError` (wrong kind of thing) or `ValueError` (right kind, wrong value)
+with a message that names the argument and says what was expected. None of them mutates
+its input.
+
+Value checks (label range, positive sigma or scale) read the tensor on the host, which for a
+CUDA tensor is a device-to-host sync. They run eagerly on every device, but not while
+`torch.compile` traces (the value is unknown there; the compiled graph skips the check) nor
+while a CUDA graph is captured (a sync is impossible); in those cases bad values are the
+caller's responsibility, as with `torch.gather`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .constants import FLOAT_DTYPES, IDENTITY_BITS, INT4_GROUP_SIZES, MAX_BITS, MIN_BITS
+
+
+def check_tensor(name: str, value, *, floating: bool = False) -> torch.Tensor:
+    """Require a tensor (of a floating dtype when `floating`)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and value.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float32, float16, bfloat16 or float64), "
+            f"got dtype {value.dtype}"
+        )
+    return value
+
+
+def check_bits(bits, name: str = "bits") -> int:
+    """Require an integer bit-width in [1, 16], or 32 for identity."""
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"{name} must be an int, got {type(bits).__name__}")
+    if not (MIN_BITS <= bits <= MAX_BITS or bits == IDENTITY_BITS):
+        raise ValueError(
+            f"{name} must be in [{MIN_BITS}, {MAX_BITS}] or {IDENTITY_BITS} (identity), got {bits}"
+        )
+    return bits
+
+
+def check_positive_float(name: str, value) -> float:
+    """Require a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Require every given tensor to live on one device."""
+    present = {name: t for name, t in tensors.items() if t is not None}
+    devices = {t.device for t in present.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{name} on {t.device}" for name, t in present.items())
+        raise ValueError(f"tensors must be on one device, got {listing}")
+
+
+def can_sync(t: torch.Tensor) -> bool:
+    """Whether a value check may read `t` on the host: not while torch.compile traces, nor
+    on a CUDA tensor while a CUDA graph is captured."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_labels(labels, batch: int, num_classes: int | None) -> torch.Tensor:
+    """Require int labels of shape (batch,) with values in [0, num_classes)."""
+    check_tensor("labels", labels)
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"labels must be an integer tensor (int64 preferred), got dtype {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != batch:
+        raise ValueError(f"labels must have shape ({batch},) to match x's batch, got {tuple(labels.shape)}")
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        if labels.numel() and can_sync(labels):
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
+    return labels
+
+
+def check_class_table(name: str, table, num_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """Require a floating (num_classes,) table on `like`'s device."""
+    check_tensor(name, table, floating=True)
+    if table.shape != (num_classes,):
+        raise ValueError(f"{name} must have shape ({num_classes},) (one entry per class), got {tuple(table.shape)}")
+    check_same_device(x=like, **{name: table})
+    return table
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Require no NaN or Inf (used where a NaN would silently poison a whole group or table)."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite: found NaN or Inf")
+
+
+def check_positive(name: str, t: torch.Tensor) -> None:
+    """Require every element finite and > 0 (a scale, a sigma, a clip). Skipped where a host
+    sync is impossible (see `can_sync`)."""
+    if can_sync(t) and not bool((torch.isfinite(t) & (t > 0)).all()):
+        raise ValueError(f"{name} must be finite and > 0 everywhere")
+
+
+def check_group_size(group_size, in_features: int) -> int:
+    """Require an INT4 group size from INT4_GROUP_SIZES dividing in_features (None: one per row)."""
+    if group_size is None or group_size == in_features:
+        return in_features
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise TypeError(f"group_size must be an int or None, got {type(group_size).__name__}")
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES} or None (one group per row), got {group_size}")
+    if in_features % group_size:
+        raise ValueError(f"group_size {group_size} must divide in_features {in_features}")
+    return group_size

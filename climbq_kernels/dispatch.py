@@ -1,0 +1,152 @@
+"""Which compute backends exist here, and which one a call uses.
+
+Four backends implement the ops declared in `ops.py`:
+
+- `reference`: the pure-PyTorch oracle (`climbq_kernels.reference`), any device, any dtype.
+- `cpu`: the C++ extension `climbq_kernels._C` on CPU tensors.
+- `triton`: Triton kernels on CUDA tensors, or on CPU tensors when `TRITON_INTERPRET=1`
+  was set before triton was imported (that is how CI checks them without a GPU).
+- `cuda`: the CUDA kernels of `climbq_kernels._C` on CUDA tensors.
+
+Choice, first match wins: `use_backend(name)` (a context manager), the `CLIMBQ_BACKEND`
+environment variable, then by device: CPU tensors go to `cpu`, CUDA tensors to the fastest
+GPU backend (`triton`, then `cuda`). An automatic choice falls through to the next backend
+that implements the op, ending at `reference`; an explicit choice never falls through: it
+raises if the backend is unavailable or lacks the op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import _native
+
+BACKEND_NAMES = ("reference", "cpu", "triton", "cuda")
+_AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
+
+_explicit: contextvars.ContextVar[str | None] = contextvars.ContextVar("climbq_backend", default=None)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend can run here; `reason` says why not (or what it runs on)."""
+
+    available: bool
+    reason: str
+
+
+def triton_interpret() -> bool:
+    """True when Triton runs kernels on CPU tensors through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_status() -> BackendStatus:
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        return BackendStatus(False, f"triton is not importable: {err}")
+    if triton_interpret():
+        return BackendStatus(True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): CPU tensors")
+    if torch.cuda.is_available():
+        return BackendStatus(True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}")
+    return BackendStatus(False, "no CUDA device (set TRITON_INTERPRET=1 to run Triton kernels on the CPU)")
+
+
+def _cpu_status() -> BackendStatus:
+    ok, reason = _native.available()
+    return BackendStatus(ok, "C++ extension climbq_kernels._C" if ok else reason)
+
+
+def _cuda_status() -> BackendStatus:
+    ok, reason = _native.available()
+    if not ok:
+        return BackendStatus(False, reason)
+    if not _native.built_with_cuda():
+        return BackendStatus(False, "climbq_kernels._C was built without CUDA (CLIMBQ_BUILD_CUDA=0 or no toolkit)")
+    if not torch.cuda.is_available():
+        return BackendStatus(False, f"built for {_native.cuda_archs()} but no CUDA device is visible")
+    return BackendStatus(True, f"CUDA kernels ({_native.cuda_archs()}) on {torch.cuda.get_device_name()}")
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Every backend with whether it is available here and, if not, why."""
+    return dict(_statuses())
+
+
+@functools.cache
+def _statuses() -> dict[str, BackendStatus]:
+    return {
+        "reference": BackendStatus(True, "pure PyTorch, every device and dtype"),
+        "cpu": _cpu_status(),
+        "triton": _triton_status(),
+        "cuda": _cuda_status(),
+    }
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the ops inside the `with` block on backend `name` (no fallback)."""
+    token = _explicit.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _explicit.reset(token)
+
+
+def explicit_backend() -> str | None:
+    """The backend forced by `use_backend` or `CLIMBQ_BACKEND`, if any."""
+    name = _explicit.get()
+    if name is None:
+        env = os.environ.get("CLIMBQ_BACKEND", "").strip()
+        name = _check_name(env) if env else None
+    return name
+
+
+def _runs_on(name: str, device: torch.device) -> bool:
+    if name == "reference":
+        return True
+    if name == "cpu":
+        return device.type == "cpu"
+    if name == "cuda":
+        return device.type == "cuda"
+    return device.type == "cuda" or (device.type == "cpu" and triton_interpret())
+
+
+@functools.cache
+def _warn_fallback(op: str, wanted: str, reason: str) -> None:
+    warnings.warn(f"climbq: {op} runs on the reference backend: the '{wanted}' backend is unavailable ({reason})",
+                  RuntimeWarning, stacklevel=4)
+
+
+def resolve(op: str, device: torch.device, implemented: set[str]) -> str:
+    """The backend that runs `op` on `device`, given the backends that implement it."""
+    name = explicit_backend()
+    status = _statuses()
+    if name is not None:
+        if not status[name].available:
+            raise RuntimeError(f"climbq backend '{name}' is unavailable: {status[name].reason}")
+        if not _runs_on(name, device):
+            raise ValueError(f"climbq backend '{name}' cannot run on {device.type} tensors")
+        if name not in implemented:
+            raise NotImplementedError(
+                f"op {op} has no '{name}' kernel yet; backends with it: {sorted(implemented)}")
+        return name
+    order = _AUTO_ORDER.get(device.type, ("reference",))
+    chosen = next((c for c in order if c in implemented and status[c].available and _runs_on(c, device)),
+                  "reference")
+    if chosen == "reference" and order[0] in implemented:
+        _warn_fallback(op, order[0], status[order[0]].reason)
+    return chosen

@@ -1,0 +1,28 @@
+"""The pure-PyTorch reference (oracle) for every op in SPEC.md, one module per op family.
+
+Readable like the spec, correct in float64 on the CPU, and runnable in float32 / float16 /
+bfloat16 computing in the input's dtype (the kernel error rule compares a kernel against this
+reference run at the kernel's precision). Nothing here knows that kernels or backends exist.
+"""
+
+from .climbq import (class_counts, class_sigma, climbq_act_codes, climbq_act_project, climbq_act_quant,
+                     climbq_act_quant_backward, climbq_act_quant_inference, climbq_act_thresholds,
+                     climbq_weight_codes, climbq_weight_project, climbq_weight_quant,
+                     climbq_weight_quant_backward)
+from .dynamic_bits import fake_quant_per_sample_bits, fake_quant_per_sample_bits_backward
+from .fake_quant import (fake_quant_affine, fake_quant_affine_backward, lsq_grad_scale,
+                         lsq_init_scale)
+from .homovar import f_critical, homovar_loss, homovar_weights
+from .int4 import (dequantize_int4, int4_from_climbq_weight, int4_matmul, pack_int4, quantize_int4,
+                   unpack_int4)
+from .segment_stats import class_stats, segment_sum
+
+__all__ = [
+    "class_counts", "class_sigma", "class_stats", "climbq_act_codes", "climbq_act_project",
+    "climbq_act_quant", "climbq_act_quant_backward", "climbq_act_quant_inference",
+    "climbq_act_thresholds", "climbq_weight_codes", "climbq_weight_project", "climbq_weight_quant",
+    "climbq_weight_quant_backward", "dequantize_int4", "f_critical", "fake_quant_affine",
+    "fake_quant_affine_backward", "fake_quant_per_sample_bits", "fake_quant_per_sample_bits_backward",
+    "homovar_loss", "homovar_weights", "int4_from_climbq_weight", "int4_matmul", "lsq_grad_scale",
+    "lsq_init_scale", "pack_int4", "quantize_int4", "segment_sum", "unpack_int4",
+]

@@ -1,0 +1,170 @@
+"""HomoVar loss: class reweighting that keeps class variances homogeneous (SPEC 1c): the reference.
+
+Steps 1-3 are segmented reductions by label (`segment_stats.segment_sum`): memory
+O(B * D + K * D), never a (B, K, D) tensor. Step 4's F quantile comes from
+`scipy.stats.f.ppf`, once per (alpha, K', N) (`f_critical`, lru-cached). The weights are
+loss coefficients: computed without gradient in the features' dtype (float32 for float16 /
+bfloat16 features, whose range cannot hold the Levene sums reliably).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from scipy import stats
+from torch import Tensor
+
+from ..checks import check_labels, check_tensor
+from ..constants import HOMOVAR_ALPHA, HOMOVAR_BETA0
+from ._args import check_fraction
+from .climbq import class_counts as batch_class_counts
+from .segment_stats import segment_sum
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+@functools.lru_cache(maxsize=1024)
+def f_critical(alpha: float, present: int, batch: int) -> float:
+    """Fcrit = F^-1_{1 - alpha}(K' - 1, N - K') (SPEC 1c step 4), K' = present, N = batch."""
+    return float(stats.f.ppf(1.0 - alpha, present - 1, batch - present))
+
+
+def _check_class_counts(class_counts, device: torch.device) -> Tensor:
+    """Dataset class sizes n_c: a (K,) integer tensor or sequence of ints, all >= 1 -> int64."""
+    if not isinstance(class_counts, Tensor):
+        if not isinstance(class_counts, (list, tuple)) or not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in class_counts):
+            raise TypeError("class_counts must be a (K,) integer tensor or a sequence of ints")
+        class_counts = torch.tensor(class_counts, dtype=torch.int64)
+    if class_counts.dtype not in _INT_DTYPES:
+        raise TypeError(f"class_counts must hold integers (dataset class sizes), got dtype {class_counts.dtype}")
+    if class_counts.dim() != 1 or class_counts.numel() < 1:
+        raise ValueError(f"class_counts must have shape (K,) with K >= 1, got {tuple(class_counts.shape)}")
+    if not bool((class_counts > 0).all()):
+        raise ValueError("class_counts must be positive integers (every class has >= 1 training sample)")
+    return class_counts.to(device=device, dtype=torch.int64)
+
+
+def _check_features(features) -> Tensor:
+    check_tensor("features", features, floating=True)
+    if features.dim() != 2:
+        raise ValueError(f"features must have shape (B, D), got {tuple(features.shape)}")
+    return features
+
+
+def _size_bounds(zbar: Tensor, class_sum: Tensor, bound: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Roots n_lb <= n_ub of zbar^2 n^2 - (2 zbar S_c + C_c) n + S_c^2 (SPEC 1c step 5), and
+    where they are real (zbar > 0 and discriminant >= 0).
+
+    The discriminant is evaluated factored, C_c * (4 zbar S_c + C_c), and the roots in the
+    cancellation-free form q / a, c / q with q = (b + sign(b) sqrt(disc)) / 2.
+    """
+    a = zbar * zbar
+    b = 2 * zbar * class_sum + bound
+    disc = bound * (4 * zbar * class_sum + bound)
+    real = (a > 0) & (disc >= 0)
+    q = 0.5 * (b + torch.copysign(disc.clamp_min(0).sqrt(), b))
+    root_a = q / torch.where(a > 0, a, torch.ones_like(a))
+    root_c = torch.where(q != 0, class_sum * class_sum / torch.where(q != 0, q, torch.ones_like(q)),
+                         torch.zeros_like(q))
+    return torch.minimum(root_a, root_c), torch.maximum(root_a, root_c), real
+
+
+def _log_betas(f: Tensor, labels: Tensor, n: Tensor, alpha: float, beta0: float) -> Tensor:
+    """log(beta_c), (K,), from SPEC 1c steps 1-6; log(beta0) wherever a step degenerates."""
+    num_classes, batch = n.numel(), f.shape[0]
+    index = labels.to(torch.int64)
+    m = batch_class_counts(labels, num_classes).to(f.dtype)  # batch counts m_c
+    m_safe = m.clamp_min(1)
+    present = m > 0
+    log_beta0 = torch.full((num_classes,), math.log(beta0), dtype=f.dtype, device=f.device)
+    k_present = int(present.sum())
+    if k_present < 2 or batch - k_present < 1:
+        return log_beta0
+    # 1. class means; 2. z_i = sum_d |F_id - Xbar_{y_i d}| over F_id != 0; 3. class means of z.
+    xbar = segment_sum(f, labels, num_classes) / m_safe.unsqueeze(1)
+    z = ((f - xbar[index]).abs() * (f != 0)).sum(dim=1)
+    class_sum = segment_sum(z, labels, num_classes)  # S_c
+    zbar_c = class_sum / m_safe  # 0 for absent classes
+    zbar = zbar_c.sum() / k_present
+    # 4. Levene terms.
+    msw = ((z - zbar_c[index]) ** 2).sum() / (batch - k_present)
+    between = m * (zbar_c - zbar) ** 2  # b_c, 0 for absent classes
+    bound = f_critical(alpha, k_present, batch) * msw * (k_present - 1) - (between.sum() - between)
+    # 5. bounds on the class size; 6. beta_c from the distance of n_c to them.
+    n_lb, n_ub, real = _size_bounds(zbar, class_sum, bound)
+    valid = present & real
+    below, above = valid & (n < n_lb), valid & (n > n_ub)
+    distance = torch.where(below, n_lb - n, torch.where(above, n - n_ub, torch.ones_like(n)))
+    return torch.where(below | above, log_beta0 / distance, log_beta0)
+
+
+def _class_balanced_weights(log_beta: Tensor, n: Tensor) -> Tensor:
+    """w_c = (1 - beta_c) / (1 - beta_c^{n_c}), normalised to sum K (SPEC 1c step 7).
+
+    Evaluated as expm1(log beta) / expm1(n log beta): no 0/0 when beta_c rounds to 1 (its
+    limit 1/n_c is used where log beta underflows to 0).
+    """
+    ratio = torch.expm1(log_beta) / torch.expm1(n * log_beta)
+    w = torch.where(log_beta == 0, 1.0 / n, ratio)
+    return w * (n.numel() / w.sum())
+
+
+@torch.no_grad()
+def homovar_weights(features: Tensor, labels: Tensor, class_counts, alpha: float = HOMOVAR_ALPHA,
+                    beta0: float = HOMOVAR_BETA0) -> Tensor:
+    """HomoVar class weights w (K,) (SPEC 1c steps 1-7), detached, summing to K.
+
+    features F: (B, D) floating (pooled penultimate features); labels: (B,) integer in [0, K);
+    class_counts n: the DATASET class sizes, (K,) positive integers (tensor or sequence;
+    ValueError naming `class_counts` otherwise), K = class_counts.numel(). alpha, beta0 in (0, 1).
+
+    1. Xbar_c = mean of F over the batch samples of class c.
+    2. z_i = sum_d |F_id - Xbar_{y_i d}| over the d with F_id != 0.
+    3. zbar_c = mean of z over class c; zbar = mean of zbar_c over the K' present classes.
+    4. Fcrit = F^-1_{1-alpha}(K'-1, N-K'), N = B; MSW = sum_i (z_i - zbar_{y_i})^2 / (N - K');
+       b_c = m_c (zbar_c - zbar)^2 (m_c batch count); C_c = Fcrit MSW (K'-1) - sum_{j!=c} b_j.
+    5. n_lb <= n_ub: roots of zbar^2 n^2 - (2 zbar S_c + C_c) n + S_c^2, S_c = sum_{i in c} z_i.
+    6. beta_c = beta0^(1/(n_lb - n_c)) if n_c < n_lb, beta0^(1/(n_c - n_ub)) if n_c > n_ub,
+       else beta0.
+    7. w_c = (1 - beta_c) / (1 - beta_c^{n_c}), scaled so that sum_c w_c = K.
+
+    Degenerate cases use beta_c = beta0, never NaN: K' < 2 or N - K' < 1 (all classes),
+    class c absent from the batch, zero spread (zbar = 0), no real root. Float64 in, float64
+    out; float32 for float32/float16/bfloat16 features.
+    """
+    features = _check_features(features)
+    n = _check_class_counts(class_counts, features.device)
+    check_labels(labels, features.shape[0], n.numel())
+    alpha = check_fraction("alpha", alpha)
+    beta0 = check_fraction("beta0", beta0)
+    dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
+    f = features.detach().to(dtype)
+    n_f = n.to(dtype)
+    return _class_balanced_weights(_log_betas(f, labels, n_f, alpha, beta0), n_f)
+
+
+def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts, alpha: float = HOMOVAR_ALPHA,
+                 beta0: float = HOMOVAR_BETA0) -> Tensor:
+    """HomoVar loss (SPEC 1c step 8): mean over (i, c) of w_{y_i} * BCE(softmax(logits)_ic, onehot_ic).
+
+    BCE(p, t) = -(t * max(log p, -100) + (1 - t) * max(log(1 - p), -100)) (log clamped at -100
+    like `torch.nn.functional.binary_cross_entropy`; log(1 - p) as log1p(-p)). w from
+    `homovar_weights` (no gradient): gradients flow to `logits` only, by autograd through
+    this formula. logits: (B, K) floating; computed and returned (0-d) in logits' dtype.
+    Other arguments as in `homovar_weights`.
+    """
+    check_tensor("logits", logits, floating=True)
+    features = _check_features(features)
+    num_classes = _check_class_counts(class_counts, logits.device).numel()
+    if logits.shape != (features.shape[0], num_classes):
+        raise ValueError(f"logits must have shape (B, K) = ({features.shape[0]}, {num_classes}), "
+                         f"got {tuple(logits.shape)}")
+    w = homovar_weights(features, labels, class_counts, alpha, beta0).to(logits.dtype)
+    index = labels.to(torch.int64)
+    p = torch.softmax(logits, dim=1)
+    target = torch.nn.functional.one_hot(index, num_classes).to(logits.dtype)
+    bce = -(target * torch.log(p).clamp_min(-100) + (1 - target) * torch.log1p(-p).clamp_min(-100))
+    return (w[index].unsqueeze(1) * bce).mean()

@@ -1,0 +1,75 @@
+"""Every Triton kernel of the package, with what CI needs to check it without a GPU.
+
+Each kernel module registers a `KernelEntry` at import: the JIT function, one AOT signature
+per dtype it supports, and an `example` that launches it through its Python launcher on small
+random inputs and returns the result beside the reference's (float64 and the kernel's dtype).
+`tests/test_triton_registry.py` runs every example under `TRITON_INTERPRET=1` against the
+error rule and compiles every signature to cubin for sm_80 and sm_90, so a new kernel is
+checked as soon as it registers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+KERNEL_MODULES = ("climbq_act",)
+"""Modules under climbq_kernels.triton that register kernels; a new kernel file joins here."""
+
+AOT_TARGETS = (80, 90)
+TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class Example(NamedTuple):
+    """One checked launch: kernel output, float64 reference, reference in the kernel's dtype."""
+
+    got: torch.Tensor
+    ref64: torch.Tensor
+    ref_lowp: torch.Tensor
+    step: float | None = None
+    """Level spacing when the output is quantized (see `testing.assert_error_rule`)."""
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    name: str
+    kernel: object
+    signature: Callable[[str], dict[str, str]]
+    """Triton dtype name ('fp32', 'fp16', 'bf16') -> full AOT signature, constexprs included."""
+    constexprs: dict[str, object]
+    example: Callable[[torch.dtype, torch.Generator, str], Example]
+    """(dtype, generator, device) -> one checked launch on fresh random inputs."""
+    dtypes: tuple[torch.dtype, ...] = field(default=tuple(TORCH_TO_TRITON))
+
+
+_REGISTRY: dict[str, KernelEntry] = {}
+
+
+def register(entry: KernelEntry) -> KernelEntry:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"Triton kernel {entry.name!r} registered twice")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def all_kernels() -> dict[str, KernelEntry]:
+    """Import every kernel module and return the registry."""
+    for module in KERNEL_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    return dict(_REGISTRY)
+
+
+def aot_compile(entry: KernelEntry, dtype: torch.dtype, capability: int) -> bytes:
+    """Compile `entry` for `dtype` to a cubin for compute capability `capability` (80, 90)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    by_name = entry.signature(TORCH_TO_TRITON[dtype])
+    signature = {name: by_name[name] for name in entry.kernel.arg_names}
+    source = ASTSource(fn=entry.kernel, signature=signature, constexprs=entry.constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm["cubin"]

@@ -1,0 +1,69 @@
+// ClimbQ activation quantizer (SPEC 1a): the math both backends implement and the argument
+// checks they share (csrc/cpu/climbq_act.cpp, csrc/cuda/climbq_act.cu).
+//
+// Per element e of sample i, with N = 2^bits - 1 and A = act_range:
+//   z = (x - mu_i) / sigma_i,  u = Phi(z) = 0.5 * (1 + erf(z / sqrt(2)))
+//   q = rint(u * N)            (round half to even; the integer code, in [0, N])
+//   out = A * (2 q / N - 1)
+//   dx  = grad_out * 2 A * phi(z) / sigma_i     (straight-through on rint only)
+// Both backends evaluate it in float32, whatever x's dtype, as
+//   t = (x - mu_i) / (sigma_i sqrt(2))     (= z / sqrt(2), so erf(t) needs no rescaling)
+//   u N = erf(t) N/2 + N/2,   out = A ((2q - N) / N),   dx = grad_out dx_scale_i exp(-t^2)
+// with dx_scale_i = 2A / (sigma_i sqrt(2 pi)), and return x's dtype. 2q - N is exact, so the
+// end codes give exactly -A and A, and codes q and N - q give exactly opposite outputs.
+// sigma must be > 0 (not checked here: reading it costs a device sync on CUDA; the Python
+// layer validates). NaN in x propagates to out and dx; x = +-inf gives out = +-A, dx = 0.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace climbq {
+
+// Mirror MIN_BITS / MAX_BITS in climbq_kernels/constants.py (bits == 32, the identity, is
+// handled in Python and never reaches a kernel).
+constexpr int64_t kMinBits = 1;
+constexpr int64_t kMaxBits = 16;
+
+// The checks both backends run. `device_type` is the backend the caller implements, so a
+// tensor on another device is reported instead of being read through a wrong pointer.
+inline void check_act_quant_args(const char* op, const at::Tensor& x, const at::Tensor& sigma,
+                                 const at::Tensor& mu, int64_t bits, double act_range,
+                                 c10::DeviceType device_type) {
+  TORCH_CHECK(bits >= kMinBits && bits <= kMaxBits, op, ": bits must be in [", kMinBits, ", ",
+              kMaxBits, "], got ", bits);
+  TORCH_CHECK(std::isfinite(act_range) && act_range > 0, op,
+              ": act_range must be finite and > 0, got ", act_range);
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": x must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have shape (B, ...) with at least one dimension, got a ",
+              "0-dim tensor");
+  const int64_t batch = x.size(0);
+  const auto check_per_sample = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name,
+                " must be a float32 tensor of per-sample values, got ", t.scalar_type());
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, op, ": ", name, " must have shape (B,) = (",
+                batch, ",) to match x of shape ", x.sizes(), ", got ", t.sizes());
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on x's device ", x.device(),
+                ", got ", t.device());
+  };
+  check_per_sample("sigma", sigma);
+  check_per_sample("mu", mu);
+  TORCH_CHECK(x.device().type() == device_type, op, ": expected tensors on a ",
+              c10::DeviceTypeName(device_type), " device, got ", x.device());
+}
+
+inline void check_act_quant_grad(const char* op, const at::Tensor& grad_out, const at::Tensor& x) {
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have x's shape ", x.sizes(),
+              ", got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have x's dtype ",
+              x.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == x.device(), op, ": grad_out must be on x's device ", x.device(),
+              ", got ", grad_out.device());
+}
+
+}  // namespace climbq

@@ -1,0 +1,110 @@
+// ClimbQ activation quantizer on the CPU (SPEC 1a): checks, output allocation and the choice
+// of instruction set; the vectorised loops are in isa/climbq_act_kernel.cpp.
+#include "../climbq_act.h"
+#include "climbq_act_kernel.h"
+
+#include <ATen/Version.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+namespace climbq::cpu {
+namespace {
+
+struct ActKernels {
+  decltype(&DEFAULT::act_quant_forward) forward;
+  decltype(&DEFAULT::act_quant_backward) backward;
+  const char* isa;
+};
+
+// The widest variant built into this extension that ATen allows on this CPU. ATen decides
+// once per process from the CPU and the ATEN_CPU_CAPABILITY override (avx512, avx2, default),
+// so the same setting steers torch's own kernels and ours.
+const ActKernels& act_kernels() {
+  static const ActKernels chosen = [] {
+    const std::string aten_isa = at::get_cpu_capability();
+#ifdef CLIMBQ_CPU_HAVE_AVX512
+    if (aten_isa == "AVX512") {
+      return ActKernels{AVX512::act_quant_forward, AVX512::act_quant_backward, "AVX512"};
+    }
+#endif
+#ifdef CLIMBQ_CPU_HAVE_AVX2
+    if (aten_isa == "AVX512" || aten_isa == "AVX2") {
+      return ActKernels{AVX2::act_quant_forward, AVX2::act_quant_backward, "AVX2"};
+    }
+#endif
+    return ActKernels{DEFAULT::act_quant_forward, DEFAULT::act_quant_backward, "DEFAULT"};
+  }();
+  return chosen;
+}
+
+// Owns the per-sample constants for one call and describes the problem to the kernels.
+class ActQuantCall {
+ public:
+  ActQuantCall(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& mu, int64_t bits,
+               double act_range) {
+    const at::Tensor sigma_c = sigma.contiguous(), mu_c = mu.contiguous();
+    const float* sigma_p = sigma_c.const_data_ptr<float>();
+    const float* mu_p = mu_c.const_data_ptr<float>();
+    constexpr double kSqrt2 = 1.4142135623730950488;
+    constexpr double kSqrt2Pi = 2.5066282746310005024;
+    samples_.resize(x.size(0));
+    for (size_t i = 0; i < samples_.size(); ++i) {
+      const double s = sigma_p[i];
+      samples_[i] = {mu_p[i], static_cast<float>(1.0 / (s * kSqrt2)),
+                     static_cast<float>(2.0 * act_range / (s * kSqrt2Pi))};
+    }
+    const double levels = static_cast<double>((int64_t{1} << bits) - 1);
+    problem_ = {x.scalar_type(),
+                x.size(0),
+                x.size(0) == 0 ? 0 : x.numel() / x.size(0),
+                samples_.data(),
+                static_cast<float>(levels),
+                static_cast<float>(levels / 2.0),
+                static_cast<float>(act_range)};
+  }
+  const ActQuantProblem& problem() const { return problem_; }
+
+ private:
+  std::vector<ActQuantSample> samples_;
+  ActQuantProblem problem_{};
+};
+
+at::Tensor act_quant_forward_cpu(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& mu,
+                                 int64_t bits, double act_range) {
+  check_act_quant_args("climbq_act_quant_forward", x, sigma, mu, bits, act_range, c10::kCPU);
+  const at::Tensor x_c = x.contiguous();
+  at::Tensor out = at::empty(x_c.sizes(), x_c.options());
+  if (x_c.numel() == 0) return out;
+  const ActQuantCall call(x_c, sigma, mu, bits, act_range);
+  act_kernels().forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
+  return out;
+}
+
+at::Tensor act_quant_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                  const at::Tensor& sigma, const at::Tensor& mu, int64_t bits,
+                                  double act_range) {
+  check_act_quant_args("climbq_act_quant_backward", x, sigma, mu, bits, act_range, c10::kCPU);
+  check_act_quant_grad("climbq_act_quant_backward", grad_out, x);
+  const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
+  at::Tensor dx = at::empty(x_c.sizes(), x_c.options());
+  if (x_c.numel() == 0) return dx;
+  const ActQuantCall call(x_c, sigma, mu, bits, act_range);
+  act_kernels().backward(call.problem(), grad_c.const_data_ptr(), x_c.const_data_ptr(),
+                         dx.mutable_data_ptr());
+  return dx;
+}
+
+}  // namespace
+
+const char* act_kernel_isa() { return act_kernels().isa; }
+
+}  // namespace climbq::cpu
+
+TORCH_LIBRARY_IMPL(climbq_native, CPU, m) {
+  m.impl("climbq_act_quant_forward", &climbq::cpu::act_quant_forward_cpu);
+  m.impl("climbq_act_quant_backward", &climbq::cpu::act_quant_backward_cpu);
+}

@@ -1,0 +1,28 @@
+"""Test-session setup: without a GPU, Triton kernels run under its interpreter on CPU tensors.
+
+TRITON_INTERPRET must be set before triton is first imported, hence here, at collection.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from climbq_kernels import backends  # noqa: E402
+
+GPU = torch.cuda.is_available()
+_BACKEND_DEVICE = {"cpu": "cpu", "triton": "cuda" if GPU else "cpu", "cuda": "cuda"}
+KERNEL_BACKENDS = [(name, _BACKEND_DEVICE[name]) for name in ("cpu", "triton", "cuda")
+                   if backends()[name].available]
+"""(backend, device) pairs that run here: the C++ path on CPU tensors, Triton on the GPU or
+interpreted on CPU tensors, CUDA on the GPU. Absent hardware removes a pair; the reference
+is the oracle they are compared with."""
+
+
+@pytest.fixture
+def gen():
+    """A fresh, seeded generator per test: random inputs, reproducible failures."""
+    return torch.Generator().manual_seed(20261122)
