@@ -4,7 +4,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from report import copy_bandwidth_bytes_per_s, environment, markdown, rows, save
 

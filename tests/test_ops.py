@@ -115,10 +115,9 @@ def test_backends_report_every_backend_with_a_reason():
     assert status["reference"].available
 
 
-def test_ci_builds_every_backend_it_can_check():
-    """In CI the C++ extension is built and Triton runs interpreted: neither may silently vanish."""
-    if not os.environ.get("CI"):
-        pytest.skip("only CI promises a built extension")
+def test_every_backend_the_tests_can_check_is_available():
+    """The test command builds the C++ extension and Triton runs (interpreted without a GPU):
+    neither may silently drop out of the backend-parametrised tests."""
     status = cq.backends()
     assert status["cpu"].available, status["cpu"].reason
     assert status["triton"].available, status["triton"].reason

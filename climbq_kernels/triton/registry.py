@@ -11,14 +11,15 @@ checked as soon as it registers.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
-KERNEL_MODULES = ("climbq_act",)
-"""Modules under climbq_kernels.triton that register kernels; a new kernel file joins here."""
+_NOT_KERNEL_MODULES = {"aot", "math", "registry"}
+"""Every other module under climbq_kernels.triton holds kernels and registers them on import."""
 
 AOT_TARGETS = (80, 90)
 TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -57,9 +58,11 @@ def register(entry: KernelEntry) -> KernelEntry:
 
 
 def all_kernels() -> dict[str, KernelEntry]:
-    """Import every kernel module and return the registry."""
-    for module in KERNEL_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
+    """Import every kernel module of this package and return the registry."""
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in _NOT_KERNEL_MODULES and not module.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{module.name}")
     return dict(_REGISTRY)
 
 

@@ -1,0 +1,19 @@
+"""Every op of the package, declared once with `torch.library` in the `climbq` namespace.
+
+One module per op family: each declares its ops (`torch.library.custom_op`) with a fake
+(meta) kernel for `torch.compile`, an autograd formula where the op is differentiable, and a
+table of backend implementations in `KERNELS`; at run time `dispatch.resolve` picks the
+backend. The public, argument-checking functions live in `functional.py`, `losses.py` and
+`int4.py`; they call these ops.
+"""
+
+from ._dispatch import KERNELS
+from .class_stats import class_stats
+from .climbq_act import climbq_act_quant, climbq_act_quant_backward
+from .climbq_weight import climbq_weight_quant, climbq_weight_quant_backward
+from .fake_quant import fake_quant_affine, fake_quant_affine_backward
+from .int4 import int4_matmul, quantize_int4
+
+__all__ = ["KERNELS", "class_stats", "climbq_act_quant", "climbq_act_quant_backward", "climbq_weight_quant",
+           "climbq_weight_quant_backward", "fake_quant_affine", "fake_quant_affine_backward", "int4_matmul",
+           "quantize_int4"]

@@ -1,0 +1,71 @@
+"""The per-op backend tables and the one function every op calls to run on a backend.
+
+Backend functions take the op's arguments positionally and return what the op returns; the
+reference backend is `climbq_kernels.reference`, which runs on any device and dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .. import dispatch
+from ..constants import KERNEL_DTYPES
+
+KERNELS: dict[str, dict[str, Callable]] = {}
+"""op name -> {backend name -> implementation}. A backend missing from an op's table has no
+kernel for it yet: automatic dispatch skips it, an explicit `use_backend` raises."""
+
+
+def register_kernels(tables: dict[str, dict[str, Callable]]) -> None:
+    for op, table in tables.items():
+        if "reference" not in table:
+            raise ValueError(f"op {op} needs a reference implementation")
+        KERNELS[op] = table
+
+
+def native(name: str) -> Callable:
+    """The C++/CUDA op `climbq_native::name` (CPU or CUDA kernel chosen by the tensors' device)."""
+    def call(*args):
+        return getattr(torch.ops.climbq_native, name)(*args)
+    return call
+
+
+def triton_launcher(module: str, name: str) -> Callable:
+    """A Triton launcher, imported on first use so that importing the package needs no triton."""
+    def call(*args):
+        return getattr(_triton_module(module), name)(*args)
+    return call
+
+
+@functools.cache
+def _triton_module(module: str):
+    return importlib.import_module(f"climbq_kernels.triton.{module}")
+
+
+def run(op: str, like: Tensor, *args):
+    """Run `op` on the backend chosen for `like`'s device and dtype; tensors go in contiguous."""
+    table = KERNELS[op]
+    implemented = set(table)
+    if like.dtype not in KERNEL_DTYPES:
+        forced = dispatch.explicit_backend()
+        if forced not in (None, "reference"):
+            raise TypeError(f"{op}: the '{forced}' backend takes float32, float16 or bfloat16 tensors, "
+                            f"got {like.dtype}; {like.dtype} runs on the 'reference' backend")
+        implemented = {"reference"}
+    args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
+    return table[dispatch.resolve(op, like.device, implemented)](*args)
+
+
+def trailing_sum(t: Tensor) -> Tensor:
+    """Sum over every dimension but the first: (B, ...) -> (B,)."""
+    return t.reshape(t.shape[0], -1).sum(dim=1) if t.dim() > 1 else t
+
+
+def per_sample(t: Tensor, like: Tensor) -> Tensor:
+    """A (B,) per-sample table viewed to broadcast against `like` (B, ...)."""
+    return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))

@@ -1,0 +1,54 @@
+"""Class-segmented statistics op (SPEC 1c steps 1-3, SPEC 4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from ._dispatch import register_kernels, run
+
+register_kernels({
+    "class_stats": {"reference": reference.class_stats},
+})
+
+
+@torch.library.custom_op("climbq::class_stats", mutates_args=())
+def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean (K, F), biased var (K, F), counts (K,) int64) by label; F = D for (B, D), C for (B, C, ...).
+
+    The floating outputs come first (unlike the reference's (counts, mean, var)): autograd
+    tooling such as opcheck sums outputs starting from the first one.
+    """
+    counts, mean, var = run("class_stats", x, x, labels, num_classes)
+    return mean, var, counts.to(torch.int64)
+
+
+@class_stats.register_fake
+def _(x, labels, num_classes):
+    stats = x.new_empty(num_classes, x.shape[1]) if x.dim() > 1 else x.new_empty(num_classes)
+    return stats, torch.empty_like(stats), x.new_empty(num_classes, dtype=torch.int64)
+
+
+def _class_stats_setup(ctx, inputs, output):
+    x, labels, num_classes = inputs
+    mean, _, counts = output
+    ctx.save_for_backward(x, labels, counts, mean)
+
+
+def _by_sample(table: Tensor, labels: Tensor, x: Tensor) -> Tensor:
+    """Gather a per-class (K, F) table to broadcast against x (B, F, ...)."""
+    picked = table[labels]
+    return picked.reshape(*picked.shape, *([1] * (x.dim() - picked.dim())))
+
+
+def _class_stats_backward(ctx, grad_mean, grad_var, _grad_counts):
+    x, labels, counts, mean = ctx.saved_tensors
+    per_class = counts.clamp(min=1).to(x.dtype).reshape(-1, *([1] * (mean.dim() - 1)))
+    # mean_c = sum x / n_c; var_c = sum (x - mean_c)^2 / n_c, whose gradient through mean_c is zero.
+    dx = _by_sample(grad_mean / per_class, labels, x)
+    dx = dx + _by_sample(2 * grad_var / per_class, labels, x) * (x - _by_sample(mean, labels, x))
+    return dx.expand_as(x).contiguous(), None, None
+
+
+class_stats.register_autograd(_class_stats_backward, setup_context=_class_stats_setup)
