@@ -225,10 +225,11 @@ class BuildExtensionPerIsa(cpp_extension.BuildExtension):
         isa_objects = []
         for isa in getattr(ext, "isa_names", []):
             cxx_flags = list(ext.extra_compile_args["cxx"]) + CPU_ISA_FLAGS[isa]
+            isa_macros = [("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)]
             isa_objects += self.compiler.compile(
                 ext.isa_sources,
                 output_dir=os.path.join(self.build_temp, f"isa_{isa.lower()}"),
-                macros=[*ext.define_macros, ("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)],
+                macros=[*ext.define_macros, *isa_macros],
                 include_dirs=ext.include_dirs,
                 debug=self.debug,
                 extra_postargs={"cxx": cxx_flags, "nvcc": []},
@@ -236,6 +237,13 @@ class BuildExtensionPerIsa(cpp_extension.BuildExtension):
             )
         ext.extra_objects = [*isa_objects, *getattr(ext, "base_extra_objects", [])]
         super().build_extension(ext)
+
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        """Copy a built library in place as a new file: rewriting the old one would crash the
+        processes that have it loaded (tests running while someone rebuilds)."""
+        if os.path.isfile(outfile) and not self.dry_run:
+            os.unlink(outfile)
+        return super().copy_file(infile, outfile, *args, **kwargs)
 
 
 def native_extension():

@@ -26,6 +26,7 @@ struct ActQuantProblem {
   const ActQuantSample* samples;
   float levels;       // N = 2^bits - 1
   float half_levels;  // N / 2, so u * N = erf(t) * N/2 + N/2
+  float inv_levels;   // 1 / N; N * (1/N) rounds to exactly 1 for every N = 2^b - 1, b <= 16
   float act_range;    // A
 };
 

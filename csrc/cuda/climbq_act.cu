@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 namespace climbq::cuda {
 namespace {
@@ -77,7 +78,8 @@ template <typename T, int kVec>
 __global__ void act_quant_forward_kernel(const T* __restrict__ x, T* __restrict__ out,
                                          const float* __restrict__ sigma,
                                          const float* __restrict__ mu, int64_t numel,
-                                         int64_t inner, float levels, float act_range) {
+                                         int64_t inner, float levels, float inv_levels,
+                                         float act_range) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x * kVec;
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kVec; base < numel;
        base += stride) {
@@ -92,7 +94,7 @@ __global__ void act_quant_forward_kernel(const T* __restrict__ x, T* __restrict_
       if (base + j >= cur.end) cur.load(cur.sample + 1, inner, sigma, mu, act_range);
       const float t = (static_cast<float>(in.v[j]) - cur.mu) * cur.inv_sigma_sqrt2;
       const float code = rintf(fmaf(erff(t), 0.5f * levels, 0.5f * levels));  // rint(u N)
-      res.v[j] = static_cast<T>(fmaf(code, 2.0f, -levels) / levels * act_range);  // A (2q - N)/N
+      res.v[j] = static_cast<T>(fmaf(code, 2.0f, -levels) * inv_levels * act_range);  // A(2q-N)/N
     }
     store_pack<T, kVec>(out + base, res, count);
   }
@@ -155,7 +157,9 @@ at::Tensor act_quant_forward_cuda(const at::Tensor& x, const at::Tensor& sigma,
   const int64_t numel = x_c.numel();
   if (numel == 0) return out;
   const int64_t inner = numel / x_c.size(0);
-  const float levels = static_cast<float>((int64_t{1} << bits) - 1);
+  const double levels = static_cast<double>((int64_t{1} << bits) - 1);
+  const float levels_f = static_cast<float>(levels), inv_levels = static_cast<float>(1.0 / levels);
+  const float act_range_f = static_cast<float>(act_range);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   CLIMBQ_DISPATCH_KERNEL_DTYPES(x_c.scalar_type(), "climbq_act_quant_forward", [&] {
     constexpr int kVec = kPackBytes / sizeof(scalar_t);
@@ -165,10 +169,10 @@ at::Tensor act_quant_forward_cuda(const at::Tensor& x, const at::Tensor& sigma,
     const float* mu_p = mu_c.const_data_ptr<float>();
     if (aligned_for_packs({x_p, out_p})) {
       act_quant_forward_kernel<scalar_t, kVec><<<grid_for<kVec>(numel), kThreads, 0, stream>>>(
-          x_p, out_p, sigma_p, mu_p, numel, inner, levels, float(act_range));
+          x_p, out_p, sigma_p, mu_p, numel, inner, levels_f, inv_levels, act_range_f);
     } else {
       act_quant_forward_kernel<scalar_t, 1><<<grid_for<1>(numel), kThreads, 0, stream>>>(
-          x_p, out_p, sigma_p, mu_p, numel, inner, levels, float(act_range));
+          x_p, out_p, sigma_p, mu_p, numel, inner, levels_f, inv_levels, act_range_f);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -57,7 +57,9 @@ void store_floats(const Vec& v, T* p, int64_t n) {
 template <typename T, typename F>
 void map_unary(const T* in, T* out, int64_t n, const F& f) {
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) store_floats(f(load_floats(in + j, kLanes)), out + j, kLanes);
+  for (; j + kLanes <= n; j += kLanes) {
+    store_floats(f(load_floats(in + j, kLanes)), out + j, kLanes);
+  }
   if (j < n) store_floats(f(load_floats(in + j, n - j)), out + j, n - j);
 }
 
@@ -87,16 +89,18 @@ void for_each_sample_piece(const ActQuantProblem& p, const F& fn) {
 
 template <typename T>
 void forward_typed(const ActQuantProblem& p, const T* x, T* out) {
-  const Vec levels(p.levels), half_levels(p.half_levels), act_range(p.act_range), two(2.0f);
+  const Vec levels(p.levels), half_levels(p.half_levels), inv_levels(p.inv_levels);
+  const Vec act_range(p.act_range), two(2.0f);
   for_each_sample_piece(p, [&](int64_t sample, int64_t begin, int64_t end) {
     const Vec mu(p.samples[sample].mu), inv_sigma_sqrt2(p.samples[sample].inv_sigma_sqrt2);
-    map_unary(x + begin, out + begin, end - begin, [&](const Vec& xv) {
+    const auto out_of = [&](const Vec& xv) {
       const Vec t = (xv - mu) * inv_sigma_sqrt2;                                // z / sqrt(2)
       const Vec code = at::vec::fmadd(t.erf(), half_levels, half_levels).round();  // rint(u N)
-      // A (2q - N) / N: 2q - N is exact, so q = 0 and q = N give exactly -A and A, and
-      // codes q and N - q give exactly opposite outputs.
-      return at::vec::fmsub(code, two, levels) / levels * act_range;
-    });
+      // A (2q - N) / N: 2q - N is exact and N (1/N) rounds to 1, so q = 0 and q = N give
+      // exactly -A and A, and codes q and N - q give exactly opposite outputs.
+      return at::vec::fmsub(code, two, levels) * inv_levels * act_range;
+    };
+    map_unary(x + begin, out + begin, end - begin, out_of);
   });
 }
 
@@ -105,10 +109,11 @@ void backward_typed(const ActQuantProblem& p, const T* grad_out, const T* x, T* 
   for_each_sample_piece(p, [&](int64_t sample, int64_t begin, int64_t end) {
     const ActQuantSample& s = p.samples[sample];
     const Vec mu(s.mu), inv_sigma_sqrt2(s.inv_sigma_sqrt2), dx_scale(s.dx_scale);
-    map_binary(grad_out + begin, x + begin, dx + begin, end - begin, [&](const Vec& g, const Vec& xv) {
+    const auto dx_of = [&](const Vec& g, const Vec& xv) {
       const Vec t = (xv - mu) * inv_sigma_sqrt2;
       return g * ((t * t).neg().exp() * dx_scale);  // g * 2A phi(z) / sigma
-    });
+    };
+    map_binary(grad_out + begin, x + begin, dx + begin, end - begin, dx_of);
   });
 }
 
@@ -135,7 +140,8 @@ void act_quant_forward(const ActQuantProblem& p, const void* x, void* out) {
 void act_quant_backward(const ActQuantProblem& p, const void* grad_out, const void* x, void* dx) {
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    backward_typed(p, static_cast<const T*>(grad_out), static_cast<const T*>(x), static_cast<T*>(dx));
+    backward_typed(p, static_cast<const T*>(grad_out), static_cast<const T*>(x),
+                   static_cast<T*>(dx));
   });
 }
 
