@@ -28,7 +28,8 @@ def _load() -> tuple[ModuleType | None, str]:
 
         module = importlib.import_module("climbq_kernels._C")
     except Exception as exc:  # ImportError, or OSError from the dynamic loader
-        return None, f"climbq_kernels._C is not importable ({type(exc).__name__}: {exc})"
+        return None, (f"climbq_kernels._C is not importable ({type(exc).__name__}: {exc}); "
+                      f"build it with: {BUILD_COMMAND}")
     return module, "loaded"
 
 
@@ -47,7 +48,7 @@ def require() -> ModuleType:
     """The loaded extension; RuntimeError naming the build command and the error otherwise."""
     module, reason = _load()
     if module is None:
-        raise RuntimeError(f"{reason}. Build it from the project root with: {BUILD_COMMAND}")
+        raise RuntimeError(reason)
     return module
 
 
