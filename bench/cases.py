@@ -18,6 +18,11 @@ import climbq_kernels as cq
 from climbq_kernels import reference
 
 
+def cpu_backends() -> tuple[str, ...]:
+    """Our CPU backends that can run here (the C++ extension, when built)."""
+    return tuple(name for name in ("cpu",) if cq.backends()[name].available)
+
+
 @dataclass
 class Case:
     name: str

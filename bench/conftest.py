@@ -31,10 +31,20 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(markdown(all_rows, f"CPU benchmarks ({env['device']}, {env['date']}), saved to {path}"))
 
 
+def pytest_generate_tests(metafunc):
+    """Parametrise `bench_case` with every (case, candidate) of the module's CPU_CASES."""
+    if "bench_case" in metafunc.fixturenames:
+        params = [(case, label) for case in metafunc.module.CPU_CASES for label in case.candidates]
+        metafunc.parametrize("bench_case", params, ids=[f"{case.name}|{label}" for case, label in params])
+
+
 @pytest.fixture
 def record():
-    """record(case, label, benchmark): keep the benchmark's median for the summary table."""
-    def keep(case, label, benchmark):
+    """record(benchmark, case, label): time one candidate and keep its median for the summary table."""
+    def measure(benchmark, case, label):
+        benchmark.group = case.name
+        benchmark.extra_info["floor_bytes"] = case.floor_bytes
+        benchmark.pedantic(case.candidates[label], rounds=5, warmup_rounds=1)
         CASES[case.name] = case
         MEDIANS.setdefault(case.name, {})[label] = benchmark.stats.stats.median
-    return keep
+    return measure

@@ -9,17 +9,26 @@ Run on a GPU machine: python3 bench/gpu_bench.py --out bench/results/<device>-<d
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cases import climbq_act_case  # noqa: E402
+BENCH_DIR = Path(__file__).parent
+sys.path.insert(0, str(BENCH_DIR))
 from report import copy_bandwidth_bytes_per_s, environment, markdown, rows, save  # noqa: E402
 
 import climbq_kernels as cq  # noqa: E402
+
+
+def gpu_case_builders() -> list:
+    """Every bench_*.py module's GPU_CASES: callables (gpu backends) -> Case."""
+    builders = []
+    for path in sorted(BENCH_DIR.glob("bench_*.py")):
+        builders += getattr(importlib.import_module(path.stem), "GPU_CASES", [])
+    return builders
 
 
 def do_bench_seconds(fn) -> float:
@@ -56,13 +65,11 @@ def main() -> int:
         print("no CUDA device: nothing to benchmark", file=sys.stderr)
         return 1
     gpu_backends = tuple(name for name in ("triton", "cuda") if cq.backends()[name].available)
-    case_builders = [lambda: climbq_act_case("cuda", torch.bfloat16, shape=(256, 65536), backends=gpu_backends),
-                     lambda: climbq_act_case("cuda", torch.float32, shape=(128, 131072), backends=gpu_backends)]
     bandwidth = copy_bandwidth_bytes_per_s("cuda", do_bench_seconds, size_bytes=1 << 30)
     env = {**environment("cuda", bandwidth), "bf16_matmul_TFLOPs": bf16_matmul_tflops()}
     all_rows = []
-    for build in tqdm(case_builders, desc="cases"):
-        case = build()
+    for build in tqdm(gpu_case_builders(), desc="cases"):
+        case = build(gpu_backends)
         timings = {label: do_bench_seconds(fn) for label, fn in tqdm(case.candidates.items(), desc=case.name, leave=False)}
         all_rows += rows(case, timings, bandwidth)
     path = save(args.out, "gpu", env, all_rows)
