@@ -3,6 +3,7 @@
 Public API only; README.md sketches the architecture.
 """
 
+from .checks import raise_pending_label_errors
 from .dispatch import BackendStatus, backends, use_backend
 from .functional import class_sigma, class_stats, climbq_act_quant, climbq_weight_quant, fake_quant
 from .int4 import Int4Weight, int4_matmul, quantize_int4
@@ -12,5 +13,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendStatus", "Int4Weight", "backends", "class_sigma", "class_stats", "climbq_act_quant",
-    "climbq_weight_quant", "fake_quant", "homovar_loss", "int4_matmul", "quantize_int4", "use_backend",
+    "climbq_weight_quant", "fake_quant", "homovar_loss", "int4_matmul", "quantize_int4", "raise_pending_label_errors", "use_backend",
 ]

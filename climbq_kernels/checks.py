@@ -4,16 +4,25 @@ Each check raises `TypeError` (wrong kind of thing) or `ValueError` (right kind,
 with a message that names the argument and says what was expected. None of them mutates
 its input.
 
-Value checks (label range, positive sigma or scale) read the tensor on the host, which for a
-CUDA tensor is a device-to-host sync. They run eagerly on every device, but not while
-`torch.compile` traces (the value is unknown there; the compiled graph skips the check) nor
-while a CUDA graph is captured (a sync is impossible); in those cases bad values are the
-caller's responsibility, as with `torch.gather`.
+Value checks (positive sigma or scale) read the tensor on the host, which for a CUDA tensor
+is a device-to-host sync. They run eagerly on every device, but not while `torch.compile`
+traces (the value is unknown there; the compiled graph skips the check) nor while a CUDA
+graph is captured (a sync is impossible).
+
+Label range, the one check on the training hot path, never syncs on CUDA: the check runs on
+the device, its verdict comes back by a non-blocking copy, and a bad label raises ValueError
+at the start of the next public climbq call that takes labels (or at
+`raise_pending_label_errors(wait=True)`).
+Meanwhile the kernels see labels clamped into range, so nothing reads out of bounds; the
+output of the offending call is not to be used. `CLIMBQ_SYNC_CHECKS=1` makes the CUDA check
+synchronous (immediate error, one sync per call), for debugging. CPU labels are always checked
+at once.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -69,21 +78,72 @@ def can_sync(t: torch.Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
+_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_pending_label_checks: list[tuple[torch.cuda.Event | None, torch.Tensor, int]] = []
+
+
+def label_checks_are_synchronous(labels: torch.Tensor) -> bool:
+    """CPU labels are checked at once; CUDA labels too when CLIMBQ_SYNC_CHECKS=1."""
+    return labels.device.type == "cpu" or os.environ.get("CLIMBQ_SYNC_CHECKS", "0") == "1"
+
+
+def _label_error(num_classes: int, detail: str) -> ValueError:
+    return ValueError(f"labels must lie in [0, {num_classes}), {detail}")
+
+
+def raise_pending_label_errors(wait: bool = False) -> None:
+    """Raise ValueError if a finished device-side label check found a label out of range.
+
+    `wait=True` waits for every pending check first (a sync), for a definite answer.
+    """
+    still_running = []
+    failed = None
+    for event, flag, num_classes in _pending_label_checks:
+        if event is not None and not wait and not event.query():
+            still_running.append((event, flag, num_classes))
+            continue
+        if event is not None:
+            event.synchronize()
+        if failed is None and bool(flag):
+            failed = num_classes
+    _pending_label_checks[:] = still_running
+    if failed is not None:
+        raise _label_error(failed, "got a label outside that range in an earlier call on the GPU "
+                                   "(its output is invalid; CLIMBQ_SYNC_CHECKS=1 pinpoints the call)")
+
+
+def _check_label_range_on_device(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    bad = ((labels < 0) | (labels >= num_classes)).any()
+    flag = torch.empty((), dtype=torch.bool, pin_memory=labels.is_cuda)
+    flag.copy_(bad, non_blocking=True)
+    event = None
+    if labels.is_cuda:
+        event = torch.cuda.Event()
+        event.record()
+    _pending_label_checks.append((event, flag, num_classes))
+    return labels.clamp(0, num_classes - 1)
+
+
 def check_labels(labels, batch: int, num_classes: int | None) -> torch.Tensor:
-    """Require int labels of shape (batch,) with values in [0, num_classes)."""
+    """Require int labels of shape (batch,) with values in [0, num_classes); returns the labels
+    the kernels may index with (clamped into range where the range check is deferred)."""
     check_tensor("labels", labels)
-    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+    if labels.dtype not in _INTEGER_DTYPES:
         raise TypeError(f"labels must be an integer tensor (int64 preferred), got dtype {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != batch:
         raise ValueError(f"labels must have shape ({batch},) to match x's batch, got {tuple(labels.shape)}")
-    if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        if labels.numel() and can_sync(labels):
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= num_classes:
-                raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
-    return labels
+    if num_classes is None or not labels.numel():
+        return labels
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if not can_sync(labels):
+        return labels.clamp(0, num_classes - 1) if labels.is_cuda else labels
+    if label_checks_are_synchronous(labels):
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise _label_error(num_classes, f"got values in [{lo}, {hi}]")
+        return labels
+    return _check_label_range_on_device(labels, num_classes)
 
 
 def check_class_table(name: str, table, num_classes: int, like: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import ops, reference
 from .checks import (can_sync, check_bits, check_class_table, check_labels, check_positive_float,
-                     check_same_device, check_tensor)
+                     check_same_device, check_tensor, raise_pending_label_errors)
 from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
 
 
@@ -32,10 +32,11 @@ def class_sigma(labels: Tensor, num_classes: int) -> Tensor:
 
     Computed on the labels' device with a scatter-add histogram: no host synchronisation.
     """
+    raise_pending_label_errors()
     check_tensor("labels", labels)
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")
-    check_labels(labels, labels.shape[0], num_classes)
+    labels = check_labels(labels, labels.shape[0], num_classes)
     return reference.class_sigma(labels.long(), num_classes)
 
 
@@ -70,11 +71,12 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
         sigma_s = torch.full((batch,), sigma, dtype=_table_dtype(x), device=x.device)
         mu_s = torch.full((batch,), float(mu or 0.0), dtype=_table_dtype(x), device=x.device)
     else:
+        raise_pending_label_errors()
         if num_classes is None:
             if not isinstance(sigma, Tensor):
                 raise ValueError("num_classes is required with labels (or pass a per-class sigma table)")
             num_classes = sigma.numel()
-        check_labels(labels, batch, num_classes)
+        labels = check_labels(labels, batch, num_classes)
         check_same_device(x=x, labels=labels)
         labels = labels.long()
         if sigma is None:
@@ -165,7 +167,8 @@ def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Te
     get count 0, mean 0, var 0. Differentiable in x through mean and var.
     """
     _check_batched("x", x)
-    check_labels(labels, x.shape[0], num_classes)
+    raise_pending_label_errors()
+    labels = check_labels(labels, x.shape[0], num_classes)
     check_same_device(x=x, labels=labels)
     mean, var, counts = ops.class_stats(x, labels.long(), num_classes)
     return counts, mean, var

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import reference
-from .checks import check_labels, check_same_device, check_tensor
+from .checks import check_labels, check_same_device, check_tensor, raise_pending_label_errors
 from .constants import HOMOVAR_ALPHA, HOMOVAR_BETA0
 
 
@@ -28,7 +28,8 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts:
     num_classes = logits.shape[1]
     if class_counts.shape != (num_classes,):
         raise ValueError(f"class_counts must have shape ({num_classes},) to match logits, got {tuple(class_counts.shape)}")
-    check_labels(labels, features.shape[0], num_classes)
+    raise_pending_label_errors()
+    labels = check_labels(labels, features.shape[0], num_classes)
     check_same_device(features=features, logits=logits, labels=labels, class_counts=class_counts)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")

@@ -105,3 +105,21 @@ def test_homovar_loss_argument_checks(gen):
         cq.homovar_loss(features[:4], logits, labels, counts)
     with pytest.raises(ValueError, match="alpha must be in"):
         cq.homovar_loss(features, logits, labels, counts, alpha=1.5)
+
+
+def test_deferred_label_check_raises_at_the_next_call(monkeypatch, gen):
+    """The no-sync path CUDA labels take, forced on CPU tensors: clamp now, raise at the next call."""
+    from climbq_kernels import checks
+
+    monkeypatch.setattr(checks, "label_checks_are_synchronous", lambda labels: False)
+    x = torch.randn(4, 6, generator=gen)
+    good, bad = torch.tensor([0, 1, 2, 1]), torch.tensor([0, 7, 2, -1])
+    cq.climbq_act_quant(x, good, num_classes=3)
+    out = cq.climbq_act_quant(x, bad, num_classes=3)  # no error yet, and no out-of-bounds read
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\).*earlier call"):
+        cq.climbq_act_quant(x, good, num_classes=3)
+    cq.climbq_act_quant(x, good, num_classes=3)  # the error is reported once
+    cq.climbq_act_quant(x, bad, num_classes=3)
+    with pytest.raises(ValueError, match="earlier call"):
+        checks.raise_pending_label_errors(wait=True)
