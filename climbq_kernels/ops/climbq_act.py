@@ -126,7 +126,7 @@ def _reference_fused_codes(x, sigma, mu, thresholds, bn_scale, bn_shift, bits, c
 
 
 register_kernels({
-    "climbq_act_fused_forward": {
+    "climbq_act_fused": {
         "reference": _reference_fused_forward,
         "cpu": native("climbq_act_fused_forward"),
         "cuda": native("climbq_act_fused_forward"),
@@ -138,7 +138,7 @@ register_kernels({
         "cuda": native("climbq_act_fused_backward"),
         "triton": triton_launcher("climbq_act", "climbq_act_fused_backward"),
     },
-    "climbq_act_fused_codes": {
+    "climbq_act_codes": {
         "reference": _reference_fused_codes,
         "cpu": native("climbq_act_fused_codes"),
         "cuda": native("climbq_act_fused_codes"),
@@ -165,7 +165,7 @@ def climbq_act_fused(x: Tensor, sigma: Tensor, mu: Tensor, thresholds: Tensor | 
     """
     cl = _channels_last(x)
     xv = _kernel_view(x, cl)
-    out = run("climbq_act_fused_forward", xv, xv, sigma, mu, thresholds, bn_scale, bn_shift, bits, act_range, relu,
+    out = run("climbq_act_fused", xv, xv, sigma, mu, thresholds, bn_scale, bn_shift, bits, act_range, relu,
               cl)
     return _from_kernel_view(out, cl)
 
@@ -188,7 +188,7 @@ def climbq_act_codes(x: Tensor, sigma: Tensor, mu: Tensor, thresholds: Tensor | 
     """Integer codes q in [0, N] as uint8 (bits <= 8), of x (B, ...) as in `climbq_act_fused`."""
     cl = _channels_last(x)
     xv = _kernel_view(x, cl)
-    return _from_kernel_view(run("climbq_act_fused_codes", xv, xv, sigma, mu, thresholds, None, None, bits, cl), cl)
+    return _from_kernel_view(run("climbq_act_codes", xv, xv, sigma, mu, thresholds, None, None, bits, cl), cl)
 
 
 @climbq_act_fused.register_fake
