@@ -231,3 +231,30 @@ def test_full_precision_keeps_the_fused_bn_and_relu(gen):
     out = cq.climbq_act_quant(x, labels, num_classes=NUM_CLASSES, bits=32, bn_scale=scale, bn_shift=shift,
                               relu=True)
     torch.testing.assert_close(out, torch.relu(x * scale.view(1, -1, 1) + shift.view(1, -1, 1)))
+
+
+def test_torch_compile_fullgraph_fused_and_inference(gen):
+    """A conv -> folded BN -> ClimbQ -> ReLU block, trained and then run label-free, compiled whole."""
+    torch._dynamo.reset()
+    conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+    scale = (torch.rand(6, generator=gen) + 0.5).requires_grad_()
+    shift = (torch.randn(6, generator=gen) * 0.1).requires_grad_()
+    x = torch.randn(4, 3, 5, 5, generator=gen).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, NUM_CLASSES, (4,), generator=gen)
+
+    def train_step(x, labels):
+        h = cq.climbq_act_quant(conv(x), labels, num_classes=NUM_CLASSES, bn_scale=scale, bn_shift=shift, relu=True)
+        return (h ** 2).mean()
+
+    def infer(x):
+        return cq.climbq_act_quant(conv(x), bits=3, bn_scale=scale, bn_shift=shift, relu=True)
+
+    eager = train_step(x, labels)
+    eager_grads = torch.autograd.grad(eager, (scale, shift, conv.weight))
+    compiled = torch.compile(train_step, fullgraph=True)(x, labels)
+    compiled_grads = torch.autograd.grad(compiled, (scale, shift, conv.weight))
+    torch.testing.assert_close(compiled, eager)
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(infer, fullgraph=True)(x), infer(x))
