@@ -62,3 +62,45 @@ def climbq_act_case(device: str, dtype: torch.dtype = torch.float32, shape=(128,
     # forward reads x, writes out; backward reads grad and x, writes dx.
     return Case(f"climbq_act fwd+bwd {tuple(shape)} {str(dtype)[6:]}", candidates,
                 floor_bytes=5 * x.numel() * x.element_size())
+
+
+def _climbq_act_bn_relu_reference(x, labels, num_classes, bits, act_range, bn_scale, bn_shift, grad):
+    """Reference folded BN -> ClimbQ -> ReLU, forward then the gradient to x (tables frozen)."""
+    sigma = reference.class_sigma(labels, num_classes)[labels]
+    mu = torch.zeros_like(sigma)
+    tables = dict(bn_scale=bn_scale, bn_shift=bn_shift, relu=True)
+    out = reference.climbq_act_fused(x, sigma, mu, bits, act_range, **tables)
+    dy = reference.climbq_act_fused_grad_y(grad, x, sigma, mu, bits, act_range, **tables)
+    return out, dy * bn_scale.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def climbq_act_bn_relu_case(device: str, dtype: torch.dtype = torch.float32, shape=(32, 64, 64, 64),
+                            channels_last: bool = False, num_classes: int = 10, bits: int = 4,
+                            act_range: float = 2.0, backends: tuple[str, ...] = ()) -> Case:
+    """Folded BN -> ClimbQ activation -> ReLU (SPEC 1a placement), forward + gradient to x."""
+    gen = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
+    grad = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
+    labels = torch.randint(0, num_classes, (shape[0],), generator=gen).to(device)
+    bn_scale = (torch.rand(shape[1], generator=gen) + 0.5).to(device)
+    bn_shift = (torch.randn(shape[1], generator=gen) * 0.2).to(device)
+    x_leaf = x.clone().requires_grad_()
+    compiled = torch.compile(_climbq_act_bn_relu_reference)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                out = cq.climbq_act_quant(x_leaf, labels, num_classes=num_classes, bits=bits, act_range=act_range,
+                                          bn_scale=bn_scale, bn_shift=bn_shift, relu=True)
+                return out, torch.autograd.grad(out, x_leaf, grad)[0]
+        return run
+
+    args = (x, labels, num_classes, bits, act_range, bn_scale, bn_shift, grad)
+    candidates = {"reference (eager)": lambda: _climbq_act_bn_relu_reference(*args),
+                  "torch.compile(reference)": lambda: compiled(*args)}
+    candidates.update({f"climbq {name}": ours(name) for name in backends})
+    layout = " channels_last" if channels_last else ""
+    # forward reads x, writes out; backward reads grad and x, writes dx; the (C,) tables are noise.
+    return Case(f"climbq_act+bn+relu fwd+bwd {tuple(shape)}{layout} {str(dtype)[6:]}", candidates,
+                floor_bytes=5 * x.numel() * x.element_size())

@@ -6,13 +6,15 @@ whichever backend `climbq_kernels.use_backend` / `CLIMBQ_BACKEND` / the device s
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from . import ops, reference
 from .checks import (can_sync, check_bits, check_class_table, check_labels, check_positive_float,
                      check_same_device, check_tensor, raise_pending_label_errors)
-from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
+from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, MAX_CODE_BITS
 
 
 def _table_dtype(x: Tensor) -> torch.dtype:
@@ -40,27 +42,9 @@ def class_sigma(labels: Tensor, num_classes: int) -> Tensor:
     return reference.class_sigma(labels.long(), num_classes)
 
 
-def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: int | None = None,
-                     bits: int = DEFAULT_BITS, act_range: float = DEFAULT_ACT_RANGE,
-                     sigma: Tensor | float | None = None, mu: Tensor | float | None = None) -> Tensor:
-    """ClimbQ activation quantizer (SPEC 1a): class-wise variance scaling, CDF projection, rint.
-
-    x (B, ...) float32/float16/bfloat16/float64 -> same shape and dtype, values in
-    A*(2q/N - 1), q in [0, N], N = 2**bits - 1.
-
-    With `labels` (B,) in [0, K): sigma is the per-class table `sigma` (K,) if given, else the
-    default rule `class_sigma(labels, num_classes)`; `mu` (K,) defaults to zeros. Gradients:
-    to x exactly through Phi (straight-through on rint only); to caller-given `sigma`/`mu`
-    tables when they require grad.
-
-    Without labels (inference): one constant `sigma` (default 2.0) and `mu` (default 0.0),
-    given as numbers.
-
-    `bits == 32` returns `x` itself (full precision).
-    """
-    _check_batched("x", x)
-    check_bits(bits)
-    act_range = check_positive_float("act_range", act_range)
+def _act_tables(x: Tensor, labels, num_classes, sigma, mu) -> tuple[Tensor, Tensor, tuple[float, float] | None]:
+    """Per-sample (B,) sigma and mu tables for the activation quantizer (SPEC 1a), and the
+    constant (sigma, mu) of inference mode (labels None; else None). Checks every argument."""
     batch = x.shape[0]
     if labels is None:
         for name, value in (("sigma", sigma), ("mu", mu)):
@@ -68,32 +52,124 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
                 raise TypeError(f"{name} must be a number when labels is None (inference mode), "
                                 f"got {type(value).__name__}")
         sigma = check_positive_float("sigma", DEFAULT_INFERENCE_SIGMA if sigma is None else sigma)
+        mu = float(mu or 0.0)
+        if not math.isfinite(mu):
+            raise ValueError(f"mu must be finite, got {mu}")
         sigma_s = torch.full((batch,), sigma, dtype=_table_dtype(x), device=x.device)
-        mu_s = torch.full((batch,), float(mu or 0.0), dtype=_table_dtype(x), device=x.device)
+        mu_s = torch.full((batch,), mu, dtype=_table_dtype(x), device=x.device)
+        return sigma_s, mu_s, (sigma, mu)
+    raise_pending_label_errors()
+    if num_classes is None:
+        if not isinstance(sigma, Tensor):
+            raise ValueError("num_classes is required with labels (or pass a per-class sigma table)")
+        num_classes = sigma.numel()
+    labels = check_labels(labels, batch, num_classes)
+    check_same_device(x=x, labels=labels)
+    labels = labels.long()
+    if sigma is None:
+        sigma = reference.class_sigma(labels, num_classes)
     else:
-        raise_pending_label_errors()
-        if num_classes is None:
-            if not isinstance(sigma, Tensor):
-                raise ValueError("num_classes is required with labels (or pass a per-class sigma table)")
-            num_classes = sigma.numel()
-        labels = check_labels(labels, batch, num_classes)
-        check_same_device(x=x, labels=labels)
-        labels = labels.long()
-        if sigma is None:
-            sigma = reference.class_sigma(labels, num_classes)
-        else:
-            check_class_table("sigma", sigma, num_classes, x)
-            if can_sync(sigma) and not bool((sigma > 0).all()):
-                raise ValueError("sigma must be > 0 for every class")
-        if mu is None:
-            mu = torch.zeros(num_classes, dtype=_table_dtype(x), device=x.device)
-        else:
-            check_class_table("mu", mu, num_classes, x)
-        sigma_s = sigma[labels].to(_table_dtype(x))
-        mu_s = mu[labels].to(_table_dtype(x))
+        check_class_table("sigma", sigma, num_classes, x)
+        if can_sync(sigma) and not bool((sigma > 0).all()):
+            raise ValueError("sigma must be > 0 for every class")
+    if mu is None:
+        mu = torch.zeros(num_classes, dtype=_table_dtype(x), device=x.device)
+    else:
+        check_class_table("mu", mu, num_classes, x)
+    return sigma[labels].to(_table_dtype(x)), mu[labels].to(_table_dtype(x)), None
+
+
+def _thresholds(x: Tensor, bits: int, inference: tuple[float, float] | None) -> Tensor | None:
+    """The inference thresholds t_j = mu + sigma*Phi^-1((j + 0.5)/N) (N,) as float32 on x's
+    device: computed in float64 on the host once per call (N <= 65535 values), no erf per element."""
+    if inference is None:
+        return None
+    return reference.climbq_act_thresholds(bits, *inference, dtype=torch.float32).to(x.device)
+
+
+def _channel_table(name: str, table, x: Tensor) -> Tensor | None:
+    """A folded-BN table (C,), C = x.shape[1], as the kernels' float32 (float64 beside a float64
+    x); the cast is differentiable, so a table that requires grad gets its gradient."""
+    if table is None:
+        return None
+    check_tensor(name, table, floating=True)
+    if x.dim() < 2:
+        raise ValueError(f"{name} needs x of shape (B, C, ...), got shape {tuple(x.shape)}")
+    if table.shape != (x.shape[1],):
+        raise ValueError(f"{name} must have shape ({x.shape[1]},) (one value per channel of x, dim 1), "
+                         f"got {tuple(table.shape)}")
+    check_same_device(x=x, **{name: table})
+    return table.to(_table_dtype(x))
+
+
+def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: int | None = None,
+                     bits: int = DEFAULT_BITS, act_range: float = DEFAULT_ACT_RANGE,
+                     sigma: Tensor | float | None = None, mu: Tensor | float | None = None,
+                     bn_scale: Tensor | None = None, bn_shift: Tensor | None = None, relu: bool = False) -> Tensor:
+    """ClimbQ activation quantizer (SPEC 1a): class-wise variance scaling, CDF projection, rint.
+
+    x (B, ...) float32/float16/bfloat16/float64 -> same shape and dtype, values in
+    A*(2q/N - 1), q in [0, N], N = 2**bits - 1. A channels-last x is read in place (no copy)
+    and the output is channels-last too; other layouts give a contiguous output.
+
+    With `labels` (B,) in [0, K): sigma is the per-class table `sigma` (K,) if given, else the
+    default rule `class_sigma(labels, num_classes)`; `mu` (K,) defaults to zeros. Gradients:
+    to x exactly through Phi (straight-through on rint only); to caller-given `sigma`/`mu`
+    tables when they require grad.
+
+    Without labels (inference): one constant `sigma` (default 2.0) and `mu` (default 0.0),
+    given as numbers; the kernels then bucket against the N thresholds
+    t_j = mu + sigma*Phi^-1((j + 0.5)/N) with no erf (`reference.climbq_act_quant_inference`,
+    its tie convention included). A backward pass, if asked for, is the erf form's.
+
+    Fused placement (ClimbQ sits between BatchNorm and ReLU): `bn_scale`, `bn_shift` (C,) apply
+    a folded BatchNorm y = x*bn_scale[c] + bn_shift[c] over dim 1 of x (B, C, ...) before the
+    quantizer (either may be omitted: scale 1, shift 0), and `relu=True` applies max(out, 0)
+    after it; gradients reach x, and bn_scale/bn_shift when they require grad; the ReLU masks
+    the gradient where out <= 0. Reference: `reference.climbq_act_fused`.
+
+    Saved for backward: x (before the folded BN) and the (B,), (C,) and (N,) tables, nothing
+    else of x's size: y, the codes and the ReLU mask are recomputed from x in the one backward
+    pass, cheaper than storing them (x is kept alive by the layer before anyway).
+
+    `bits == 32` is full precision: relu?(folded BN of x), `x` itself without BN or ReLU.
+    """
+    _check_batched("x", x)
+    check_bits(bits)
+    act_range = check_positive_float("act_range", act_range)
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    scale = _channel_table("bn_scale", bn_scale, x)
+    shift = _channel_table("bn_shift", bn_shift, x)
+    sigma_s, mu_s, inference = _act_tables(x, labels, num_classes, sigma, mu)
     if bits == IDENTITY_BITS:
-        return x
-    return ops.climbq_act_quant(x, sigma_s, mu_s, bits, act_range)
+        y = reference.folded_bn(x, scale, shift)
+        return torch.relu(y) if relu else y
+    if scale is None and shift is not None:
+        scale = torch.ones_like(shift)
+    elif shift is None and scale is not None:
+        shift = torch.zeros_like(scale)
+    return ops.climbq_act_fused(x, sigma_s, mu_s, _thresholds(x, bits, inference), scale, shift, bits, act_range,
+                                relu)
+
+
+def climbq_act_codes(x: Tensor, labels: Tensor | None = None, *, num_classes: int | None = None,
+                     bits: int = DEFAULT_BITS, sigma: Tensor | float | None = None,
+                     mu: Tensor | float | None = None) -> Tensor:
+    """The ClimbQ activation integer codes q = rint(Phi((x - mu_i)/sigma_i) * N) in [0, N] (SPEC 1a).
+
+    Arguments as `climbq_act_quant` (labels None: inference bucketing against the thresholds).
+    Returns uint8 of x's shape (channels-last kept), the integer path's storage: the value of
+    code q is A*(2q/N - 1). bits must be in [1, 8]: uint8 cannot hold the codes of 9..16 bits
+    (use `climbq_act_quant`, or `reference.climbq_act_codes` for int64 codes), and 32 (full
+    precision) has no codes; both raise ValueError. Not differentiable.
+    """
+    _check_batched("x", x)
+    check_bits(bits)
+    if bits > MAX_CODE_BITS:
+        raise ValueError(f"bits must be in [1, {MAX_CODE_BITS}] for uint8 codes, got {bits}")
+    sigma_s, mu_s, inference = _act_tables(x, labels, num_classes, sigma, mu)
+    return ops.climbq_act_codes(x, sigma_s, mu_s, _thresholds(x, bits, inference), bits)
 
 
 def climbq_weight_quant(w: Tensor, bits: int = DEFAULT_BITS) -> Tensor:

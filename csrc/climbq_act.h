@@ -11,6 +11,14 @@
 //   u N = erf(t) N/2 + N/2,   out = A ((2q - N) / N),   dx = grad_out dx_scale_i exp(-t^2)
 // with dx_scale_i = 2A / (sigma_i sqrt(2 pi)), and return x's dtype. 2q - N is exact, so the
 // end codes give exactly -A and A, and codes q and N - q give exactly opposite outputs.
+// Variants (the same kernels, chosen by the fused ops of csrc/climbq_act_fused.cpp):
+//   - folded BatchNorm before: y = x * bn_scale[c] + bn_shift[c], c the channel (dim 1 of x, or
+//     the last dim of a channels-last (B, H, W, C) view); the quantizer then reads y for x, and
+//     dx = dy * bn_scale[c];
+//   - ReLU after: out = max(out, 0), and dy is masked where out <= 0 (q <= N/2);
+//   - inference bucketing: q = #{j : y > t_j} (+1 at y == t_j for odd j, rint's half-to-even
+//     rule) against a sorted float32 table t (N,), with no erf; binary search in `bits` steps;
+//   - integer codes: q itself as uint8 (bits <= 8), NaN giving code 0.
 // sigma must be > 0 (not checked here: reading it costs a device sync on CUDA; the Python
 // layer validates). NaN in x propagates to out and dx; x = +-inf gives out = +-A, dx = 0.
 #pragma once
@@ -20,6 +28,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 namespace climbq {
 
@@ -55,6 +64,57 @@ inline void check_act_quant_args(const char* op, const at::Tensor& x, const at::
   check_per_sample("mu", mu);
   TORCH_CHECK(x.device().type() == device_type, op, ": expected tensors on a ",
               c10::DeviceTypeName(device_type), " device, got ", x.device());
+}
+
+// Integer codes q in [0, N] are stored as uint8, so the codes op takes bits <= 8; it has no
+// output range, and passes this placeholder act_range to the shared checks.
+constexpr int64_t kMaxCodeBits = 8;
+constexpr double kCodesActRange = 1.0;
+
+inline void check_act_codes_bits(const char* op, int64_t bits) {
+  TORCH_CHECK(bits <= kMaxCodeBits, op, ": uint8 codes hold bits <= ", kMaxCodeBits, ", got ",
+              bits);
+}
+
+// The optional tables of the fused ops: bn_scale and bn_shift (C,) float32 together or not
+// at all, C = x.size(-1) when channels_last (x is the (B, H, W, C) view) else x.size(1);
+// thresholds (N,) float32. All on x's device.
+inline int64_t check_act_fused_tables(const char* op, const at::Tensor& x,
+                                      const std::optional<at::Tensor>& bn_scale,
+                                      const std::optional<at::Tensor>& bn_shift,
+                                      const std::optional<at::Tensor>& thresholds, int64_t bits,
+                                      bool channels_last) {
+  TORCH_CHECK(bn_scale.has_value() == bn_shift.has_value(), op,
+              ": bn_scale and bn_shift must be given together");
+  int64_t channels = 1;
+  if (bn_scale.has_value()) {
+    TORCH_CHECK(x.dim() >= 2, op, ": a per-channel affine needs x of shape (B, C, ...), got ",
+                x.sizes());
+    channels = channels_last ? x.size(-1) : x.size(1);
+  }
+  const auto check_table = [&](const char* name, const at::Tensor& t, int64_t size) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+                t.scalar_type());
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == size, op, ": ", name, " must have shape (", size,
+                ",), got ", t.sizes());
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on x's device ", x.device(),
+                ", got ", t.device());
+  };
+  if (bn_scale.has_value()) {
+    check_table("bn_scale", *bn_scale, channels);
+    check_table("bn_shift", *bn_shift, channels);
+  }
+  if (thresholds.has_value()) check_table("thresholds", *thresholds, (int64_t{1} << bits) - 1);
+  return channels;
+}
+
+// Elements between consecutive channels in x's memory: 1 for the channels-last view (and for
+// (B, C)), else the product of the dims after the channel dim.
+inline int64_t channel_stride(const at::Tensor& x, bool channels_last) {
+  if (channels_last || x.dim() < 3) return 1;
+  int64_t stride = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) stride *= x.size(d);
+  return stride;
 }
 
 inline void check_act_quant_grad(const char* op, const at::Tensor& grad_out, const at::Tensor& x) {

@@ -9,6 +9,8 @@ from .climbq import (class_counts, class_sigma, climbq_act_codes, climbq_act_pro
                      climbq_act_quant_backward, climbq_act_quant_inference, climbq_act_thresholds,
                      climbq_weight_codes, climbq_weight_project, climbq_weight_quant,
                      climbq_weight_quant_backward)
+from .climbq_act_fused import (climbq_act_fused, climbq_act_fused_backward, climbq_act_fused_grad_y,
+                               climbq_act_fused_inference, climbq_act_inference_codes, folded_bn)
 from .dynamic_bits import fake_quant_per_sample_bits, fake_quant_per_sample_bits_backward
 from .fake_quant import (fake_quant_affine, fake_quant_affine_backward, lsq_grad_scale,
                          lsq_init_scale)
@@ -19,6 +21,8 @@ from .segment_stats import class_stats, segment_sum
 
 __all__ = [
     "class_counts", "class_sigma", "class_stats", "climbq_act_codes", "climbq_act_project",
+    "climbq_act_fused", "climbq_act_fused_backward", "climbq_act_fused_grad_y",
+    "climbq_act_fused_inference", "climbq_act_inference_codes", "folded_bn",
     "climbq_act_quant", "climbq_act_quant_backward", "climbq_act_quant_inference",
     "climbq_act_thresholds", "climbq_weight_codes", "climbq_weight_project", "climbq_weight_quant",
     "climbq_weight_quant_backward", "dequantize_int4", "f_critical", "fake_quant_affine",

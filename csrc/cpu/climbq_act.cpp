@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,7 @@ namespace {
 struct ActKernels {
   decltype(&DEFAULT::act_quant_forward) forward;
   decltype(&DEFAULT::act_quant_backward) backward;
+  decltype(&DEFAULT::act_quant_codes) codes;
   const char* isa;
 };
 
@@ -33,15 +35,18 @@ const ActKernels& act_kernels() {
     const std::string aten_isa = at::get_cpu_capability();
 #ifdef CLIMBQ_CPU_HAVE_AVX512
     if (aten_isa == "AVX512") {
-      return ActKernels{AVX512::act_quant_forward, AVX512::act_quant_backward, "AVX512"};
+      return ActKernels{AVX512::act_quant_forward, AVX512::act_quant_backward,
+                        AVX512::act_quant_codes, "AVX512"};
     }
 #endif
 #ifdef CLIMBQ_CPU_HAVE_AVX2
     if (aten_isa == "AVX512" || aten_isa == "AVX2") {
-      return ActKernels{AVX2::act_quant_forward, AVX2::act_quant_backward, "AVX2"};
+      return ActKernels{AVX2::act_quant_forward, AVX2::act_quant_backward,
+                        AVX2::act_quant_codes, "AVX2"};
     }
 #endif
-    return ActKernels{DEFAULT::act_quant_forward, DEFAULT::act_quant_backward, "DEFAULT"};
+    return ActKernels{DEFAULT::act_quant_forward, DEFAULT::act_quant_backward,
+                        DEFAULT::act_quant_codes, "DEFAULT"};
   }();
   return chosen;
 }
@@ -96,6 +101,28 @@ class ActQuantCall {
   }
   const ActQuantProblem& problem() const { return problem_; }
 
+  // The fused variants: the tables must outlive the call (the caller's tensors do).
+  ActQuantCall& with_variants(const at::Tensor& x, int64_t bits,
+                              const std::optional<at::Tensor>& thresholds,
+                              const std::optional<at::Tensor>& bn_scale,
+                              const std::optional<at::Tensor>& bn_shift, bool relu,
+                              bool channels_last, int64_t channels) {
+    problem_.bits = bits;
+    problem_.relu = relu;
+    if (thresholds.has_value()) problem_.thresholds = thresholds->const_data_ptr<float>();
+    if (bn_scale.has_value()) {
+      problem_.bn_scale = bn_scale->const_data_ptr<float>();
+      problem_.bn_shift = bn_shift->const_data_ptr<float>();
+      problem_.channels = channels;
+      problem_.channel_stride = channel_stride(x, channels_last);
+    }
+    return *this;
+  }
+  ActQuantCall& chain_scale(bool chain) {
+    problem_.chain_scale = chain;
+    return *this;
+  }
+
  private:
   std::vector<ActQuantSample> samples_;
   ActQuantProblem problem_{};
@@ -126,6 +153,84 @@ at::Tensor act_quant_backward_cpu(const at::Tensor& grad_out, const at::Tensor& 
   return dx;
 }
 
+// The fused ops (schemas in ../climbq_act_fused.cpp). Tables are made contiguous here and
+// kept alive in these locals for the kernel call.
+struct FusedTables {
+  std::optional<at::Tensor> thresholds, bn_scale, bn_shift;
+  FusedTables(const std::optional<at::Tensor>& t, const std::optional<at::Tensor>& scale,
+              const std::optional<at::Tensor>& shift) {
+    if (t.has_value()) thresholds = t->contiguous();
+    if (scale.has_value()) bn_scale = scale->contiguous();
+    if (shift.has_value()) bn_shift = shift->contiguous();
+  }
+};
+
+at::Tensor act_fused_forward_cpu(const at::Tensor& x, const at::Tensor& sigma,
+                                 const at::Tensor& mu, const std::optional<at::Tensor>& thresholds,
+                                 const std::optional<at::Tensor>& bn_scale,
+                                 const std::optional<at::Tensor>& bn_shift, int64_t bits,
+                                 double act_range, bool relu, bool channels_last) {
+  constexpr const char* op = "climbq_act_fused_forward";
+  check_act_quant_args(op, x, sigma, mu, bits, act_range, c10::kCPU);
+  const int64_t channels =
+      check_act_fused_tables(op, x, bn_scale, bn_shift, thresholds, bits, channels_last);
+  const at::Tensor x_c = x.contiguous();
+  at::Tensor out = empty_output(x_c);
+  if (x_c.numel() == 0) return out;
+  const FusedTables tables(thresholds, bn_scale, bn_shift);
+  ActQuantCall call(x_c, sigma, mu, bits, act_range);
+  call.with_variants(x_c, bits, tables.thresholds, tables.bn_scale, tables.bn_shift, relu,
+                     channels_last, channels);
+  act_kernels().forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
+  return out;
+}
+
+at::Tensor act_fused_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                  const at::Tensor& sigma, const at::Tensor& mu,
+                                  const std::optional<at::Tensor>& thresholds,
+                                  const std::optional<at::Tensor>& bn_scale,
+                                  const std::optional<at::Tensor>& bn_shift, int64_t bits,
+                                  double act_range, bool relu, bool channels_last,
+                                  bool chain_scale) {
+  constexpr const char* op = "climbq_act_fused_backward";
+  check_act_quant_args(op, x, sigma, mu, bits, act_range, c10::kCPU);
+  check_act_quant_grad(op, grad_out, x);
+  const int64_t channels =
+      check_act_fused_tables(op, x, bn_scale, bn_shift, thresholds, bits, channels_last);
+  const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
+  at::Tensor dx = empty_output(x_c);
+  if (x_c.numel() == 0) return dx;
+  const FusedTables tables(thresholds, bn_scale, bn_shift);
+  ActQuantCall call(x_c, sigma, mu, bits, act_range);
+  call.with_variants(x_c, bits, tables.thresholds, tables.bn_scale, tables.bn_shift, relu,
+                     channels_last, channels)
+      .chain_scale(chain_scale);
+  act_kernels().backward(call.problem(), grad_c.const_data_ptr(), x_c.const_data_ptr(),
+                         dx.mutable_data_ptr());
+  return dx;
+}
+
+at::Tensor act_fused_codes_cpu(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& mu,
+                               const std::optional<at::Tensor>& thresholds,
+                               const std::optional<at::Tensor>& bn_scale,
+                               const std::optional<at::Tensor>& bn_shift, int64_t bits,
+                               bool channels_last) {
+  constexpr const char* op = "climbq_act_fused_codes";
+  check_act_quant_args(op, x, sigma, mu, bits, kCodesActRange, c10::kCPU);
+  check_act_codes_bits(op, bits);
+  const int64_t channels =
+      check_act_fused_tables(op, x, bn_scale, bn_shift, thresholds, bits, channels_last);
+  const at::Tensor x_c = x.contiguous();
+  at::Tensor codes = at::empty(x_c.sizes(), x_c.options().dtype(at::kByte));
+  if (x_c.numel() == 0) return codes;
+  const FusedTables tables(thresholds, bn_scale, bn_shift);
+  ActQuantCall call(x_c, sigma, mu, bits, kCodesActRange);
+  call.with_variants(x_c, bits, tables.thresholds, tables.bn_scale, tables.bn_shift, false,
+                     channels_last, channels);
+  act_kernels().codes(call.problem(), x_c.const_data_ptr(), codes.mutable_data_ptr<uint8_t>());
+  return codes;
+}
+
 }  // namespace
 
 const char* act_kernel_isa() { return act_kernels().isa; }
@@ -135,4 +240,7 @@ const char* act_kernel_isa() { return act_kernels().isa; }
 TORCH_LIBRARY_IMPL(climbq_native, CPU, m) {
   m.impl("climbq_act_quant_forward", &climbq::cpu::act_quant_forward_cpu);
   m.impl("climbq_act_quant_backward", &climbq::cpu::act_quant_backward_cpu);
+  m.impl("climbq_act_fused_forward", &climbq::cpu::act_fused_forward_cpu);
+  m.impl("climbq_act_fused_backward", &climbq::cpu::act_fused_backward_cpu);
+  m.impl("climbq_act_fused_codes", &climbq::cpu::act_fused_codes_cpu);
 }

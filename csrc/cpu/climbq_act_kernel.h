@@ -28,6 +28,15 @@ struct ActQuantProblem {
   float half_levels;  // N / 2, so u * N = erf(t) * N/2 + N/2
   float inv_levels;   // 1 / N; N * (1/N) rounds to exactly 1 for every N = 2^b - 1, b <= 16
   float act_range;    // A
+  // The fused variants (see ../climbq_act.h); the defaults give the plain quantizer.
+  int64_t bits = 0;
+  const float* bn_scale = nullptr;    // (channels,) or null: no affine
+  const float* bn_shift = nullptr;    // (channels,), set together with bn_scale
+  int64_t channels = 1;
+  int64_t channel_stride = 1;         // elements between consecutive channels in memory
+  const float* thresholds = nullptr;  // (N,) ascending, or null: the erf form
+  bool relu = false;
+  bool chain_scale = true;            // backward: dx = dy * bn_scale (else return dy)
 };
 
 #define CLIMBQ_DECLARE_ACT_KERNELS(ISA)                                                 \
@@ -35,6 +44,7 @@ struct ActQuantProblem {
   void act_quant_forward(const ActQuantProblem& p, const void* x, void* out);            \
   void act_quant_backward(const ActQuantProblem& p, const void* grad_out, const void* x, \
                           void* dx);                                                     \
+  void act_quant_codes(const ActQuantProblem& p, const void* x, uint8_t* codes);         \
   }
 
 CLIMBQ_DECLARE_ACT_KERNELS(DEFAULT)
