@@ -1,12 +1,14 @@
 // Class-segmented statistics on the CPU (SPEC 1c, SPEC 4): checks, label bookkeeping and the
-// float64 -> x's dtype epilogue; the accumulation is in isa/class_stats_kernel.cpp.
+// float64 -> x's dtype epilogue (mean and var rounded once, through float32); the accumulation is in isa/class_stats_kernel.cpp.
 #include "../class_stats.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -45,21 +47,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_stats_cpu(const at::Tensor&
     prior[i] = count_p[k]++;
   }
 
-  const auto acc_options = x.options().dtype(at::kDouble);
-  at::Tensor mean = at::zeros({num_classes, shape.features}, acc_options);
-  at::Tensor m2 = at::zeros({num_classes, shape.features}, acc_options);
+  // The float64 running means and M2s live in a per-thread buffer reused across calls: a fresh
+  // multi-megabyte allocation per call costs more in page faults than the whole pass.
+  thread_local std::vector<double> scratch;
+  const int64_t stats = num_classes * shape.features;
+  scratch.assign(2 * stats, 0.0);
+  double* mean_acc = scratch.data();
+  double* m2_acc = scratch.data() + stats;
   if (shape.batch * shape.features * shape.positions > 0) {
-    const SegmentProblem problem{x_c.scalar_type(), shape.batch,   shape.features,
-                                 shape.positions,   label_p,       prior.data(),
-                                 mean.mutable_data_ptr<double>(), m2.mutable_data_ptr<double>()};
+    const SegmentProblem problem{x_c.scalar_type(), shape.batch, shape.features, shape.positions,
+                                 label_p, prior.data(), mean_acc, m2_acc};
     accumulate_kernel()(problem, x_c.const_data_ptr());
   }
   counts.mul_(shape.positions);
-  // Absent classes: mean stays 0 and M2 0; dividing by max(count, 1) keeps var 0.
-  const at::Tensor var = m2.div_(counts.clamp_min(1).to(at::kDouble).unsqueeze(1));
+
   const auto out_shape = stats_shape(x, num_classes);
-  return {counts, mean.to(x.scalar_type()).reshape(out_shape),
-          var.to(x.scalar_type()).reshape(out_shape)};
+  at::Tensor mean = at::empty(out_shape, x.options()), var = at::empty(out_shape, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "class_stats", [&] {
+    auto* mean_p = mean.mutable_data_ptr<scalar_t>();
+    auto* var_p = var.mutable_data_ptr<scalar_t>();
+    for (int64_t k = 0; k < num_classes; ++k) {
+      // Absent classes: the accumulators are still 0; dividing by max(count, 1) keeps var 0.
+      const double inv_n = 1.0 / static_cast<double>(std::max<int64_t>(count_p[k], 1));
+      for (int64_t j = k * shape.features; j < (k + 1) * shape.features; ++j) {
+        mean_p[j] = static_cast<scalar_t>(static_cast<float>(mean_acc[j]));
+        var_p[j] = static_cast<scalar_t>(static_cast<float>(m2_acc[j] * inv_n));
+      }
+    }
+  });
+  return {counts, mean, var};
 }
 
 }  // namespace
