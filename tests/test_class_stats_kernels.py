@@ -13,9 +13,9 @@ from .conftest import KERNEL_BACKENDS
 ALL_BACKENDS = [("reference", "cpu")] + KERNEL_BACKENDS
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NUM_CLASSES = 5
-SHAPES = [(1, 1), (1, 6), (7,), (9, 3), (17, 33), (6, 3, 5, 7), (5, 4, 40)]
-"""One element, one sample, 1-D, (B, D), rows of 1 / 35 / 40 positions (40 >= 32: the CUDA
-warp-per-row path), odd sizes throughout."""
+SHAPES = [(1, 1), (1, 6), (7,), (9, 3), (17, 33), (6, 3, 5, 7), (5, 4, 40), (3, 2, 17, 19)]
+"""One element, one sample, 1-D, (B, D), rows of 1 / 35 / 40 / 323 positions (>= 32: the CUDA
+warp-per-row path; 323 > 256: several Triton tiles per row), odd sizes throughout."""
 
 
 def _case(shape, dtype, device, gen, offset=0.7):

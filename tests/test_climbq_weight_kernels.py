@@ -49,6 +49,15 @@ def test_large_weight_over_many_reduction_chunks(backend, device, gen):
     _check(backend, device, torch.float32, LARGE, 4, gen)
 
 
+@pytest.mark.parametrize("backend,device", [bd for bd in KERNEL_BACKENDS if bd[0] == "triton"])
+def test_triton_programs_looping_over_several_blocks(backend, device, gen, monkeypatch):
+    """Few partials force chunks of several BLOCKs per program, as for weights over 512 BLOCKs."""
+    from climbq_kernels.triton import climbq_weight as tw
+    monkeypatch.setattr(tw, "MAX_PARTIALS", 4)
+    assert tw._chunking(17 * 1031) == (4, 5 * tw.BLOCK)
+    _check(backend, device, torch.float32, (17, 1031), 4, gen)
+
+
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_mean_far_from_zero_keeps_std_accurate(backend, device, gen):
     """The shifted float64 sums: mean 50 standard deviations away from 0."""

@@ -1,16 +1,17 @@
 """ClimbQ weight quantizer in Triton (SPEC 1b): one reduction and one elementwise pass forward;
 the statistics reduction again, the (S1, S2) reduction and one elementwise pass backward.
 
-Reductions: w is shifted by its first element (d = w - w[0]) and each program adds sum d and
-sum d^2 over its chunk in float64, writing one partial pair; every program of the next pass
-adds the (at most MAX_PARTIALS) partials itself in one fixed order, so mean and std never
-leave the device and no launch waits on the host. With n = w.numel(), N = 2^bits - 1:
+Every pass splits w into the same at most MAX_PARTIALS chunks, one program each. Reductions:
+w is shifted by its first element (d = w - w[0]) and each program adds sum d and sum d^2 over
+its chunk in float64, writing one partial pair; every program of the next pass adds the
+partials itself in one fixed order (one read of them per chunk), so mean and std never leave
+the device and no launch waits on the host. With n = w.numel(), N = 2^bits - 1:
 
     mean = w[0] + sum d / n,   s = sqrt((sum d^2 - (sum d)^2 / n) / (n - 1))
     z = (w - mean) / s,   Wq = (2 rint(Phi(z) N) - N) / N
     S1 = sum g phi(z),  S2 = sum g phi(z) z,   dw = (2/s)(g phi(z) - S1/n - z S2/(n-1))
 
-Elementwise math in float32 whatever w's dtype. Zero spread (s = 0) gives t = 0 instead of
+Elementwise math in float32 whatever w's dtype. Zero spread (s = 0) gives z = 0 instead of
 NaN; the ops layer rejects such w before launching (ops/climbq_weight.py).
 """
 
@@ -80,16 +81,18 @@ def weight_stats_kernel(w_ptr, partials_ptr, numel, chunk, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def weight_forward_kernel(w_ptr, out_ptr, stat_partials_ptr, num_partials, numel, num_levels,
+def weight_forward_kernel(w_ptr, out_ptr, stat_partials_ptr, num_partials, numel, chunk, num_levels,
                           BLOCK: tl.constexpr, PARTIALS: tl.constexpr):
+    """Wq over this program's chunk (one chunk per partial: the partials are read once per chunk)."""
     mean, inv_std, _ = _standardize(w_ptr, stat_partials_ptr, num_partials, numel, PARTIALS)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    z = (w - mean) * inv_std
-    code = round_half_even(normal_cdf(z) * num_levels)
-    out = (code * 2.0 - num_levels) * (1.0 / num_levels)  # exactly -1 and 1 at the end codes
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    start = tl.program_id(0).to(tl.int64) * chunk
+    for off in range(0, chunk, BLOCK):
+        offs = start + off + tl.arange(0, BLOCK)
+        mask = offs < numel
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        code = round_half_even(normal_cdf((w - mean) * inv_std) * num_levels)
+        out = (code * 2.0 - num_levels) * (1.0 / num_levels)  # exactly -1 and 1 at the end codes
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -114,20 +117,22 @@ def weight_grad_sums_kernel(grad_ptr, w_ptr, stat_partials_ptr, grad_partials_pt
 
 @triton.jit
 def weight_backward_kernel(grad_ptr, w_ptr, dw_ptr, stat_partials_ptr, grad_partials_ptr, num_partials, numel,
-                           BLOCK: tl.constexpr, PARTIALS: tl.constexpr):
+                           chunk, BLOCK: tl.constexpr, PARTIALS: tl.constexpr):
     mean, inv_std_f32, inv_std = _standardize(w_ptr, stat_partials_ptr, num_partials, numel, PARTIALS)
     s1, s2 = _total(grad_partials_ptr, num_partials, PARTIALS)
     n = numel.to(tl.float64)
-    two_over_s = (2.0 * inv_std).to(tl.float32)
+    g_scale = (2.0 * inv_std * INV_SQRT_2PI).to(tl.float32)
     offset = (-2.0 * inv_std * s1 / n).to(tl.float32)
     z_scale = (-2.0 * inv_std * s2 / (n - 1.0)).to(tl.float32)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    z = (w - mean) * inv_std_f32
-    dw = two_over_s * g * INV_SQRT_2PI * tl.exp(-0.5 * z * z) + offset + z_scale * z
-    tl.store(dw_ptr + offs, dw.to(dw_ptr.dtype.element_ty), mask=mask)
+    start = tl.program_id(0).to(tl.int64) * chunk
+    for off in range(0, chunk, BLOCK):
+        offs = start + off + tl.arange(0, BLOCK)
+        mask = offs < numel
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        z = (w - mean) * inv_std_f32
+        dw = g_scale * g * tl.exp(-0.5 * z * z) + offset + z_scale * z
+        tl.store(dw_ptr + offs, dw.to(dw_ptr.dtype.element_ty), mask=mask)
 
 
 # --- launchers ------------------------------------------------------------------------------
@@ -161,9 +166,9 @@ def climbq_weight_quant_forward(w, bits: int, *, out=None):
     w = w.contiguous()
     out = torch.empty_like(w) if out is None else out
     stat_partials = weight_stats(w)
-    weight_forward_kernel[(triton.cdiv(w.numel(), BLOCK),)](
-        w, out, stat_partials, stat_partials.shape[0], w.numel(), float(levels(bits)),
-        BLOCK=BLOCK, PARTIALS=MAX_PARTIALS)
+    programs, chunk = _chunking(w.numel())
+    weight_forward_kernel[(programs,)](w, out, stat_partials, programs, w.numel(), chunk, float(levels(bits)),
+                                       BLOCK=BLOCK, PARTIALS=MAX_PARTIALS)
     return out
 
 
@@ -173,9 +178,9 @@ def climbq_weight_quant_backward(grad_out, w, bits: int, *, out=None):
     out = torch.empty_like(w) if out is None else out
     stat_partials = weight_stats(w)
     grad_partials = weight_grad_sums(grad_out, w, stat_partials)
-    weight_backward_kernel[(triton.cdiv(w.numel(), BLOCK),)](
-        grad_out, w, out, stat_partials, grad_partials, stat_partials.shape[0], w.numel(),
-        BLOCK=BLOCK, PARTIALS=MAX_PARTIALS)
+    programs, chunk = _chunking(w.numel())
+    weight_backward_kernel[(programs,)](grad_out, w, out, stat_partials, grad_partials, programs, w.numel(), chunk,
+                                        BLOCK=BLOCK, PARTIALS=MAX_PARTIALS)
     return out
 
 
@@ -245,7 +250,7 @@ register(KernelEntry(
     name="climbq_weight_forward",
     kernel=weight_forward_kernel,
     signature=_signature(("w_ptr", "out_ptr"), ("stat_partials_ptr",),
-                         {"num_partials": "i32", "numel": "i64", "num_levels": "fp32"}),
+                         {"num_partials": "i32", "numel": "i64", "chunk": "i64", "num_levels": "fp32"}),
     constexprs=_CONSTEXPRS,
     example=_forward_example,
 ))
@@ -261,7 +266,7 @@ register(KernelEntry(
     name="climbq_weight_backward",
     kernel=weight_backward_kernel,
     signature=_signature(("grad_ptr", "w_ptr", "dw_ptr"), ("stat_partials_ptr", "grad_partials_ptr"),
-                         {"num_partials": "i32", "numel": "i64"}),
+                         {"num_partials": "i32", "numel": "i64", "chunk": "i64"}),
     constexprs=_CONSTEXPRS,
     example=_backward_example,
 ))
