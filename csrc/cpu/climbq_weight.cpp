@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "climbq_weight_kernel.h"
+#include "fresh_output.h"
 #include "isa_choice.h"
 
 namespace climbq::cpu {
@@ -68,7 +69,7 @@ at::Tensor weight_quant_forward_cpu(const at::Tensor& w, int64_t bits) {
   constexpr const char* kOp = "climbq_weight_quant_forward";
   check_weight_quant_args(kOp, w, bits, c10::kCPU);
   const at::Tensor w_c = w.contiguous();
-  at::Tensor out = at::empty(w_c.sizes(), w_c.options());
+  at::Tensor out = empty_like_fresh(w_c);
   double std = 0;
   const WeightPass p = weight_pass(kOp, w_c, bits, &std);
   weight_kernels().forward(p, w_c.const_data_ptr(), out.mutable_data_ptr());
@@ -81,7 +82,7 @@ at::Tensor weight_quant_backward_cpu(const at::Tensor& grad_out, const at::Tenso
   check_weight_quant_args(kOp, w, bits, c10::kCPU);
   check_weight_grad(kOp, grad_out, w);
   const at::Tensor w_c = w.contiguous(), g_c = grad_out.contiguous();
-  at::Tensor dw = at::empty(w_c.sizes(), w_c.options());
+  at::Tensor dw = empty_like_fresh(w_c);
   double s = 0;
   WeightPass p = weight_pass(kOp, w_c, bits, &s);
   const double n = static_cast<double>(p.numel);
