@@ -170,3 +170,27 @@ def test_homovar_loss_builds_no_batch_by_class_by_dim_tensor(gen, monkeypatch):
     assert calls == [(40, 50), (40,)]
     largest = max((evt.cpu_memory_usage for evt in prof.events()), default=0)
     assert largest < 40 * 7 * 50 * 4
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_torch_compile_fullgraph_with_weight_quant_and_class_stats(backend, device, gen):
+    """A quantized conv whose per-class channel statistics feed a loss (as in ClusterQ's L_FDA),
+    traced whole (fullgraph; aot_eager keeps the test fast) and differentiated like eager."""
+    torch._dynamo.reset()
+    conv = torch.nn.Conv2d(3, 5, 3).to(device)
+    x = torch.randn(6, 3, 7, 7, generator=gen).to(device)
+    labels = torch.randint(0, 3, (6,), generator=gen).to(device)
+
+    def step(x, labels):
+        h = torch.nn.functional.conv2d(x, cq.climbq_weight_quant(conv.weight, 4), conv.bias)
+        _, mean, var = cq.class_stats(h, labels, 3)
+        return (mean * mean).sum() + var.sum()
+
+    with cq.use_backend(backend):
+        eager = step(x, labels)
+        (eager_grad,) = torch.autograd.grad(eager, conv.weight)
+        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(x, labels)
+        (compiled_grad,) = torch.autograd.grad(compiled, conv.weight)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+    assert eager_grad.abs().sum() > 0
