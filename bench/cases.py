@@ -104,3 +104,55 @@ def climbq_act_bn_relu_case(device: str, dtype: torch.dtype = torch.float32, sha
     # forward reads x, writes out; backward reads grad and x, writes dx; the (C,) tables are noise.
     return Case(f"climbq_act+bn+relu fwd+bwd {tuple(shape)}{layout} {str(dtype)[6:]}", candidates,
                 floor_bytes=5 * x.numel() * x.element_size())
+
+
+def _climbq_weight_reference(w, bits, grad):
+    """The reference weight quantizer, forward then its hand-written backward, in w's dtype."""
+    return reference.climbq_weight_quant(w, bits), reference.climbq_weight_quant_backward(grad, w, bits)
+
+
+def climbq_weight_case(device: str, dtype: torch.dtype = torch.float32, shape=(512, 512, 3, 3), bits: int = 4,
+                       backends: tuple[str, ...] = ()) -> Case:
+    """ClimbQ weight quantizer, forward + backward (SPEC 1b)."""
+    gen = torch.Generator().manual_seed(0)
+    w = (torch.randn(shape, generator=gen) * 0.05).to(device, dtype)
+    grad = torch.randn(shape, generator=gen).to(device, dtype)
+    w_leaf = w.clone().requires_grad_()
+    compiled = torch.compile(_climbq_weight_reference)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                out = cq.climbq_weight_quant(w_leaf, bits)
+                return out, torch.autograd.grad(out, w_leaf, grad)[0]
+        return run
+
+    candidates = {"reference (eager)": lambda: _climbq_weight_reference(w, bits, grad),
+                  "torch.compile(reference)": lambda: compiled(w, bits, grad)}
+    candidates.update({f"climbq {name}": ours(name) for name in backends})
+    # Least traffic with the statistics kept for backward: forward reads w for the reduction, then
+    # reads w and writes Wq; backward reads g and w for (S1, S2), then reads g, w and writes dw.
+    return Case(f"climbq_weight fwd+bwd {tuple(shape)} {str(dtype)[6:]}", candidates,
+                floor_bytes=7 * w.numel() * w.element_size())
+
+
+def class_stats_case(device: str, dtype: torch.dtype = torch.float32, shape=(1024, 2048), num_classes: int = 100,
+                     backends: tuple[str, ...] = ()) -> Case:
+    """Per-class count, mean and biased variance by label (SPEC 1c steps 1-3, SPEC 4), forward."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=gen) + 0.5).to(device, dtype)
+    labels = torch.randint(0, num_classes, (shape[0],), generator=gen).to(device)
+    compiled = torch.compile(reference.class_stats)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                return cq.class_stats(x, labels, num_classes)
+        return run
+
+    candidates = {"reference (eager)": lambda: reference.class_stats(x, labels, num_classes),
+                  "torch.compile(reference)": lambda: compiled(x, labels, num_classes)}
+    candidates.update({f"climbq {name}": ours(name) for name in backends})
+    # One read of x; the (K, F) outputs are negligible.
+    return Case(f"class_stats {tuple(shape)} K={num_classes} {str(dtype)[6:]}", candidates,
+                floor_bytes=x.numel() * x.element_size())

@@ -177,6 +177,11 @@ def climbq_weight_quant(w: Tensor, bits: int = DEFAULT_BITS) -> Tensor:
 
     Output in [-1, 1] with N + 1 evenly spaced levels, w's shape and dtype. The gradient flows
     through the projection, the mean and the (unbiased) std. `bits == 32` returns `w`.
+
+    ValueError for fewer than 2 elements (here) and for zero spread (all elements equal): the
+    reference and the C++ CPU kernel raise it from the statistics they compute; for CUDA and
+    Triton, whose statistics stay on the device, the op checks w first wherever a host sync
+    is allowed (see `ops.climbq_weight`).
     """
     check_tensor("w", w, floating=True)
     check_bits(bits)
@@ -240,7 +245,10 @@ def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Te
 
     x (B, D) -> stats (K, D) per feature; x (B, C, *spatial) -> stats (K, C) per channel over
     samples and positions; counts (K,) int64 are the number of reduced elements. Absent classes
-    get count 0, mean 0, var 0. Differentiable in x through mean and var.
+    get count 0, mean 0, var 0. Differentiable in x through mean and var. The kernel backends
+    accumulate in float64 (CPU: Welford/Chan merge; CUDA, Triton: shifted sums). Labels are
+    range-checked here wherever a host read is allowed (`checks.check_labels`); the CPU kernel
+    checks them again, the GPU kernels skip out-of-range labels rather than write out of bounds.
     """
     _check_batched("x", x)
     raise_pending_label_errors()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from . import reference
+from . import ops, reference
 from .checks import check_labels, check_same_device, check_tensor, raise_pending_label_errors
 from .constants import HOMOVAR_ALPHA, HOMOVAR_BETA0
 
@@ -16,8 +17,13 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts:
     features (B, D) pooled penultimate features, logits (B, K), labels (B,) in [0, K),
     class_counts (K,) positive dataset class sizes. The class weights w (SPEC 1c steps 1-7)
     come from a Levene-style homogeneity test on the batch; they are computed without
-    gradient, so the loss is differentiable in `logits` only. Steps 1-3 are segmented
-    reductions by label: no (B, K, D) tensor is built.
+    gradient, so the loss is differentiable in `logits` only.
+
+    Steps 1-3 are segmented reductions by label through the `class_stats` op (so they run on
+    the selected kernel backend): class means of the features, then class means of the Levene
+    deviations z_i; no (B, K, D) tensor is built. Steps 3-8 reuse the reference's formulas
+    (`reference.homovar_weights_from_levene`, `reference.homovar_bce`). The weights are
+    computed in float32 for float16/bfloat16 features, else in the features' dtype.
     """
     check_tensor("features", features, floating=True)
     check_tensor("logits", logits, floating=True)
@@ -35,4 +41,12 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if not 0 < beta0 < 1:
         raise ValueError(f"beta0 must be in (0, 1), got {beta0}")
-    return reference.homovar_loss(features, logits, labels.long(), class_counts, alpha, beta0)
+    labels = labels.long()
+    with torch.no_grad():
+        dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
+        f = features.detach().to(dtype)
+        xbar, _, _ = ops.class_stats(f, labels, num_classes)  # 1. class means (K, D)
+        z = reference.levene_deviations(f, labels, xbar)  # 2. (B,)
+        zbar_c, _, batch_counts = ops.class_stats(z, labels, num_classes)  # 3. class means of z
+        w = reference.homovar_weights_from_levene(z, labels, zbar_c, batch_counts, class_counts, alpha, beta0)
+    return reference.homovar_bce(w, logits, labels)

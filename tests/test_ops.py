@@ -137,10 +137,10 @@ def test_use_backend_forces_and_restores(gen):
 
 
 def test_explicit_backend_without_kernel_or_dtype_raises(gen):
-    w = torch.randn(4, 4, generator=gen)
+    w = torch.randn(4, 64, generator=gen)
     if cq.backends()["cpu"].available:
         with cq.use_backend("cpu"), pytest.raises(NotImplementedError, match="no 'cpu' kernel"):
-            cq.climbq_weight_quant(w)
+            cq.quantize_int4(w, 32)
         with cq.use_backend("cpu"), pytest.raises(TypeError, match="float64 runs on the 'reference'"):
             cq.climbq_act_quant(torch.randn(2, 3, dtype=torch.float64), bits=4)
     with cq.use_backend("cuda"), pytest.raises((RuntimeError, ValueError), match="cuda"):

@@ -6,10 +6,15 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._dispatch import register_kernels, run
+from ._dispatch import native, register_kernels, run, triton_launcher
 
 register_kernels({
-    "class_stats": {"reference": reference.class_stats},
+    "class_stats": {
+        "reference": reference.class_stats,
+        "cpu": native("class_stats"),
+        "cuda": native("class_stats"),
+        "triton": triton_launcher("class_stats", "class_stats"),
+    },
 })
 
 
@@ -17,6 +22,8 @@ register_kernels({
 def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
     """(mean (K, F), biased var (K, F), counts (K,) int64) by label; F = D for (B, D), C for (B, C, ...).
 
+    Kernel backends accumulate in float64 (see csrc/class_stats.h and triton/class_stats.py);
+    labels must already be int64 in [0, K) (the public function checks them).
     The floating outputs come first (unlike the reference's (counts, mean, var)): autograd
     tooling such as opcheck sums outputs starting from the first one.
     """

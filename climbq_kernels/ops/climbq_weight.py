@@ -1,16 +1,50 @@
-"""ClimbQ weight quantizer ops (SPEC 1b)."""
+"""ClimbQ weight quantizer ops (SPEC 1b).
+
+Backends: the reference; the C++ CPU kernel (which rejects zero spread itself, from the
+statistics it already has on the host); CUDA and Triton, whose statistics stay on the device.
+For those two, `_reject_zero_spread` checks w first with one extra read of w and a host sync,
+done only where `checks.can_sync` allows (eager mode, not during CUDA graph capture); where it
+is skipped, a zero-spread w quantizes every element to z = 0 (code rint(N/2)) and gets the
+gradient 0, never NaN.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from .. import reference
-from ._dispatch import register_kernels, run
+from ..checks import can_sync
+from ._dispatch import native, register_kernels, run, triton_launcher
+
+
+def _reject_zero_spread(kernel: Callable) -> Callable:
+    """`kernel(..., w, bits)` preceded by the zero-spread check for device-side statistics."""
+    def call(*args):
+        w = args[-2]
+        if w.numel() and can_sync(w):
+            low, high = torch.aminmax(w)
+            if not bool(high > low):
+                raise ValueError("w must have nonzero spread: all its elements are equal, so std(w) = 0")
+        return kernel(*args)
+    return call
+
 
 register_kernels({
-    "climbq_weight_quant": {"reference": reference.climbq_weight_quant},
-    "climbq_weight_quant_backward": {"reference": reference.climbq_weight_quant_backward},
+    "climbq_weight_quant": {
+        "reference": reference.climbq_weight_quant,
+        "cpu": native("climbq_weight_quant_forward"),
+        "cuda": _reject_zero_spread(native("climbq_weight_quant_forward")),
+        "triton": _reject_zero_spread(triton_launcher("climbq_weight", "climbq_weight_quant_forward")),
+    },
+    "climbq_weight_quant_backward": {
+        "reference": reference.climbq_weight_quant_backward,
+        "cpu": native("climbq_weight_quant_backward"),
+        "cuda": _reject_zero_spread(native("climbq_weight_quant_backward")),
+        "triton": _reject_zero_spread(triton_launcher("climbq_weight", "climbq_weight_quant_backward")),
+    },
 })
 
 

@@ -72,22 +72,42 @@ def _size_bounds(zbar: Tensor, class_sum: Tensor, bound: Tensor) -> tuple[Tensor
     return torch.minimum(root_a, root_c), torch.maximum(root_a, root_c), real
 
 
+def levene_deviations(f: Tensor, labels: Tensor, xbar: Tensor) -> Tensor:
+    """z_i = sum_d |F_id - Xbar_{y_i d}| over the d with F_id != 0 (SPEC 1c step 2), shape (B,).
+
+    f: (B, D); xbar: (K, D) class means (step 1); labels: (B,) integer in [0, K).
+    """
+    return ((f - xbar[labels.to(torch.int64)]).abs() * (f != 0)).sum(dim=1)
+
+
 def _log_betas(f: Tensor, labels: Tensor, n: Tensor, alpha: float, beta0: float) -> Tensor:
     """log(beta_c), (K,), from SPEC 1c steps 1-6; log(beta0) wherever a step degenerates."""
-    num_classes, batch = n.numel(), f.shape[0]
-    index = labels.to(torch.int64)
+    num_classes = n.numel()
     m = batch_class_counts(labels, num_classes).to(f.dtype)  # batch counts m_c
     m_safe = m.clamp_min(1)
+    # 1. class means; 2. z_i; 3. class means of z (the rest of step 3 is in log_betas_from_levene).
+    xbar = segment_sum(f, labels, num_classes) / m_safe.unsqueeze(1)
+    z = levene_deviations(f, labels, xbar)
+    zbar_c = segment_sum(z, labels, num_classes) / m_safe
+    return log_betas_from_levene(z, labels, zbar_c, m, n, alpha, beta0)
+
+
+def log_betas_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, n: Tensor, alpha: float,
+                          beta0: float) -> Tensor:
+    """log(beta_c), (K,), from SPEC 1c steps 3-6 given the Levene deviations and their class means.
+
+    z: (B,) from step 2; zbar_c: (K,) class means of z (0 for absent classes); m: (K,) batch
+    counts and n: (K,) dataset counts, both in z's dtype. log(beta0) wherever a step degenerates.
+    """
+    num_classes, batch = n.numel(), z.shape[0]
     present = m > 0
-    log_beta0 = torch.full((num_classes,), math.log(beta0), dtype=f.dtype, device=f.device)
+    log_beta0 = torch.full((num_classes,), math.log(beta0), dtype=z.dtype, device=z.device)
     k_present = int(present.sum())
     if k_present < 2 or batch - k_present < 1:
         return log_beta0
-    # 1. class means; 2. z_i = sum_d |F_id - Xbar_{y_i d}| over F_id != 0; 3. class means of z.
-    xbar = segment_sum(f, labels, num_classes) / m_safe.unsqueeze(1)
-    z = ((f - xbar[index]).abs() * (f != 0)).sum(dim=1)
-    class_sum = segment_sum(z, labels, num_classes)  # S_c
-    zbar_c = class_sum / m_safe  # 0 for absent classes
+    index = labels.to(torch.int64)
+    zbar_c = torch.where(present, zbar_c, torch.zeros_like(zbar_c))
+    class_sum = zbar_c * m  # S_c
     zbar = zbar_c.sum() / k_present
     # 4. Levene terms.
     msw = ((z - zbar_c[index]) ** 2).sum() / (batch - k_present)
@@ -110,6 +130,20 @@ def _class_balanced_weights(log_beta: Tensor, n: Tensor) -> Tensor:
     ratio = torch.expm1(log_beta) / torch.expm1(n * log_beta)
     w = torch.where(log_beta == 0, 1.0 / n, ratio)
     return w * (n.numel() / w.sum())
+
+
+@torch.no_grad()
+def homovar_weights_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, class_counts,
+                                alpha: float = HOMOVAR_ALPHA, beta0: float = HOMOVAR_BETA0) -> Tensor:
+    """HomoVar class weights w (K,) (SPEC 1c steps 3-7) from precomputed steps 1-3.
+
+    For callers that compute the segmented reductions elsewhere (`losses.homovar_loss` runs
+    them through the `class_stats` op): z (B,) Levene deviations (`levene_deviations`),
+    zbar_c (K,) their class means, m (K,) batch class counts. Computed in z's dtype; other
+    arguments as in `homovar_weights`, unchecked beyond class_counts.
+    """
+    n = _check_class_counts(class_counts, z.device).to(z.dtype)
+    return _class_balanced_weights(log_betas_from_levene(z, labels, zbar_c, m.to(z.dtype), n, alpha, beta0), n)
 
 
 @torch.no_grad()
@@ -162,7 +196,18 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts,
     if logits.shape != (features.shape[0], num_classes):
         raise ValueError(f"logits must have shape (B, K) = ({features.shape[0]}, {num_classes}), "
                          f"got {tuple(logits.shape)}")
-    w = homovar_weights(features, labels, class_counts, alpha, beta0).to(logits.dtype)
+    w = homovar_weights(features, labels, class_counts, alpha, beta0)
+    return homovar_bce(w, logits, labels)
+
+
+def homovar_bce(w: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    """Step 8 of SPEC 1c: mean over (i, c) of w_{y_i} * BCE(softmax(logits)_ic, onehot_ic).
+
+    w: (K,) class weights (cast to logits' dtype, no gradient); logits (B, K); labels (B,).
+    BCE as described in `homovar_loss`; 0-d result in logits' dtype.
+    """
+    num_classes = logits.shape[1]
+    w = w.to(logits.dtype)
     index = labels.to(torch.int64)
     p = torch.softmax(logits, dim=1)
     target = torch.nn.functional.one_hot(index, num_classes).to(logits.dtype)

@@ -1,0 +1,116 @@
+// Class-segmented statistics kernel (SPEC 1c, SPEC 4), compiled once per instruction set like
+// climbq_act_kernel.cpp. See ../class_stats_kernel.h for the accumulation.
+//
+// Threads own disjoint feature ranges and visit the samples in order, so no two threads touch
+// one accumulator and the result does not depend on the number of threads. A row of
+// positions > 1 elements (a channel of one sample) is first summarised by two float32 vector
+// passes over its values less its first element (row mean, then the squared deviations from
+// it), then merged in float64.
+#include "../class_stats_kernel.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "../vec_io.h"
+
+namespace climbq::cpu::CPU_CAPABILITY {
+namespace {
+
+using vec_io::kLanes;
+using vec_io::load_floats;
+using vec_io::Vec;
+
+// Fewest elements per parallel task.
+constexpr int64_t kGrainElements = 32768;
+
+float lane_sum(const Vec& v) {
+  __at_align__ float lanes[kLanes];
+  v.store(lanes);
+  float sum = 0;
+  for (int64_t j = 0; j < kLanes; ++j) sum += lanes[j];
+  return sum;
+}
+
+// Mean (float64) and sum of squared deviations (float32) of row[0..n), n >= 1. The mean is
+// summed relative to row[0], so its float32 rounding error scales with the row's spread, not
+// with its magnitude.
+template <typename T>
+void row_summary(const T* row, int64_t n, double& mean, float& m2) {
+  const float first = static_cast<float>(row[0]);
+  const Vec shift(first);
+  Vec acc(0.0f);
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const int64_t live = std::min(kLanes, n - j);
+    Vec d = load_floats(row + j, live) - shift;
+    if (live < kLanes) d = Vec::set(Vec(0.0f), d, live);
+    acc = acc + d;
+  }
+  const float mean_shifted = lane_sum(acc) / static_cast<float>(n);
+  mean = static_cast<double>(first) + mean_shifted;
+  const Vec centre(mean_shifted);
+  Vec sq(0.0f);
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const int64_t live = std::min(kLanes, n - j);
+    Vec d = (load_floats(row + j, live) - shift) - centre;  // x - mean without rounding the mean
+    if (live < kLanes) d = Vec::set(Vec(0.0f), d, live);
+    sq = at::vec::fmadd(d, d, sq);
+  }
+  m2 = lane_sum(sq);
+}
+
+// Merges a row of n_b elements with mean row_mean and M2 row_m2 into (mean, m2), which
+// summarise n_a elements.
+inline void chan_merge(double& mean, double& m2, double n_a, double n_b, double row_mean,
+                       double row_m2) {
+  const double n = n_a + n_b;
+  const double delta = row_mean - mean;
+  mean += delta * (n_b / n);
+  m2 += row_m2 + delta * delta * (n_a * n_b / n);
+}
+
+template <typename T>
+void accumulate_typed(const SegmentProblem& p, const T* x) {
+  const int64_t row_work = std::max<int64_t>(1, p.batch * p.positions);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / row_work);
+  at::parallel_for(0, p.features, grain, [&](int64_t f_begin, int64_t f_end) {
+    for (int64_t i = 0; i < p.batch; ++i) {
+      const int64_t base = p.labels[i] * p.features;
+      const T* sample = x + i * p.features * p.positions;
+      if (p.positions == 1) {
+        // Welford: the row is one element.
+        const double n_a = static_cast<double>(p.prior[i]);
+        const double inv_n = 1.0 / (n_a + 1.0);
+        const double m2_scale = n_a * inv_n;
+        double* __restrict__ mean = p.mean + base;
+        double* __restrict__ m2 = p.m2 + base;
+        const T* __restrict__ row = sample;
+        for (int64_t f = f_begin; f < f_end; ++f) {  // independent features: vectorises
+          const double delta = static_cast<double>(static_cast<float>(row[f])) - mean[f];
+          mean[f] += delta * inv_n;
+          m2[f] += delta * delta * m2_scale;
+        }
+      } else {
+        const double n_a = static_cast<double>(p.prior[i] * p.positions);
+        const double n_b = static_cast<double>(p.positions);
+        for (int64_t f = f_begin; f < f_end; ++f) {
+          double row_mean;
+          float row_m2;
+          row_summary(sample + f * p.positions, p.positions, row_mean, row_m2);
+          chan_merge(p.mean[base + f], p.m2[base + f], n_a, n_b, row_mean, row_m2);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void class_stats_accumulate(const SegmentProblem& p, const void* x) {
+  vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    accumulate_typed(p, static_cast<const T*>(x));
+  });
+}
+
+}  // namespace climbq::cpu::CPU_CAPABILITY
