@@ -2,6 +2,7 @@
 // of instruction set; the vectorised loops are in isa/climbq_act_kernel.cpp.
 #include "../climbq_act.h"
 #include "climbq_act_kernel.h"
+#include "fresh_output.h"
 
 #include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
@@ -12,10 +13,6 @@
 #include <optional>
 #include <string>
 #include <vector>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace climbq::cpu {
 namespace {
@@ -49,28 +46,6 @@ const ActKernels& act_kernels() {
                         DEFAULT::act_quant_codes, "DEFAULT"};
   }();
   return chosen;
-}
-
-// Outputs of 32 MiB or more (glibc's largest mmap threshold) get a fresh mapping from malloc on
-// every call, and their first write faults them in 4 KiB page by page: 8192 faults for
-// 32 MiB, as long as the whole kernel takes on a 2-core VM. Advising transparent huge pages
-// for the 2 MiB-aligned interior first (what torch does for all memory under
-// THP_MEM_ALLOC_ENABLE=1) leaves about 530 (16 huge pages and the unaligned ends). Smaller
-// outputs come back from malloc's heap already faulted in and are left alone; where THP is
-// off the advice changes nothing.
-at::Tensor empty_output(const at::Tensor& like) {
-  at::Tensor out = at::empty(like.sizes(), like.options());
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
-  constexpr size_t kFreshMappingBytes = size_t{32} << 20;
-  if (out.nbytes() >= kFreshMappingBytes) {
-    const auto begin = reinterpret_cast<std::uintptr_t>(out.mutable_data_ptr());
-    const std::uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-    const std::uintptr_t last = (begin + out.nbytes()) & ~(kHugePage - 1);
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice: may fail
-  }
-#endif
-  return out;
 }
 
 // Owns the per-sample constants for one call and describes the problem to the kernels.
@@ -132,7 +107,7 @@ at::Tensor act_quant_forward_cpu(const at::Tensor& x, const at::Tensor& sigma, c
                                  int64_t bits, double act_range) {
   check_act_quant_args("climbq_act_quant_forward", x, sigma, mu, bits, act_range, c10::kCPU);
   const at::Tensor x_c = x.contiguous();
-  at::Tensor out = empty_output(x_c);
+  at::Tensor out = empty_like_fresh(x_c);
   if (x_c.numel() == 0) return out;
   const ActQuantCall call(x_c, sigma, mu, bits, act_range);
   act_kernels().forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
@@ -145,7 +120,7 @@ at::Tensor act_quant_backward_cpu(const at::Tensor& grad_out, const at::Tensor& 
   check_act_quant_args("climbq_act_quant_backward", x, sigma, mu, bits, act_range, c10::kCPU);
   check_act_quant_grad("climbq_act_quant_backward", grad_out, x);
   const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
-  at::Tensor dx = empty_output(x_c);
+  at::Tensor dx = empty_like_fresh(x_c);
   if (x_c.numel() == 0) return dx;
   const ActQuantCall call(x_c, sigma, mu, bits, act_range);
   act_kernels().backward(call.problem(), grad_c.const_data_ptr(), x_c.const_data_ptr(),
@@ -175,7 +150,7 @@ at::Tensor act_fused_forward_cpu(const at::Tensor& x, const at::Tensor& sigma,
   const int64_t channels =
       check_act_fused_tables(op, x, bn_scale, bn_shift, thresholds, bits, channels_last);
   const at::Tensor x_c = x.contiguous();
-  at::Tensor out = empty_output(x_c);
+  at::Tensor out = empty_like_fresh(x_c);
   if (x_c.numel() == 0) return out;
   const FusedTables tables(thresholds, bn_scale, bn_shift);
   ActQuantCall call(x_c, sigma, mu, bits, act_range);
@@ -198,7 +173,7 @@ at::Tensor act_fused_backward_cpu(const at::Tensor& grad_out, const at::Tensor& 
   const int64_t channels =
       check_act_fused_tables(op, x, bn_scale, bn_shift, thresholds, bits, channels_last);
   const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
-  at::Tensor dx = empty_output(x_c);
+  at::Tensor dx = empty_like_fresh(x_c);
   if (x_c.numel() == 0) return dx;
   const FusedTables tables(thresholds, bn_scale, bn_shift);
   ActQuantCall call(x_c, sigma, mu, bits, act_range);

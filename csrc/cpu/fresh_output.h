@@ -4,8 +4,7 @@
 // every call, and their first write faults them in 4 KiB page by page, which on a small VM
 // costs as much as the kernel. Advising transparent huge pages for the 2 MiB-aligned interior
 // first (what torch does for all memory under THP_MEM_ALLOC_ENABLE=1) cuts the faults ~500x;
-// where THP is off the advice changes nothing. (csrc/cpu/climbq_act.cpp has the same logic
-// inline; it can switch to this header.)
+// where THP is off the advice changes nothing.
 #pragma once
 
 #include <ATen/core/Tensor.h>

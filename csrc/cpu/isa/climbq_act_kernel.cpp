@@ -20,40 +20,18 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../vec_io.h"
+
 namespace climbq::cpu::CPU_CAPABILITY {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kLanes = Vec::size();
+using vec_io::kLanes;
+using vec_io::load_floats;
+using vec_io::store_floats;
+using vec_io::Vec;
 // Fewest elements worth a parallel task: ATen's GRAIN_SIZE (32768) for a copy; erf costs
 // more per element, so half of it still pays for the hand-off.
 constexpr int64_t kGrainSize = 16384;
-
-// Loads n <= kLanes elements as floats (lanes past n are zero).
-template <typename T>
-Vec load_floats(const T* p, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    return Vec::loadu(p, n);
-  } else if (n == kLanes) {
-    Vec v;
-    at::vec::load_to_float<T>(p, v);
-    return v;
-  } else {
-    __at_align__ float buf[kLanes] = {};
-    for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<float>(p[j]);
-    return Vec::loadu(buf);
-  }
-}
-
-// Stores the first n <= kLanes lanes, rounding to nearest even for Half and BFloat16.
-template <typename T>
-void store_floats(const Vec& v, T* p, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    v.store(p, n);
-  } else {
-    at::vec::convert_from_float<T>(v, v).store(p, n);
-  }
-}
 
 // Splits the flattened (batch, inner) range into parallel chunks and calls
 // fn(sample, flat_begin, flat_end) for each piece of a chunk that lies in one sample, so the
@@ -225,28 +203,17 @@ void backward_typed(const ActQuantProblem& p, const T* grad_out, const T* x, T* 
   });
 }
 
-// Calls f(T{}) for the kernel dtype `dtype`.
-template <typename F>
-void dispatch_dtype(c10::ScalarType dtype, const F& f) {
-  switch (dtype) {
-    case c10::ScalarType::Float: return f(float{});
-    case c10::ScalarType::Half: return f(c10::Half{});
-    case c10::ScalarType::BFloat16: return f(c10::BFloat16{});
-    default: TORCH_CHECK(false, "climbq CPU kernel: unsupported dtype ", dtype);
-  }
-}
-
 }  // namespace
 
 void act_quant_forward(const ActQuantProblem& p, const void* x, void* out) {
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     forward_typed(p, static_cast<const T*>(x), static_cast<T*>(out));
   });
 }
 
 void act_quant_backward(const ActQuantProblem& p, const void* grad_out, const void* x, void* dx) {
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     backward_typed(p, static_cast<const T*>(grad_out), static_cast<const T*>(x),
                    static_cast<T*>(dx));
@@ -254,7 +221,7 @@ void act_quant_backward(const ActQuantProblem& p, const void* grad_out, const vo
 }
 
 void act_quant_codes(const ActQuantProblem& p, const void* x, uint8_t* codes) {
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     codes_typed(p, static_cast<const T*>(x), codes);
   });
