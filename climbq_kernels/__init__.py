@@ -5,6 +5,7 @@ Public API only; README.md sketches the architecture.
 
 from .dispatch import BackendStatus, backends, use_backend
 from .functional import class_sigma, class_stats, climbq_act_quant, climbq_weight_quant, fake_quant
+from .functional import fake_quant_per_sample_bits
 from .int4 import Int4Weight, int4_matmul, quantize_int4
 from .losses import homovar_loss
 
@@ -13,4 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendStatus", "Int4Weight", "backends", "class_sigma", "class_stats", "climbq_act_quant",
     "climbq_weight_quant", "fake_quant", "homovar_loss", "int4_matmul", "quantize_int4", "use_backend",
+    "fake_quant_per_sample_bits",
 ]
