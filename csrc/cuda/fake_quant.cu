@@ -120,9 +120,11 @@ __global__ void affine_backward_kernel(const T* __restrict__ grad_out, const T* 
 // (clip, L, s) of sample `row` from the device tables.
 struct SampleGrid {
   float clip, levels, step;
-  __device__ SampleGrid(const int32_t* bits, const float* clip_p, int64_t row)
-      : clip(__ldg(clip_p)), levels(static_cast<float>((1 << __ldg(bits + row)) - 1)),
-        step(__fdiv_rn(clip, levels)) {}
+  __device__ SampleGrid(const int32_t* bits, const float* clip_p, int64_t row) {
+    clip = __ldg(clip_p);
+    levels = static_cast<float>((1 << __ldg(bits + row)) - 1);
+    step = __fdiv_rn(clip, levels);
+  }
   // min(max(x, 0), clip), NaN kept (fmaxf would drop it).
   __device__ float clamp(float x) const { return x != x ? x : fminf(fmaxf(x, 0.0f), clip); }
 };
