@@ -128,3 +128,50 @@ def test_native_checks_are_a_second_line(device, gen):
     if device == "cpu":  # CUDA leaves value checks to the Python layer (no host sync)
         with pytest.raises(ValueError, match="bits"):
             native.fake_quant_per_sample_bits_forward(x, bits + 16, clip)
+
+
+class _DynamicQuantBlock(torch.nn.Module):
+    """conv -> BN -> ReLU -> per-sample bits (learned clip) -> conv with an LSQ per-channel weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.clip = torch.nn.Parameter(torch.tensor(2.0))
+        self.conv2 = torch.nn.Conv2d(6, 4, 3, padding=1)
+        self.step = torch.nn.Parameter(torch.full((4,), 0.05))
+
+    def forward(self, x, bits):
+        h = cq.fake_quant_per_sample_bits(self.bn(self.conv1(x)).relu(), bits, self.clip)
+        w = cq.fake_quant(self.conv2.weight, self.step, torch.zeros(4, dtype=torch.int32), -8, 7, axis=0)
+        return torch.nn.functional.conv2d(h, w, self.conv2.bias, padding=1).mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_torch_compile_fullgraph_model(backend, device, gen):
+    """Both fake quants in one small model, compiled whole: same outputs and gradients as eager."""
+    torch._dynamo.reset()
+    model = _DynamicQuantBlock().to(device)
+    x = torch.randn(3, 3, 5, 5, generator=gen).to(device)
+    bits = torch.tensor([2, 4, 8], device=device)
+    with cq.use_backend(backend):
+        eager = model(x, bits)
+        eager_grads = torch.autograd.grad(eager.sum(), (model.clip, model.step))
+        compiled = torch.compile(model, fullgraph=True)(x, bits)
+        compiled_grads = torch.autograd.grad(compiled.sum(), (model.clip, model.step))
+    torch.testing.assert_close(compiled, eager)
+    for got, expected in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_channels_last_and_non_contiguous_inputs(backend, device, gen):
+    x, bits, clip = _inputs((3, 4, 5, 6), torch.float32, device, gen)
+    with cq.use_backend(backend):
+        expected = cq.fake_quant_per_sample_bits(x, bits, clip)
+        channels_last = cq.fake_quant_per_sample_bits(x.to(memory_format=torch.channels_last), bits, clip)
+        transposed = cq.fake_quant_per_sample_bits(x.transpose(2, 3), bits, clip)
+        per_tensor = cq.fake_quant(x.to(memory_format=torch.channels_last), clip / 8, 0, -8, 7)
+    assert torch.equal(channels_last, expected)
+    assert torch.equal(transposed, expected.transpose(2, 3))
+    assert torch.equal(per_tensor, torch.fake_quantize_per_tensor_affine(x, float(clip / 8), 0, -8, 7))

@@ -200,7 +200,7 @@ at::Tensor affine_forward_cuda(const at::Tensor& x, const at::Tensor& scale, con
     dispatch_zp_mode(mode, [&](auto zp_mode) {
       constexpr int kMode = decltype(zp_mode)::value;
       const auto launch = [&](auto kernel) {
-        kernel<<<layout.pieces(), kThreads, 0, stream>>>(
+        kernel<<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
             x_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), scale_f.const_data_ptr<float>(),
             zp_f.const_data_ptr<float>(), layout.inner, layout.channels, layout.chunks_per_row(),
             static_cast<float>(quant_min), static_cast<float>(quant_max));
@@ -236,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     CLIMBQ_DISPATCH_KERNEL_DTYPES(x_c.scalar_type(), "fake_quant_affine_backward", [&] {
       dispatch_zp_mode(zero_point_mode(zero_point), [&](auto zp_mode) {
-        affine_backward_kernel<scalar_t, decltype(zp_mode)::value><<<layout.pieces(), kThreads, 0, stream>>>(
+        affine_backward_kernel<scalar_t, decltype(zp_mode)::value><<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
             grad_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
             scale_f.const_data_ptr<float>(), zp_f.const_data_ptr<float>(),
             scale_grad ? dscale_partials.mutable_data_ptr<float>() : nullptr,
@@ -246,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
       });
     });
   }
-  const int64_t numel_per_scale = x_c.numel() / layout.channels;
+  const int64_t numel_per_scale = layout.channels == 0 ? 0 : x_c.numel() / layout.channels;
   const double g = (scale_grad || zero_point_grad) && numel_per_scale > 0
                        ? lsq_grad_scale(op, numel_per_scale, quant_max)
                        : 0.0;
@@ -273,7 +273,7 @@ at::Tensor sample_bits_forward_cuda(const at::Tensor& x, const at::Tensor& bits,
   if (layout.pieces() == 0) return out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   CLIMBQ_DISPATCH_KERNEL_DTYPES(x_c.scalar_type(), "fake_quant_per_sample_bits_forward", [&] {
-    sample_bits_forward_kernel<scalar_t><<<layout.pieces(), kThreads, 0, stream>>>(
+    sample_bits_forward_kernel<scalar_t><<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
         x_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), bits_i.const_data_ptr<int32_t>(),
         clip_f.const_data_ptr<float>(), layout.inner, layout.chunks_per_row());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -295,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor> sample_bits_backward_cuda(const at::Tensor& g
   if (layout.pieces() != 0) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     CLIMBQ_DISPATCH_KERNEL_DTYPES(x_c.scalar_type(), "fake_quant_per_sample_bits_backward", [&] {
-      sample_bits_backward_kernel<scalar_t><<<layout.pieces(), kThreads, 0, stream>>>(
+      sample_bits_backward_kernel<scalar_t><<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
           grad_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
           bits_i.const_data_ptr<int32_t>(), clip_f.const_data_ptr<float>(), partials.mutable_data_ptr<float>(),
           layout.inner, layout.chunks_per_row());
