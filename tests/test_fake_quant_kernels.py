@@ -13,9 +13,10 @@ from .conftest import KERNEL_BACKENDS
 ALL_BACKENDS = [("reference", "cpu")] + KERNEL_BACKENDS
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (shape, axis): one element, one sample, odd sizes, a row longer than a Triton block (1024)
-# and a CPU chunk (16384) with a ragged end, and every axis position.
+# and a CPU chunk (16384) with a ragged end, every axis position, and short rows (< 16
+# elements per channel per row: the CPU's position tables) in many row groups.
 PER_CHANNEL = [((1,), 0), ((1, 7), 0), ((5, 3, 9, 11), 1), ((3, 4, 7), 2), ((3, 4, 7), 0), ((2, 3, 1031), 1),
-               ((2, 16411), 0)]
+               ((2, 16411), 0), ((300, 5, 3), 1)]
 PER_TENSOR = [(1,), (1, 7), (5, 3, 9, 11), (2, 16411)]
 
 
@@ -74,7 +75,7 @@ def test_exact_ties_round_half_to_even_like_torch(backend, device, axis):
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,axis", [((1,), None), ((5, 3, 9, 11), 1), ((3, 4, 7), 2), ((2, 3, 1031), None),
-                                        ((4, 5, 33), 0)], ids=str)
+                                        ((4, 5, 33), 0), ((130, 6, 2), 1)], ids=str)
 def test_backward_matches_float64_reference(backend, device, dtype, shape, axis, gen):
     """dx exactly as the reference; LSQ dscale and dzero_point (one fused pass) within float32
     summation error of the float64 reference."""

@@ -11,6 +11,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <tuple>
@@ -22,6 +23,11 @@ namespace {
 // Elements per piece: large enough that a piece's loop dwarfs its set-up, small enough that a
 // per-tensor problem splits across cores and that float32 lane sums stay accurate.
 constexpr int64_t kChunk = 16384;
+// Per channel with rows shorter than this (a late axis: (B, T, C) along C has rows of 1) runs
+// on position tables (see PositionTables) when channels * inner <= kChunk, in at most
+// kMaxRowGroups pieces (that many partial sums per position).
+constexpr int64_t kShortRow = 16;
+constexpr int64_t kMaxRowGroups = 64;
 
 struct FakeQuantKernels {
   decltype(&DEFAULT::affine_forward) affine_forward;
@@ -76,28 +82,60 @@ class AffineCall {
     const ZeroPointMode mode = zero_point_mode(zero_point);
     problem_ = {x.scalar_type(), layout, s, inv_scale_.data(), zp, mode,
                 needs_double_product(axis.has_value(), mode, quant_min, quant_max),
-                static_cast<float>(quant_min), static_cast<float>(quant_max)};
+                static_cast<float>(quant_min), static_cast<float>(quant_max), PositionTables{}};
+    const int64_t period = layout.channels * layout.inner;
+    if (axis.has_value() && layout.rows > 0 && layout.inner < kShortRow && period <= kChunk) {
+      expand_to_positions(period);
+    }
   }
   const AffineProblem& problem() const { return problem_; }
 
+  // Partial sums the backward writes per requested gradient.
+  int64_t partial_count() const {
+    const PositionTables& t = problem_.positions;
+    if (t.period == 0) return problem_.layout.pieces();
+    const int64_t outer = problem_.layout.rows / problem_.layout.channels;
+    return (outer + t.rows_per_piece - 1) / t.rows_per_piece * t.period;
+  }
+
+  // Channel of partial sum i: the piece's row with row tables, the position's with positions.
+  int64_t channel_of_partial(int64_t i) const {
+    const PositionTables& t = problem_.positions;
+    if (t.period > 0) return (i % t.period) / problem_.layout.inner;
+    return (i / problem_.layout.chunks_per_row()) % problem_.layout.channels;
+  }
+
  private:
+  void expand_to_positions(int64_t period) {
+    const RowLayout& layout = problem_.layout;
+    positions_.resize(3 * period);
+    for (int64_t pos = 0; pos < period; ++pos) {
+      const int64_t c = pos / layout.inner;
+      positions_[pos] = problem_.scale[c];
+      positions_[period + pos] = inv_scale_[c];
+      positions_[2 * period + pos] = problem_.zero_point[c];
+    }
+    const int64_t outer = layout.rows / layout.channels;
+    const int64_t groups = std::min(outer, kMaxRowGroups);
+    problem_.positions = {positions_.data(), positions_.data() + period,
+                          positions_.data() + 2 * period, period, (outer + groups - 1) / groups};
+  }
+
   at::Tensor scale_, zero_point_;
-  std::vector<float> inv_scale_;
+  std::vector<float> inv_scale_, positions_;
   AffineProblem problem_{};
 };
 
-// Sums piece partials per channel in a fixed order (rows of one channel, then their chunks),
-// in double, and scales by `factor`: a float32 (channels,) tensor.
-at::Tensor reduce_partials(const std::vector<float>& partials, const RowLayout& layout,
-                           double factor) {
-  at::Tensor result = at::zeros({layout.channels}, at::TensorOptions().dtype(at::kFloat));
-  std::vector<double> sums(layout.channels, 0.0);
-  const int64_t per_row = layout.chunks_per_row();
-  for (int64_t piece = 0; piece < layout.pieces(); ++piece) {
-    sums[(piece / per_row) % layout.channels] += partials[piece];
-  }
+// Sums partials per channel in a fixed order, in double, scaled by `factor`: float32
+// (channels,). channel_of(i) is the channel of partial i.
+template <typename ChannelOf>
+at::Tensor reduce_partials(const std::vector<float>& partials, int64_t channels,
+                           const ChannelOf& channel_of, double factor) {
+  at::Tensor result = at::empty({channels}, at::TensorOptions().dtype(at::kFloat));
+  std::vector<double> sums(channels, 0.0);
+  for (size_t i = 0; i < partials.size(); ++i) sums[channel_of(static_cast<int64_t>(i))] += partials[i];
   float* out = result.mutable_data_ptr<float>();
-  for (int64_t c = 0; c < layout.channels; ++c) out[c] = static_cast<float>(sums[c] * factor);
+  for (int64_t c = 0; c < channels; ++c) out[c] = static_cast<float>(sums[c] * factor);
   return result;
 }
 
@@ -129,16 +167,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cpu(
   const double g = (scale_grad || zero_point_grad) && numel_per_scale > 0
                        ? lsq_grad_scale(op, numel_per_scale, quant_max)
                        : 0.0;
-  std::vector<float> dscale_partials(scale_grad ? p.layout.pieces() : 0);
-  std::vector<float> dzp_partials(zero_point_grad ? p.layout.pieces() : 0);
+  std::vector<float> dscale_partials(scale_grad ? call.partial_count() : 0);
+  std::vector<float> dzp_partials(zero_point_grad ? call.partial_count() : 0);
   if (x_c.numel() != 0) {
     kernels().affine_backward(p, grad_c.const_data_ptr(), x_c.const_data_ptr(),
                               dx.mutable_data_ptr(), scale_grad ? dscale_partials.data() : nullptr,
                               zero_point_grad ? dzp_partials.data() : nullptr);
   }
   const auto no_grad = [&] { return at::zeros({channels}, at::TensorOptions().dtype(at::kFloat)); };
-  return {dx, scale_grad ? reduce_partials(dscale_partials, p.layout, g) : no_grad(),
-          zero_point_grad ? reduce_partials(dzp_partials, p.layout, g) : no_grad()};
+  const auto channel_of = [&](int64_t i) { return call.channel_of_partial(i); };
+  return {dx, scale_grad ? reduce_partials(dscale_partials, channels, channel_of, g) : no_grad(),
+          zero_point_grad ? reduce_partials(dzp_partials, channels, channel_of, g) : no_grad()};
 }
 
 // Per-sample tables s_i = clip / L_i and L_i in float32, as the reference computes them.
@@ -194,14 +233,13 @@ std::tuple<at::Tensor, at::Tensor> sample_bits_backward_cpu(const at::Tensor& gr
   check_act_quant_grad(op, grad_out, x);
   const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
   at::Tensor dx = empty_output_like(x_c);
-  RowLayout all_rows = call.problem().layout;
-  std::vector<float> partials(all_rows.pieces());
+  std::vector<float> partials(call.problem().layout.pieces());
   if (x_c.numel() != 0) {
     kernels().sample_bits_backward(call.problem(), grad_c.const_data_ptr(), x_c.const_data_ptr(),
                                    dx.mutable_data_ptr(), partials.data());
   }
-  all_rows.channels = 1;  // dclip sums over every sample
-  return {dx, reduce_partials(partials, all_rows, 1.0).reshape({})};
+  const auto everything = [](int64_t) { return int64_t{0}; };  // dclip sums over every sample
+  return {dx, reduce_partials(partials, 1, everything, 1.0).reshape({})};
 }
 
 }  // namespace

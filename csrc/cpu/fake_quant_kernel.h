@@ -11,6 +11,19 @@
 
 namespace climbq::cpu {
 
+// Per channel with short rows (few elements per channel in a row): x viewed as
+// (outer, period), period = channels * inner, with the tables expanded to one entry per
+// position so that vectors run along positions instead of along a row of 1, 2, ... elements.
+// A piece is `rows_per_piece` consecutive outer rows; a backward writes `period` partial sums
+// per piece. period == 0: not used.
+struct PositionTables {
+  const float* scale = nullptr;
+  const float* inv_scale = nullptr;
+  const float* zero_point = nullptr;
+  int64_t period = 0;
+  int64_t rows_per_piece = 1;
+};
+
 // Affine fake quant over x viewed as rows (see RowLayout); tables are per channel, float32.
 struct AffineProblem {
   c10::ScalarType dtype;
@@ -22,6 +35,7 @@ struct AffineProblem {
   bool double_product;  // see needs_double_product
   float quant_min;
   float quant_max;
+  PositionTables positions;  // when positions.period > 0, used instead of the row loop
 };
 
 // Per-sample bit-width fake quant: row i = sample i; tables per sample, float32.
@@ -33,7 +47,8 @@ struct SampleBitsProblem {
   float clip;
 };
 
-// Backward partial sums: one float per piece (layout.pieces()), nullptr when not wanted.
+// Backward partial sums: one float per piece (layout.pieces()), or `period` per piece with
+// position tables; nullptr when not wanted.
 #define CLIMBQ_DECLARE_FAKE_QUANT_KERNELS(ISA)                                                \
   namespace ISA {                                                                             \
   void affine_forward(const AffineProblem& p, const void* x, void* out);                      \

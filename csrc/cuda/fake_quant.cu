@@ -236,7 +236,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     CLIMBQ_DISPATCH_KERNEL_DTYPES(x_c.scalar_type(), "fake_quant_affine_backward", [&] {
       dispatch_zp_mode(zero_point_mode(zero_point), [&](auto zp_mode) {
-        affine_backward_kernel<scalar_t, decltype(zp_mode)::value><<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
+        constexpr int kMode = decltype(zp_mode)::value;
+        const auto blocks = static_cast<unsigned>(layout.pieces());
+        affine_backward_kernel<scalar_t, kMode><<<blocks, kThreads, 0, stream>>>(
             grad_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
             scale_f.const_data_ptr<float>(), zp_f.const_data_ptr<float>(),
             scale_grad ? dscale_partials.mutable_data_ptr<float>() : nullptr,

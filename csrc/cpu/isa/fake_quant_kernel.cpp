@@ -116,8 +116,12 @@ struct AffineChannel {
   ZeroPointMode mode;
 
   AffineChannel(const AffineProblem& p, int64_t channel)
-      : scale(p.scale[channel]), inv_scale(p.inv_scale[channel]),
-        zero_point(p.zero_point[channel]), quant_min(p.quant_min), quant_max(p.quant_max),
+      : AffineChannel(p, Vec(p.scale[channel]), Vec(p.inv_scale[channel]),
+                      Vec(p.zero_point[channel])) {}
+
+  // Lane-wise constants (position tables).
+  AffineChannel(const AffineProblem& p, const Vec& s, const Vec& inv, const Vec& zp)
+      : scale(s), inv_scale(inv), zero_point(zp), quant_min(p.quant_min), quant_max(p.quant_max),
         mode(p.zp_mode) {}
 
   // The code before clamping, q; v = x * inv_scale is returned through `v`.
@@ -135,28 +139,106 @@ struct AffineChannel {
     const Vec low = Vec::blendv(quant_min, q, q >= quant_min);
     return Vec::blendv(quant_max, low, low <= quant_max);
   }
+
+  // (clamped - zp) * scale, lane by lane in double where torch's product needs it.
+  Vec output(const Vec& clamped, bool double_product) const {
+    if (!double_product) return (clamped - zero_point) * scale;
+    __at_align__ float c[kLanes], s[kLanes], zp[kLanes];
+    clamped.store(c);
+    scale.store(s);
+    zero_point.store(zp);
+    for (int64_t l = 0; l < kLanes; ++l) {
+      c[l] = static_cast<float>((static_cast<double>(c[l]) - zp[l]) * static_cast<double>(s[l]));
+    }
+    return Vec::loadu(c);
+  }
+
+  // Adds this vector's backward: stores dx and accumulates the dscale / dzp terms.
+  template <typename T>
+  void backward(const T* grad_out, const T* x, T* dx, int64_t n, Vec* dscale_acc,
+                Vec* dzp_acc) const {
+    const Vec g = load_floats(grad_out, n);
+    Vec v;
+    const Vec q = code(load_floats(x, n), v);
+    const Vec inside = (q >= quant_min) & (q <= quant_max);  // false for a NaN code
+    store_floats(g * (inside & Vec(1.0f)), dx, n);
+    if (dscale_acc != nullptr) {
+      Vec term = (q - zero_point) - v;
+      term = Vec::blendv(term, quant_max - zero_point, q > quant_max);
+      term = Vec::blendv(term, quant_min - zero_point, q < quant_min);
+      *dscale_acc = *dscale_acc + g * term;
+    }
+    if (dzp_acc != nullptr) *dzp_acc = *dzp_acc + g * Vec::blendv(scale.neg(), Vec(0.0f), inside);
+  }
 };
+
+// Calls fn(piece, first_row, end_row) for the position-table pieces, in parallel.
+template <typename F>
+void for_each_row_group(const AffineProblem& p, const F& fn) {
+  const PositionTables& t = p.positions;
+  const int64_t outer = p.layout.rows / p.layout.channels;
+  const int64_t pieces = (outer + t.rows_per_piece - 1) / t.rows_per_piece;
+  at::parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t piece = begin; piece < end; ++piece) {
+      fn(piece, piece * t.rows_per_piece, std::min(outer, (piece + 1) * t.rows_per_piece));
+    }
+  });
+}
+
+// The lane-wise constants of positions [j, j + n) of the position tables.
+AffineChannel position_constants(const AffineProblem& p, int64_t j, int64_t n) {
+  const PositionTables& t = p.positions;
+  return AffineChannel(p, Vec::loadu(t.scale + j, n), Vec::loadu(t.inv_scale + j, n),
+                       Vec::loadu(t.zero_point + j, n));
+}
+
+template <typename T>
+void affine_forward_positions(const AffineProblem& p, const T* x, T* out) {
+  const int64_t period = p.positions.period;
+  for_each_row_group(p, [&](int64_t, int64_t first_row, int64_t end_row) {
+    for (int64_t j = 0; j < period; j += kLanes) {
+      const int64_t n = std::min(kLanes, period - j);
+      const AffineChannel ch = position_constants(p, j, n);
+      for (int64_t row = first_row; row < end_row; ++row) {
+        const int64_t at = row * period + j;
+        Vec v;
+        store_floats(ch.output(ch.clamp(ch.code(load_floats(x + at, n), v)), p.double_product),
+                     out + at, n);
+      }
+    }
+  });
+}
+
+template <typename T>
+void affine_backward_positions(const AffineProblem& p, const T* grad_out, const T* x, T* dx,
+                               float* dscale_partials, float* dzp_partials) {
+  const int64_t period = p.positions.period;
+  for_each_row_group(p, [&](int64_t piece, int64_t first_row, int64_t end_row) {
+    for (int64_t j = 0; j < period; j += kLanes) {
+      const int64_t n = std::min(kLanes, period - j);
+      const AffineChannel ch = position_constants(p, j, n);
+      Vec dscale_acc(0.0f), dzp_acc(0.0f);
+      for (int64_t row = first_row; row < end_row; ++row) {
+        const int64_t at = row * period + j;
+        ch.backward(grad_out + at, x + at, dx + at, n, dscale_partials ? &dscale_acc : nullptr,
+                    dzp_partials ? &dzp_acc : nullptr);
+      }
+      if (dscale_partials != nullptr) dscale_acc.store(dscale_partials + piece * period + j, n);
+      if (dzp_partials != nullptr) dzp_acc.store(dzp_partials + piece * period + j, n);
+    }
+  });
+}
 
 template <typename T>
 void affine_forward_typed(const AffineProblem& p, const T* x, T* out) {
+  if (p.positions.period > 0) return affine_forward_positions(p, x, out);
   for_each_piece(p.layout, [&](int64_t, int64_t row, int64_t begin, int64_t end) {
-    const int64_t channel = row % p.layout.channels;
-    const AffineChannel ch(p, channel);
-    const double scale64 = p.scale[channel], zp64 = p.zero_point[channel];
+    const AffineChannel ch(p, row % p.layout.channels);
     for (int64_t j = begin; j < end; j += kLanes) {
       const int64_t n = std::min(kLanes, end - j);
       Vec v;
-      const Vec clamped = ch.clamp(ch.code(load_floats(x + j, n), v));
-      if (!p.double_product) {
-        store_floats((clamped - ch.zero_point) * ch.scale, out + j, n);
-        continue;
-      }
-      __at_align__ float lanes[kLanes];
-      clamped.store(lanes);
-      for (int64_t l = 0; l < n; ++l) {
-        lanes[l] = static_cast<float>((static_cast<double>(lanes[l]) - zp64) * scale64);
-      }
-      store_floats(Vec::loadu(lanes), out + j, n);
+      store_floats(ch.output(ch.clamp(ch.code(load_floats(x + j, n), v)), p.double_product),
+                   out + j, n);
     }
   });
 }
@@ -164,29 +246,15 @@ void affine_forward_typed(const AffineProblem& p, const T* x, T* out) {
 template <typename T>
 void affine_backward_typed(const AffineProblem& p, const T* grad_out, const T* x, T* dx,
                            float* dscale_partials, float* dzp_partials) {
-  const Vec one(1.0f), zero(0.0f);
+  if (p.positions.period > 0) {
+    return affine_backward_positions(p, grad_out, x, dx, dscale_partials, dzp_partials);
+  }
   for_each_piece(p.layout, [&](int64_t piece, int64_t row, int64_t begin, int64_t end) {
     const AffineChannel ch(p, row % p.layout.channels);
-    const Vec below_term = ch.quant_min - ch.zero_point, above_term = ch.quant_max - ch.zero_point;
-    const Vec neg_scale = ch.scale.neg();
     Vec dscale_acc(0.0f), dzp_acc(0.0f);
     for (int64_t j = begin; j < end; j += kLanes) {
-      const int64_t n = std::min(kLanes, end - j);
-      const Vec g = load_floats(grad_out + j, n);
-      Vec v;
-      const Vec q = ch.code(load_floats(x + j, n), v);
-      const Vec not_below = q >= ch.quant_min, not_above = q <= ch.quant_max;
-      const Vec inside = not_below & not_above;  // false for a NaN code
-      store_floats(g * (inside & one), dx + j, n);
-      if (dscale_partials != nullptr) {
-        Vec term = (q - ch.zero_point) - v;
-        term = Vec::blendv(term, above_term, q > ch.quant_max);
-        term = Vec::blendv(term, below_term, q < ch.quant_min);
-        dscale_acc = dscale_acc + g * term;
-      }
-      if (dzp_partials != nullptr) {
-        dzp_acc = dzp_acc + g * Vec::blendv(neg_scale, zero, inside);
-      }
+      ch.backward(grad_out + j, x + j, dx + j, std::min(kLanes, end - j),
+                  dscale_partials ? &dscale_acc : nullptr, dzp_partials ? &dzp_acc : nullptr);
     }
     if (dscale_partials != nullptr) dscale_partials[piece] = static_cast<float>(sum_lanes(dscale_acc));
     if (dzp_partials != nullptr) dzp_partials[piece] = static_cast<float>(sum_lanes(dzp_acc));
