@@ -13,7 +13,9 @@
 // channel along axis a: rows = prod(shape[:a+1]), inner = prod(shape[a+1:]); per sample:
 // rows = channels = B). Each row is cut into chunks of at most `chunk` elements, the "pieces"
 // of a parallel loop; a backward writes one partial sum per piece, reduced afterwards per
-// channel in a fixed order, so gradients do not depend on the thread count.
+// channel in a fixed order, so gradients do not depend on the thread count. (The CPU runs
+// per-channel rows shorter than 16 elements on position tables instead: see
+// csrc/cpu/fake_quant_kernel.h.)
 #pragma once
 
 #include "climbq_act.h"
