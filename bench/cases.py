@@ -156,3 +156,79 @@ def class_stats_case(device: str, dtype: torch.dtype = torch.float32, shape=(102
     # One read of x; the (K, F) outputs are negligible.
     return Case(f"class_stats {tuple(shape)} K={num_classes} {str(dtype)[6:]}", candidates,
                 floor_bytes=x.numel() * x.element_size())
+
+
+def _lsq_eager(x, scale, quant_min: int, quant_max: int, grad_factor: float):
+    """LSQ as users write it in eager PyTorch (Esser et al.): gradient-scaled step, STE on round."""
+    scale = scale.view(1, -1, *([1] * (x.dim() - 2)))
+    scaled_step = (scale - scale * grad_factor).detach() + scale * grad_factor
+    v = torch.clamp(x / scaled_step, quant_min, quant_max)
+    return ((torch.round(v) - v).detach() + v) * scaled_step
+
+
+def lsq_per_channel_case(device: str, dtype: torch.dtype = torch.float32, shape=(128, 64, 32, 32), bits: int = 4,
+                         backends: tuple[str, ...] = ()) -> Case:
+    """Per-channel (axis 1) LSQ fake quant, forward + backward to x and the step (SPEC 1e)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device, dtype)
+    grad = torch.randn(shape, generator=gen).to(device, dtype)
+    quant_min, quant_max = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    x_leaf = x.clone().requires_grad_()
+    scale_leaf = reference.lsq_init_scale(x, quant_max, axis=1).float().requires_grad_()
+    zero_point = torch.zeros(shape[1], dtype=torch.int32, device=device)
+    float_zero_point = zero_point.float()
+    grad_factor = reference.lsq_grad_scale(x.numel() // shape[1], quant_max)
+    compiled = torch.compile(_lsq_eager)
+
+    def torch_learnable():
+        out = torch._fake_quantize_learnable_per_channel_affine(x_leaf, scale_leaf, float_zero_point, 1, quant_min,
+                                                                 quant_max, grad_factor)
+        return torch.autograd.grad(out, (x_leaf, scale_leaf), grad)
+
+    def compiled_lsq():
+        out = compiled(x_leaf, scale_leaf, quant_min, quant_max, grad_factor)
+        return torch.autograd.grad(out, (x_leaf, scale_leaf), grad)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                out = cq.fake_quant(x_leaf, scale_leaf, zero_point, quant_min, quant_max, axis=1)
+                return torch.autograd.grad(out, (x_leaf, scale_leaf), grad)
+        return run
+
+    candidates = {"torch learnable fake quant": torch_learnable, "torch.compile(eager LSQ)": compiled_lsq}
+    candidates.update({f"climbq {name}": ours(name) for name in backends})
+    # forward reads x, writes out; backward reads grad and x, writes dx (dscale is per channel).
+    return Case(f"LSQ per-channel fwd+bwd {tuple(shape)} {str(dtype)[6:]}", candidates,
+                floor_bytes=5 * x.numel() * x.element_size())
+
+
+def _per_sample_bits_reference(x, bits, clip, grad):
+    out = reference.fake_quant_per_sample_bits(x, bits, clip)
+    return out, reference.fake_quant_per_sample_bits_backward(grad, x, bits, clip)
+
+
+def per_sample_bits_case(device: str, dtype: torch.dtype = torch.float32, shape=(128, 64, 32, 32),
+                         backends: tuple[str, ...] = ()) -> Case:
+    """Per-sample bit-width fake quant (SPEC 3), forward + backward to x and clip."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device, dtype)
+    grad = torch.randn(shape, generator=gen).to(device, dtype)
+    bits = torch.randint(2, 9, (shape[0],), generator=gen).to(device)
+    clip = torch.tensor(2.5, device=device)
+    x_leaf, clip_leaf = x.clone().requires_grad_(), clip.clone().requires_grad_()
+    compiled = torch.compile(_per_sample_bits_reference)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                out = cq.fake_quant_per_sample_bits(x_leaf, bits, clip_leaf)
+                return torch.autograd.grad(out, (x_leaf, clip_leaf), grad)
+        return run
+
+    args = (x, bits, clip.to(dtype), grad)
+    candidates = {"reference (eager)": lambda: _per_sample_bits_reference(*args),
+                  "torch.compile(reference)": lambda: compiled(*args)}
+    candidates.update({f"climbq {name}": ours(name) for name in backends})
+    return Case(f"per-sample bits fwd+bwd {tuple(shape)} {str(dtype)[6:]}", candidates,
+                floor_bytes=5 * x.numel() * x.element_size())

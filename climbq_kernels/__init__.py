@@ -5,15 +5,15 @@ Public API only; README.md sketches the architecture.
 
 from .checks import raise_pending_label_errors
 from .dispatch import BackendStatus, backends, use_backend
-from .functional import class_sigma, class_stats, climbq_act_quant, climbq_weight_quant, fake_quant
+from .functional import (class_sigma, class_stats, climbq_act_codes, climbq_act_quant, climbq_weight_quant, fake_quant,
+                         fake_quant_per_sample_bits)
 from .int4 import Int4Weight, int4_matmul, quantize_int4
 from .losses import homovar_loss
-from .functional import climbq_act_codes  # noqa: E402 (SPEC 1a integer path)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendStatus", "Int4Weight", "backends", "class_sigma", "class_stats", "climbq_act_quant",
-    "climbq_weight_quant", "fake_quant", "homovar_loss", "int4_matmul", "quantize_int4", "raise_pending_label_errors", "use_backend",
-    "climbq_act_codes",
+    "BackendStatus", "Int4Weight", "backends", "class_sigma", "class_stats", "climbq_act_codes", "climbq_act_quant",
+    "climbq_weight_quant", "fake_quant", "fake_quant_per_sample_bits", "homovar_loss", "int4_matmul", "quantize_int4",
+    "raise_pending_label_errors", "use_backend",
 ]

@@ -146,6 +146,19 @@ def check_labels(labels, batch: int, num_classes: int | None) -> torch.Tensor:
     return _check_label_range_on_device(labels, num_classes)
 
 
+def check_sample_bits(bits, batch: int) -> torch.Tensor:
+    """Require an integer (batch,) tensor of bit-widths in [MIN_BITS, MAX_BITS] (SPEC 3)."""
+    check_tensor("bits", bits)
+    if bits.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"bits must be an integer tensor (one bit-width per sample), got dtype {bits.dtype}")
+    if bits.shape != (batch,):
+        raise ValueError(f"bits must have shape ({batch},) (one bit-width per sample), got {tuple(bits.shape)}")
+    if bits.numel() and can_sync(bits) and not bool(((bits >= MIN_BITS) & (bits <= MAX_BITS)).all()):
+        raise ValueError(f"bits must lie in [{MIN_BITS}, {MAX_BITS}], got values in "
+                         f"[{int(bits.min())}, {int(bits.max())}]")
+    return bits
+
+
 def check_class_table(name: str, table, num_classes: int, like: torch.Tensor) -> torch.Tensor:
     """Require a floating (num_classes,) table on `like`'s device."""
     check_tensor(name, table, floating=True)

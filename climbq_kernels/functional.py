@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from . import ops, reference
-from .checks import (can_sync, check_bits, check_class_table, check_labels, check_positive_float,
-                     check_same_device, check_tensor, raise_pending_label_errors)
+from .checks import (can_sync, check_bits, check_class_table, check_labels, check_positive, check_positive_float,
+                     check_same_device, check_sample_bits, check_tensor, raise_pending_label_errors)
 from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, MAX_CODE_BITS
 
 
@@ -237,6 +237,8 @@ def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axi
                              f"({channels},), got {tuple(scale.shape)} and {tuple(zero_point.shape)}")
     if can_sync(scale) and not bool((scale > 0).all()):
         raise ValueError("scale must be > 0")
+    if can_sync(zero_point) and not bool(((zero_point >= quant_min) & (zero_point <= quant_max)).all()):
+        raise ValueError(f"zero_point must lie in [quant_min, quant_max] = [{quant_min}, {quant_max}]")
     return ops.fake_quant_affine(x, scale, zero_point, quant_min, quant_max, axis)
 
 
@@ -256,3 +258,30 @@ def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Te
     check_same_device(x=x, labels=labels)
     mean, var, counts = ops.class_stats(x, labels.long(), num_classes)
     return counts, mean, var
+
+
+def fake_quant_per_sample_bits(x: Tensor, bits: Tensor, clip) -> Tensor:
+    """Fake quant with a per-sample bit-width (SPEC 3, DynaDFQ), one pass.
+
+    out = rint(clamp(x, 0, clip) / s_i) * s_i with s_i = clip / (2**bits_i - 1): unsigned
+    (post-ReLU) levels {0, s_i, ..., clip} for sample i. x: (B, ...) floating; bits: (B,) integer
+    tensor with values in [1, 16]; clip: a positive number or one-element floating tensor (a
+    learned PACT-style range when it requires grad). Output: x's shape and dtype.
+
+    Gradients (straight-through on rint): to x, 1 where 0 <= x <= clip, else 0; to clip, the
+    sum of grad * ((rint(v) - v) / L_i) inside (v = x / s_i) plus grad above clip. Range checks
+    on bits and clip read the values on the host (see `checks`): on CUDA that is a sync, skipped
+    while compiling or capturing a CUDA graph.
+    """
+    _check_batched("x", x)
+    check_sample_bits(bits, x.shape[0])
+    check_same_device(x=x, bits=bits)
+    if isinstance(clip, Tensor):
+        check_tensor("clip", clip, floating=True)
+        if clip.numel() != 1:
+            raise ValueError(f"clip must be a number or a one-element tensor, got shape {tuple(clip.shape)}")
+        check_same_device(x=x, clip=clip)
+    else:
+        clip = torch.tensor(check_positive_float("clip", clip), dtype=_table_dtype(x), device=x.device)
+    check_positive("clip", clip)
+    return ops.fake_quant_per_sample_bits(x, bits, clip)

@@ -6,11 +6,21 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._dispatch import register_kernels, run
+from ._dispatch import native, register_kernels, run, triton_launcher
 
 register_kernels({
-    "fake_quant_affine": {"reference": reference.fake_quant_affine},
-    "fake_quant_affine_backward": {"reference": reference.fake_quant_affine_backward},
+    "fake_quant_affine": {
+        "reference": reference.fake_quant_affine,
+        "cpu": native("fake_quant_affine_forward"),
+        "cuda": native("fake_quant_affine_forward"),
+        "triton": triton_launcher("fake_quant", "fake_quant_affine_forward"),
+    },
+    "fake_quant_affine_backward": {
+        "reference": reference.fake_quant_affine_backward,
+        "cpu": native("fake_quant_affine_backward"),
+        "cuda": native("fake_quant_affine_backward"),
+        "triton": triton_launcher("fake_quant", "fake_quant_affine_backward"),
+    },
 })
 
 

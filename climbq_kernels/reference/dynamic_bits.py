@@ -15,31 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..checks import check_positive, check_tensor
-from ..constants import MAX_BITS, MIN_BITS
+from ..checks import check_positive, check_sample_bits, check_tensor
 from ._args import check_batched, check_grad, scalar_tensor
-
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-def _check_sample_bits(bits, x: Tensor) -> Tensor:
-    """bits: integer (B,) tensor with values in [MIN_BITS, MAX_BITS]."""
-    check_tensor("bits", bits)
-    if bits.dtype not in _INT_DTYPES:
-        raise TypeError(f"bits must be an integer tensor (one bit-width per sample), got dtype {bits.dtype}")
-    if bits.shape != (x.shape[0],):
-        raise ValueError(f"bits must have shape ({x.shape[0]},) (one bit-width per sample), got {tuple(bits.shape)}")
-    if bits.numel() and not bool(((bits >= MIN_BITS) & (bits <= MAX_BITS)).all()):
-        raise ValueError(f"bits must lie in [{MIN_BITS}, {MAX_BITS}], got values in "
-                         f"[{int(bits.min())}, {int(bits.max())}]")
-    return bits
-
 
 def _grid(x: Tensor, bits, clip) -> tuple[Tensor, Tensor, Tensor]:
     """(clip, levels, step) in x's dtype: clip 0-d, levels L_i and step s_i = clip / L_i
     viewed as (B, 1, ..., 1)."""
     check_batched("x", x)
-    bits = _check_sample_bits(bits, x)
+    bits = check_sample_bits(bits, x.shape[0])
     clip_t = scalar_tensor("clip", clip, x)
     if isinstance(clip, Tensor):
         check_tensor("clip", clip, floating=True)

@@ -31,3 +31,18 @@ def normal_cdf(z):
 def normal_pdf(z):
     """phi(z), the standard normal density."""
     return INV_SQRT_2PI * tl.exp(-0.5 * z * z)
+
+
+@triton.jit
+def cast_rne(t, dtype: tl.constexpr):
+    """float32 t to `dtype` rounding to nearest even, as torch's casts do.
+
+    bfloat16 is rounded on the bits (NaN kept quiet): the interpreter's own float32 -> bfloat16
+    cast truncates, which would break bit identity under TRITON_INTERPRET.
+    """
+    if dtype == tl.bfloat16:
+        bits = t.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        high = tl.where(t != t, (bits >> 16) | 0x40, rounded)
+        return high.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return t.to(dtype)

@@ -1,0 +1,253 @@
+// Uniform fake quant on the CPU (SPEC 1e affine/LSQ, SPEC 3 per-sample bits): checks, tables,
+// output allocation and the final per-channel reduction of the backward partial sums; the
+// vectorised loops are in isa/fake_quant_kernel.cpp.
+#include "../fake_quant.h"
+#include "climbq_act_kernel.h"
+#include "empty_output.h"
+#include "fake_quant_kernel.h"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace climbq::cpu {
+namespace {
+
+// Elements per piece: large enough that a piece's loop dwarfs its set-up, small enough that a
+// per-tensor problem splits across cores and that float32 lane sums stay accurate.
+constexpr int64_t kChunk = 16384;
+// Per channel with rows shorter than this (a late axis: (B, T, C) along C has rows of 1) runs
+// on position tables (see PositionTables) when channels * inner <= kChunk, in at most
+// kMaxRowGroups pieces (that many partial sums per position).
+constexpr int64_t kShortRow = 16;
+constexpr int64_t kMaxRowGroups = 64;
+
+struct FakeQuantKernels {
+  decltype(&DEFAULT::affine_forward) affine_forward;
+  decltype(&DEFAULT::affine_backward) affine_backward;
+  decltype(&DEFAULT::sample_bits_forward) sample_bits_forward;
+  decltype(&DEFAULT::sample_bits_backward) sample_bits_backward;
+};
+
+// The instruction set the ClimbQ activation kernels chose (act_kernel_isa) serves here too.
+const FakeQuantKernels& kernels() {
+  static const FakeQuantKernels chosen = [] {
+    const char* isa = act_kernel_isa();
+#ifdef CLIMBQ_CPU_HAVE_AVX512
+    if (std::strcmp(isa, "AVX512") == 0) {
+      return FakeQuantKernels{AVX512::affine_forward, AVX512::affine_backward,
+                              AVX512::sample_bits_forward, AVX512::sample_bits_backward};
+    }
+#endif
+#ifdef CLIMBQ_CPU_HAVE_AVX2
+    if (std::strcmp(isa, "AVX2") == 0) {
+      return FakeQuantKernels{AVX2::affine_forward, AVX2::affine_backward,
+                              AVX2::sample_bits_forward, AVX2::sample_bits_backward};
+    }
+#endif
+    return FakeQuantKernels{DEFAULT::affine_forward, DEFAULT::affine_backward,
+                            DEFAULT::sample_bits_forward, DEFAULT::sample_bits_backward};
+  }();
+  return chosen;
+}
+
+// The per-channel float32 tables of one affine call and the problem they describe.
+class AffineCall {
+ public:
+  AffineCall(const char* op, const at::Tensor& x, const at::Tensor& scale,
+             const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+             c10::optional<int64_t> axis) {
+    RowLayout layout =
+        check_affine_args(op, x, scale, zero_point, quant_min, quant_max, axis, c10::kCPU);
+    layout.chunk = kChunk;
+    scale_ = scale.to(at::kFloat).contiguous();
+    zero_point_ = zero_point.to(at::kFloat).contiguous();
+    const float* s = scale_.const_data_ptr<float>();
+    const float* zp = zero_point_.const_data_ptr<float>();
+    inv_scale_.resize(layout.channels);
+    for (int64_t c = 0; c < layout.channels; ++c) {
+      TORCH_CHECK_VALUE(std::isfinite(s[c]) && s[c] > 0, op, ": scale must be finite and > 0, got ", s[c]);
+      TORCH_CHECK_VALUE(zp[c] >= quant_min && zp[c] <= quant_max, op,
+                  ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
+                  quant_max, "], got ", zp[c]);
+      inv_scale_[c] = 1.0f / s[c];
+    }
+    const ZeroPointMode mode = zero_point_mode(zero_point);
+    problem_ = {x.scalar_type(), layout, s, inv_scale_.data(), zp, mode,
+                needs_double_product(axis.has_value(), mode, quant_min, quant_max),
+                static_cast<float>(quant_min), static_cast<float>(quant_max), PositionTables{}};
+    const int64_t period = layout.channels * layout.inner;
+    if (axis.has_value() && layout.rows > 0 && layout.inner < kShortRow && period <= kChunk) {
+      expand_to_positions(period);
+    }
+  }
+  const AffineProblem& problem() const { return problem_; }
+
+  // Partial sums the backward writes per requested gradient.
+  int64_t partial_count() const {
+    const PositionTables& t = problem_.positions;
+    if (t.period == 0) return problem_.layout.pieces();
+    const int64_t outer = problem_.layout.rows / problem_.layout.channels;
+    return (outer + t.rows_per_piece - 1) / t.rows_per_piece * t.period;
+  }
+
+  // Channel of partial sum i: the piece's row with row tables, the position's with positions.
+  int64_t channel_of_partial(int64_t i) const {
+    const PositionTables& t = problem_.positions;
+    if (t.period > 0) return (i % t.period) / problem_.layout.inner;
+    return (i / problem_.layout.chunks_per_row()) % problem_.layout.channels;
+  }
+
+ private:
+  void expand_to_positions(int64_t period) {
+    const RowLayout& layout = problem_.layout;
+    positions_.resize(3 * period);
+    for (int64_t pos = 0; pos < period; ++pos) {
+      const int64_t c = pos / layout.inner;
+      positions_[pos] = problem_.scale[c];
+      positions_[period + pos] = inv_scale_[c];
+      positions_[2 * period + pos] = problem_.zero_point[c];
+    }
+    const int64_t outer = layout.rows / layout.channels;
+    const int64_t groups = std::min(outer, kMaxRowGroups);
+    problem_.positions = {positions_.data(), positions_.data() + period,
+                          positions_.data() + 2 * period, period, (outer + groups - 1) / groups};
+  }
+
+  at::Tensor scale_, zero_point_;
+  std::vector<float> inv_scale_, positions_;
+  AffineProblem problem_{};
+};
+
+// Sums partials per channel in a fixed order, in double, scaled by `factor`: float32
+// (channels,). channel_of(i) is the channel of partial i.
+template <typename ChannelOf>
+at::Tensor reduce_partials(const std::vector<float>& partials, int64_t channels,
+                           const ChannelOf& channel_of, double factor) {
+  at::Tensor result = at::empty({channels}, at::TensorOptions().dtype(at::kFloat));
+  std::vector<double> sums(channels, 0.0);
+  for (size_t i = 0; i < partials.size(); ++i) sums[channel_of(static_cast<int64_t>(i))] += partials[i];
+  float* out = result.mutable_data_ptr<float>();
+  for (int64_t c = 0; c < channels; ++c) out[c] = static_cast<float>(sums[c] * factor);
+  return result;
+}
+
+at::Tensor affine_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
+                              const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                              c10::optional<int64_t> axis) {
+  const AffineCall call("fake_quant_affine_forward", x, scale, zero_point, quant_min, quant_max,
+                        axis);
+  const at::Tensor x_c = x.contiguous();
+  at::Tensor out = empty_output_like(x_c);
+  if (x_c.numel() != 0) kernels().affine_forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+    c10::optional<int64_t> axis, bool scale_grad, bool zero_point_grad) {
+  const char* op = "fake_quant_affine_backward";
+  const AffineCall call(op, x, scale, zero_point, quant_min, quant_max, axis);
+  check_act_quant_grad(op, grad_out, x);
+  TORCH_CHECK_VALUE(!zero_point_grad || at::isFloatingType(zero_point.scalar_type()), op,
+              ": zero_point must be floating to receive a gradient (a learned zero point)");
+  const AffineProblem& p = call.problem();
+  const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
+  at::Tensor dx = empty_output_like(x_c);
+  const int64_t channels = p.layout.channels;
+  const int64_t numel_per_scale = channels == 0 ? 0 : x_c.numel() / channels;
+  const double g = (scale_grad || zero_point_grad) && numel_per_scale > 0
+                       ? lsq_grad_scale(op, numel_per_scale, quant_max)
+                       : 0.0;
+  std::vector<float> dscale_partials(scale_grad ? call.partial_count() : 0);
+  std::vector<float> dzp_partials(zero_point_grad ? call.partial_count() : 0);
+  if (x_c.numel() != 0) {
+    kernels().affine_backward(p, grad_c.const_data_ptr(), x_c.const_data_ptr(),
+                              dx.mutable_data_ptr(), scale_grad ? dscale_partials.data() : nullptr,
+                              zero_point_grad ? dzp_partials.data() : nullptr);
+  }
+  const auto no_grad = [&] { return at::zeros({channels}, at::TensorOptions().dtype(at::kFloat)); };
+  const auto channel_of = [&](int64_t i) { return call.channel_of_partial(i); };
+  return {dx, scale_grad ? reduce_partials(dscale_partials, channels, channel_of, g) : no_grad(),
+          zero_point_grad ? reduce_partials(dzp_partials, channels, channel_of, g) : no_grad()};
+}
+
+// Per-sample tables s_i = clip / L_i and L_i in float32, as the reference computes them.
+class SampleBitsCall {
+ public:
+  SampleBitsCall(const char* op, const at::Tensor& x, const at::Tensor& bits,
+                 const at::Tensor& clip) {
+    check_sample_bits_args(op, x, bits, clip, c10::kCPU);
+    const float clip_value = clip.to(at::kFloat).item<float>();
+    TORCH_CHECK_VALUE(std::isfinite(clip_value) && clip_value > 0, op,
+                ": clip must be finite and > 0, got ", clip_value);
+    const at::Tensor bits_c = bits.to(at::kLong).contiguous();
+    const int64_t* b = bits_c.const_data_ptr<int64_t>();
+    const int64_t batch = x.size(0);
+    step_.resize(batch);
+    levels_.resize(batch);
+    for (int64_t i = 0; i < batch; ++i) {
+      TORCH_CHECK_VALUE(b[i] >= kMinBits && b[i] <= kMaxBits, op, ": bits must lie in [", kMinBits, ", ",
+                  kMaxBits, "], got ", b[i]);
+      levels_[i] = static_cast<float>((int64_t{1} << b[i]) - 1);
+      step_[i] = clip_value / levels_[i];
+    }
+    RowLayout layout;
+    layout.rows = layout.channels = x.numel() == 0 ? 0 : batch;
+    layout.inner = batch == 0 ? 0 : x.numel() / batch;
+    layout.chunk = kChunk;
+    problem_ = {x.scalar_type(), layout, step_.data(), levels_.data(), clip_value};
+  }
+  const SampleBitsProblem& problem() const { return problem_; }
+
+ private:
+  std::vector<float> step_, levels_;
+  SampleBitsProblem problem_{};
+};
+
+at::Tensor sample_bits_forward_cpu(const at::Tensor& x, const at::Tensor& bits,
+                                   const at::Tensor& clip) {
+  const SampleBitsCall call("fake_quant_per_sample_bits_forward", x, bits, clip);
+  const at::Tensor x_c = x.contiguous();
+  at::Tensor out = empty_output_like(x_c);
+  if (x_c.numel() != 0) {
+    kernels().sample_bits_forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_bits_backward_cpu(const at::Tensor& grad_out,
+                                                            const at::Tensor& x,
+                                                            const at::Tensor& bits,
+                                                            const at::Tensor& clip) {
+  const char* op = "fake_quant_per_sample_bits_backward";
+  const SampleBitsCall call(op, x, bits, clip);
+  check_act_quant_grad(op, grad_out, x);
+  const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
+  at::Tensor dx = empty_output_like(x_c);
+  std::vector<float> partials(call.problem().layout.pieces());
+  if (x_c.numel() != 0) {
+    kernels().sample_bits_backward(call.problem(), grad_c.const_data_ptr(), x_c.const_data_ptr(),
+                                   dx.mutable_data_ptr(), partials.data());
+  }
+  const auto everything = [](int64_t) { return int64_t{0}; };  // dclip sums over every sample
+  return {dx, reduce_partials(partials, 1, everything, 1.0).reshape({})};
+}
+
+}  // namespace
+}  // namespace climbq::cpu
+
+TORCH_LIBRARY_IMPL(climbq_native, CPU, m) {
+  m.impl("fake_quant_affine_forward", &climbq::cpu::affine_forward_cpu);
+  m.impl("fake_quant_affine_backward", &climbq::cpu::affine_backward_cpu);
+  m.impl("fake_quant_per_sample_bits_forward", &climbq::cpu::sample_bits_forward_cpu);
+  m.impl("fake_quant_per_sample_bits_backward", &climbq::cpu::sample_bits_backward_cpu);
+}
