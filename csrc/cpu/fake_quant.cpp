@@ -3,7 +3,7 @@
 // vectorised loops are in isa/fake_quant_kernel.cpp.
 #include "../fake_quant.h"
 #include "climbq_act_kernel.h"
-#include "empty_output.h"
+#include "fresh_output.h"
 #include "fake_quant_kernel.h"
 
 #include <ATen/core/Tensor.h>
@@ -145,7 +145,7 @@ at::Tensor affine_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
   const AffineCall call("fake_quant_affine_forward", x, scale, zero_point, quant_min, quant_max,
                         axis);
   const at::Tensor x_c = x.contiguous();
-  at::Tensor out = empty_output_like(x_c);
+  at::Tensor out = empty_like_fresh(x_c);
   if (x_c.numel() != 0) kernels().affine_forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
   return out;
 }
@@ -161,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cpu(
               ": zero_point must be floating to receive a gradient (a learned zero point)");
   const AffineProblem& p = call.problem();
   const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
-  at::Tensor dx = empty_output_like(x_c);
+  at::Tensor dx = empty_like_fresh(x_c);
   const int64_t channels = p.layout.channels;
   const int64_t numel_per_scale = channels == 0 ? 0 : x_c.numel() / channels;
   const double g = (scale_grad || zero_point_grad) && numel_per_scale > 0
@@ -217,7 +217,7 @@ at::Tensor sample_bits_forward_cpu(const at::Tensor& x, const at::Tensor& bits,
                                    const at::Tensor& clip) {
   const SampleBitsCall call("fake_quant_per_sample_bits_forward", x, bits, clip);
   const at::Tensor x_c = x.contiguous();
-  at::Tensor out = empty_output_like(x_c);
+  at::Tensor out = empty_like_fresh(x_c);
   if (x_c.numel() != 0) {
     kernels().sample_bits_forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
   }
@@ -232,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor> sample_bits_backward_cpu(const at::Tensor& gr
   const SampleBitsCall call(op, x, bits, clip);
   check_act_quant_grad(op, grad_out, x);
   const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
-  at::Tensor dx = empty_output_like(x_c);
+  at::Tensor dx = empty_like_fresh(x_c);
   std::vector<float> partials(call.problem().layout.pieces());
   if (x_c.numel() != 0) {
     kernels().sample_bits_backward(call.problem(), grad_c.const_data_ptr(), x_c.const_data_ptr(),

@@ -29,36 +29,16 @@
 #include <cmath>
 #include <type_traits>
 
+#include "../vec_io.h"
+
 namespace climbq::cpu::CPU_CAPABILITY {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kLanes = Vec::size();
+using vec_io::kLanes;
+using vec_io::load_floats;
+using vec_io::store_floats;
+using vec_io::Vec;
 constexpr int64_t kGrainSize = 32768;  // elements per parallel task, ATen's GRAIN_SIZE
-
-template <typename T>
-Vec load_floats(const T* p, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    return Vec::loadu(p, n);
-  } else if (n == kLanes) {
-    Vec v;
-    at::vec::load_to_float<T>(p, v);
-    return v;
-  } else {
-    __at_align__ float buf[kLanes] = {};
-    for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<float>(p[j]);
-    return Vec::loadu(buf);
-  }
-}
-
-template <typename T>
-void store_floats(const Vec& v, T* p, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    v.store(p, n);
-  } else {
-    at::vec::convert_from_float<T>(v, v).store(p, n);
-  }
-}
 
 // a * b + c rounded once. The DEFAULT build has no FMA instruction (at::vec::fmadd rounds twice
 // there), so it goes lane by lane through std::fma.
@@ -97,17 +77,6 @@ void for_each_piece(const RowLayout& layout, const F& fn) {
          row_begin + std::min(layout.inner, (k + 1) * layout.chunk));
     }
   });
-}
-
-// Calls f(T{}) for the kernel dtype `dtype`.
-template <typename F>
-void dispatch_dtype(c10::ScalarType dtype, const F& f) {
-  switch (dtype) {
-    case c10::ScalarType::Float: return f(float{});
-    case c10::ScalarType::Half: return f(c10::Half{});
-    case c10::ScalarType::BFloat16: return f(c10::BFloat16{});
-    default: TORCH_CHECK(false, "climbq CPU kernel: unsupported dtype ", dtype);
-  }
 }
 
 // One channel's constants, broadcast to vectors.
@@ -300,7 +269,7 @@ void sample_bits_backward_typed(const SampleBitsProblem& p, const T* grad_out, c
 }  // namespace
 
 void affine_forward(const AffineProblem& p, const void* x, void* out) {
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     affine_forward_typed(p, static_cast<const T*>(x), static_cast<T*>(out));
   });
@@ -308,7 +277,7 @@ void affine_forward(const AffineProblem& p, const void* x, void* out) {
 
 void affine_backward(const AffineProblem& p, const void* grad_out, const void* x, void* dx,
                      float* dscale_partials, float* dzero_point_partials) {
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     affine_backward_typed(p, static_cast<const T*>(grad_out), static_cast<const T*>(x),
                           static_cast<T*>(dx), dscale_partials, dzero_point_partials);
@@ -316,7 +285,7 @@ void affine_backward(const AffineProblem& p, const void* grad_out, const void* x
 }
 
 void sample_bits_forward(const SampleBitsProblem& p, const void* x, void* out) {
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     sample_bits_forward_typed(p, static_cast<const T*>(x), static_cast<T*>(out));
   });
@@ -324,7 +293,7 @@ void sample_bits_forward(const SampleBitsProblem& p, const void* x, void* out) {
 
 void sample_bits_backward(const SampleBitsProblem& p, const void* grad_out, const void* x,
                           void* dx, float* dclip_partials) {
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     sample_bits_backward_typed(p, static_cast<const T*>(grad_out), static_cast<const T*>(x),
                                static_cast<T*>(dx), dclip_partials);
