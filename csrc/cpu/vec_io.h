@@ -49,6 +49,15 @@ inline void store_floats(const Vec& v, T* p, int64_t n) {
   }
 }
 
+// The sum of a vector's lanes, added in float64 in lane order (deterministic).
+inline double sum_lanes(const Vec& v) {
+  __at_align__ float lanes[kLanes];
+  v.store(lanes);
+  double total = 0.0;
+  for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
+  return total;
+}
+
 // Calls f(T{}) for the kernel dtype `dtype` (float, Half, BFloat16).
 template <typename F>
 inline void dispatch_dtype(c10::ScalarType dtype, const F& f) {

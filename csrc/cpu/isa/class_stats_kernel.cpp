@@ -24,14 +24,6 @@ using vec_io::Vec;
 // Fewest elements per parallel task.
 constexpr int64_t kGrainElements = 32768;
 
-float lane_sum(const Vec& v) {
-  __at_align__ float lanes[kLanes];
-  v.store(lanes);
-  float sum = 0;
-  for (int64_t j = 0; j < kLanes; ++j) sum += lanes[j];
-  return sum;
-}
-
 // Mean (float64) and sum of squared deviations (float32) of row[0..n), n >= 1. The mean is
 // summed relative to row[0], so its float32 rounding error scales with the row's spread, not
 // with its magnitude.
@@ -46,7 +38,7 @@ void row_summary(const T* row, int64_t n, double& mean, float& m2) {
     if (live < kLanes) d = Vec::set(Vec(0.0f), d, live);
     acc = acc + d;
   }
-  const float mean_shifted = lane_sum(acc) / static_cast<float>(n);
+  const float mean_shifted = static_cast<float>(vec_io::sum_lanes(acc)) / static_cast<float>(n);
   mean = static_cast<double>(first) + mean_shifted;
   const Vec centre(mean_shifted);
   Vec sq(0.0f);
@@ -56,7 +48,7 @@ void row_summary(const T* row, int64_t n, double& mean, float& m2) {
     if (live < kLanes) d = Vec::set(Vec(0.0f), d, live);
     sq = at::vec::fmadd(d, d, sq);
   }
-  m2 = lane_sum(sq);
+  m2 = static_cast<float>(vec_io::sum_lanes(sq));
 }
 
 // Merges a row of n_b elements with mean row_mean and M2 row_m2 into (mean, m2), which

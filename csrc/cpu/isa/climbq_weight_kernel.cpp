@@ -26,14 +26,6 @@ constexpr int64_t kBlock = 1024;
 constexpr int64_t kChunk = 64 * kBlock;
 constexpr int64_t kGrainSize = 16384;  // elementwise: erf/exp cost more than a copy
 
-double lane_sum(const Vec& v) {
-  __at_align__ float lanes[kLanes];
-  v.store(lanes);
-  double sum = 0;
-  for (int64_t j = 0; j < kLanes; ++j) sum += lanes[j];
-  return sum;
-}
-
 // Adds f over [0, numel) in chunks: f(begin, end, acc_a, acc_b) accumulates one block into the
 // float32 vectors; the blocks are folded into float64 as described above.
 template <typename F>
@@ -47,8 +39,8 @@ PairSums blocked_sums(int64_t numel, const F& f) {
       for (int64_t begin = c * kChunk; begin < chunk_end; begin += kBlock) {
         Vec acc_a(0.0f), acc_b(0.0f);
         f(begin, std::min(chunk_end, begin + kBlock), acc_a, acc_b);
-        sums.a += lane_sum(acc_a);
-        sums.b += lane_sum(acc_b);
+        sums.a += vec_io::sum_lanes(acc_a);
+        sums.b += vec_io::sum_lanes(acc_b);
       }
       partial[c] = sums;
     }

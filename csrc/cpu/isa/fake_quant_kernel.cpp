@@ -55,14 +55,6 @@ Vec fused_multiply_add(const Vec& a, const Vec& b, const Vec& c) {
 #endif
 }
 
-double sum_lanes(const Vec& v) {
-  __at_align__ float lanes[kLanes];
-  v.store(lanes);
-  double total = 0.0;
-  for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
-  return total;
-}
-
 // Calls fn(piece, row, flat_begin, flat_end) for every piece, in parallel.
 template <typename F>
 void for_each_piece(const RowLayout& layout, const F& fn) {
@@ -225,8 +217,8 @@ void affine_backward_typed(const AffineProblem& p, const T* grad_out, const T* x
       ch.backward(grad_out + j, x + j, dx + j, std::min(kLanes, end - j),
                   dscale_partials ? &dscale_acc : nullptr, dzp_partials ? &dzp_acc : nullptr);
     }
-    if (dscale_partials != nullptr) dscale_partials[piece] = static_cast<float>(sum_lanes(dscale_acc));
-    if (dzp_partials != nullptr) dzp_partials[piece] = static_cast<float>(sum_lanes(dzp_acc));
+    if (dscale_partials != nullptr) dscale_partials[piece] = static_cast<float>(vec_io::sum_lanes(dscale_acc));
+    if (dzp_partials != nullptr) dzp_partials[piece] = static_cast<float>(vec_io::sum_lanes(dzp_acc));
   });
 }
 
@@ -262,7 +254,7 @@ void sample_bits_backward_typed(const SampleBitsProblem& p, const T* grad_out, c
         dclip_acc = dclip_acc + g * term;
       }
     }
-    if (dclip_partials != nullptr) dclip_partials[piece] = static_cast<float>(sum_lanes(dclip_acc));
+    if (dclip_partials != nullptr) dclip_partials[piece] = static_cast<float>(vec_io::sum_lanes(dclip_acc));
   });
 }
 
