@@ -22,7 +22,7 @@ import triton.language as tl
 from .. import reference
 from ..constants import levels
 from ..testing import poison_like
-from .math import normal_cdf, normal_pdf, round_half_even
+from .math import cast_rne, normal_cdf, normal_pdf, round_half_even
 from .registry import Example, KernelEntry, register
 
 BLOCK = 1024
@@ -77,7 +77,7 @@ def climbq_act_forward_kernel(x_ptr, sigma_ptr, mu_ptr, t_ptr, scale_ptr, shift_
         if RELU:
             out = tl.where(out > 0.0, out, 0.0)
         out = tl.where(y != y, y, out)  # NaN propagates, through ReLU too
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, cast_rne(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -99,7 +99,7 @@ def climbq_act_backward_kernel(grad_ptr, x_ptr, sigma_ptr, mu_ptr, t_ptr, scale_
         dy = tl.where(2.0 * code > num_levels, dy, 0.0)  # ReLU passes where q > N/2
     if HAS_BN and CHAIN_SCALE:
         dy = dy * tl.load(scale_ptr + (offs // channel_stride) % channels, mask=mask, other=0.0)
-    tl.store(dx_ptr + offs, dy.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + offs, cast_rne(dy, dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _layout(x: torch.Tensor, bn_scale, channels_last: bool) -> tuple[int, int, int]:

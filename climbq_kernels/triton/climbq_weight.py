@@ -25,7 +25,7 @@ from .. import reference
 from ..constants import levels
 from ..reference._normal import normal_pdf as reference_normal_pdf
 from ..testing import poison_like
-from .math import INV_SQRT_2PI, normal_cdf, round_half_even
+from .math import INV_SQRT_2PI, cast_rne, normal_cdf, round_half_even
 from .registry import Example, KernelEntry, register
 
 BLOCK = 1024
@@ -92,7 +92,7 @@ def weight_forward_kernel(w_ptr, out_ptr, stat_partials_ptr, num_partials, numel
         w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         code = round_half_even(normal_cdf((w - mean) * inv_std) * num_levels)
         out = (code * 2.0 - num_levels) * (1.0 / num_levels)  # exactly -1 and 1 at the end codes
-        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs, cast_rne(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -132,7 +132,7 @@ def weight_backward_kernel(grad_ptr, w_ptr, dw_ptr, stat_partials_ptr, grad_part
         g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         z = (w - mean) * inv_std_f32
         dw = g_scale * g * tl.exp(-0.5 * z * z) + offset + z_scale * z
-        tl.store(dw_ptr + offs, dw.to(dw_ptr.dtype.element_ty), mask=mask)
+        tl.store(dw_ptr + offs, cast_rne(dw, dw_ptr.dtype.element_ty), mask=mask)
 
 
 # --- launchers ------------------------------------------------------------------------------
