@@ -22,8 +22,8 @@ using AccumulateFn = decltype(&DEFAULT::class_stats_accumulate);
 
 AccumulateFn accumulate_kernel() {
   static const AccumulateFn chosen =
-      choose_isa<AccumulateFn>(DEFAULT::class_stats_accumulate, AVX2::class_stats_accumulate,
-                               AVX512::class_stats_accumulate);
+      choose_isa<AccumulateFn>(DEFAULT::class_stats_accumulate, CLIMBQ_AVX2::class_stats_accumulate,
+                               CLIMBQ_AVX512::class_stats_accumulate);
   return chosen;
 }
 

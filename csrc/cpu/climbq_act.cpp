@@ -3,15 +3,14 @@
 #include "../climbq_act.h"
 #include "climbq_act_kernel.h"
 #include "fresh_output.h"
+#include "isa_choice.h"
 
-#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <optional>
-#include <string>
 #include <vector>
 
 namespace climbq::cpu {
@@ -21,30 +20,14 @@ struct ActKernels {
   decltype(&DEFAULT::act_quant_forward) forward;
   decltype(&DEFAULT::act_quant_backward) backward;
   decltype(&DEFAULT::act_quant_codes) codes;
-  const char* isa;
 };
 
-// The widest variant built into this extension that ATen allows on this CPU. ATen decides
-// once per process from the CPU and the ATEN_CPU_CAPABILITY override (avx512, avx2, default),
-// so the same setting steers torch's own kernels and ours.
 const ActKernels& act_kernels() {
-  static const ActKernels chosen = [] {
-    const std::string aten_isa = at::get_cpu_capability();
-#ifdef CLIMBQ_CPU_HAVE_AVX512
-    if (aten_isa == "AVX512") {
-      return ActKernels{AVX512::act_quant_forward, AVX512::act_quant_backward,
-                        AVX512::act_quant_codes, "AVX512"};
-    }
-#endif
-#ifdef CLIMBQ_CPU_HAVE_AVX2
-    if (aten_isa == "AVX512" || aten_isa == "AVX2") {
-      return ActKernels{AVX2::act_quant_forward, AVX2::act_quant_backward,
-                        AVX2::act_quant_codes, "AVX2"};
-    }
-#endif
-    return ActKernels{DEFAULT::act_quant_forward, DEFAULT::act_quant_backward,
-                        DEFAULT::act_quant_codes, "DEFAULT"};
-  }();
+  static const ActKernels chosen = choose_isa<ActKernels>(
+      {DEFAULT::act_quant_forward, DEFAULT::act_quant_backward, DEFAULT::act_quant_codes},
+      {CLIMBQ_AVX2::act_quant_forward, CLIMBQ_AVX2::act_quant_backward, CLIMBQ_AVX2::act_quant_codes},
+      {CLIMBQ_AVX512::act_quant_forward, CLIMBQ_AVX512::act_quant_backward,
+       CLIMBQ_AVX512::act_quant_codes});
   return chosen;
 }
 
@@ -208,7 +191,7 @@ at::Tensor act_fused_codes_cpu(const at::Tensor& x, const at::Tensor& sigma, con
 
 }  // namespace
 
-const char* act_kernel_isa() { return act_kernels().isa; }
+const char* act_kernel_isa() { return chosen_isa_name(); }
 
 }  // namespace climbq::cpu
 

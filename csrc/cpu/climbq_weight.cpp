@@ -26,10 +26,10 @@ const WeightKernels& weight_kernels() {
   static const WeightKernels chosen = choose_isa<WeightKernels>(
       {DEFAULT::weight_shifted_sums, DEFAULT::weight_grad_sums, DEFAULT::weight_quant_forward,
        DEFAULT::weight_quant_backward},
-      {AVX2::weight_shifted_sums, AVX2::weight_grad_sums, AVX2::weight_quant_forward,
-       AVX2::weight_quant_backward},
-      {AVX512::weight_shifted_sums, AVX512::weight_grad_sums, AVX512::weight_quant_forward,
-       AVX512::weight_quant_backward});
+      {CLIMBQ_AVX2::weight_shifted_sums, CLIMBQ_AVX2::weight_grad_sums, CLIMBQ_AVX2::weight_quant_forward,
+       CLIMBQ_AVX2::weight_quant_backward},
+      {CLIMBQ_AVX512::weight_shifted_sums, CLIMBQ_AVX512::weight_grad_sums, CLIMBQ_AVX512::weight_quant_forward,
+       CLIMBQ_AVX512::weight_quant_backward});
   return chosen;
 }
 

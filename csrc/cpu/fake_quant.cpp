@@ -4,6 +4,7 @@
 #include "../fake_quant.h"
 #include "climbq_act_kernel.h"
 #include "fresh_output.h"
+#include "isa_choice.h"
 #include "fake_quant_kernel.h"
 
 #include <ATen/core/Tensor.h>
@@ -13,7 +14,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -36,25 +36,14 @@ struct FakeQuantKernels {
   decltype(&DEFAULT::sample_bits_backward) sample_bits_backward;
 };
 
-// The instruction set the ClimbQ activation kernels chose (act_kernel_isa) serves here too.
 const FakeQuantKernels& kernels() {
-  static const FakeQuantKernels chosen = [] {
-    const char* isa = act_kernel_isa();
-#ifdef CLIMBQ_CPU_HAVE_AVX512
-    if (std::strcmp(isa, "AVX512") == 0) {
-      return FakeQuantKernels{AVX512::affine_forward, AVX512::affine_backward,
-                              AVX512::sample_bits_forward, AVX512::sample_bits_backward};
-    }
-#endif
-#ifdef CLIMBQ_CPU_HAVE_AVX2
-    if (std::strcmp(isa, "AVX2") == 0) {
-      return FakeQuantKernels{AVX2::affine_forward, AVX2::affine_backward,
-                              AVX2::sample_bits_forward, AVX2::sample_bits_backward};
-    }
-#endif
-    return FakeQuantKernels{DEFAULT::affine_forward, DEFAULT::affine_backward,
-                            DEFAULT::sample_bits_forward, DEFAULT::sample_bits_backward};
-  }();
+  static const FakeQuantKernels chosen = choose_isa<FakeQuantKernels>(
+      {DEFAULT::affine_forward, DEFAULT::affine_backward, DEFAULT::sample_bits_forward,
+       DEFAULT::sample_bits_backward},
+      {CLIMBQ_AVX2::affine_forward, CLIMBQ_AVX2::affine_backward, CLIMBQ_AVX2::sample_bits_forward,
+       CLIMBQ_AVX2::sample_bits_backward},
+      {CLIMBQ_AVX512::affine_forward, CLIMBQ_AVX512::affine_backward, CLIMBQ_AVX512::sample_bits_forward,
+       CLIMBQ_AVX512::sample_bits_backward});
   return chosen;
 }
 
