@@ -6,11 +6,14 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._dispatch import register_kernels, run
+from ._dispatch import native, register_kernels, run
 
 register_kernels({
     "quantize_int4": {"reference": reference.quantize_int4},
-    "int4_matmul": {"reference": reference.int4_matmul},
+    "int4_matmul": {
+        "reference": reference.int4_matmul,
+        "cpu": native("int4_matmul"),
+    },
 })
 
 
