@@ -5,23 +5,23 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 (set in conftest) on CPU 
 shapes stay small; tests/test_triton_registry.py compiles the same kernels for sm_80 / sm_90.
 """
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+import climbq_kernels as cq
+from climbq_kernels import backends
+from climbq_kernels.testing import assert_error_rule, poison_like
+from climbq_kernels.triton._int4_common import random_case, references
+from climbq_kernels.triton._int4_configs import (CONFIG_PATH, load_configs, pick_config, validate_config,
+                                                  validate_configs)
+from climbq_kernels.triton.int4_gemv import split_plan
+from climbq_kernels.triton.int4_matmul import int4_matmul
 
-import climbq_kernels as cq  # noqa: E402
-from climbq_kernels import backends  # noqa: E402
-from climbq_kernels.testing import assert_error_rule, poison_like  # noqa: E402
-from climbq_kernels.triton._int4_common import random_case, references  # noqa: E402
-from climbq_kernels.triton._int4_configs import (  # noqa: E402
-    CONFIG_PATH, load_configs, pick_config, validate_config, validate_configs)
-from climbq_kernels.triton.int4_gemv import split_plan  # noqa: E402
-from climbq_kernels.triton.int4_matmul import int4_matmul  # noqa: E402
-
-from .conftest import GPU  # noqa: E402
+from .conftest import GPU
 
 DEVICE = "cuda" if GPU else "cpu"
 needs_triton = pytest.mark.skipif(not backends()["triton"].available, reason="no GPU and no TRITON_INTERPRET")
@@ -168,3 +168,25 @@ def test_validate_configs_rejects_unordered_buckets():
     with pytest.raises(ValueError):
         validate_configs({"default": [dict(bucket, max_m=8), dict(bucket, max_m=8)]})
     assert CONFIG_PATH.exists()
+
+
+def _tuner():
+    path = Path(__file__).resolve().parent.parent / "bench" / "tune_int4_triton.py"
+    spec = importlib.util.spec_from_file_location("tune_int4_triton", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tuner_candidates_and_output_are_valid_configs():
+    tuner = _tuner()
+    for m in tuner.ROW_COUNTS:
+        kernels = {validate_config(c)["kernel"] for c in tuner.candidates(m)}
+        assert kernels == ({"gemv", "gemm"} if m <= tuner.GEMV_MAX_M else {"gemm"})
+    # Placeholder seconds (not measurements): only the table building is under test.
+    times = {shape: {m: {json.dumps(c, sort_keys=True): float(i + 1) for i, c in enumerate(tuner.candidates(m)[:3])}
+                     for m in (1, 64)} for shape in ("4096x4096", "11008x4096")}
+    configs = validate_configs(json.loads(tuner.dumps(tuner.build_configs(times, "some GPU", "fp16", "2026-01-01"))))
+    assert configs["device"] == "some GPU" and configs["default"][-1]["max_m"] is None
+    assert set(configs["by_shape"]) == set(times)
+    assert pick_config(64, 4096, 4096, configs) == dict(tuner.candidates(64)[0], max_m=None)

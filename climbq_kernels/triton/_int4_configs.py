@@ -13,6 +13,7 @@ M <= max_m (null: no upper bound) gives the launch config for an M-row input:
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def validate_table(table: list, where: str) -> list[dict]:
         raise ValueError(f"INT4 config table {where} must be a non-empty list of buckets")
     bounds = [validate_config(bucket).get("max_m") for bucket in table]
     finite = bounds[:-1] if bounds[-1] is None else bounds
-    if None in finite or any(low >= high for low, high in zip(finite, finite[1:])):
+    if None in finite or any(low >= high for low, high in itertools.pairwise(finite)):
         raise ValueError(f"INT4 config table {where}: max_m must increase, null (unbounded) only last")
     return table
 

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._int4_common import dequantize_bytes, group_constexpr, kernel_example, store_output
+from ._int4_common import ONE_GROUP_PER_ROW, dequantize_bytes, group_constexpr, kernel_example, store_output
 from .math import cast_rne
 from .registry import KernelEntry, register
 
@@ -40,13 +40,13 @@ def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
     k_end = tl.minimum(k_begin + bytes_per_split, k_bytes)
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
     row_mask = (rows < M)[:, None]
-    col_mask = (cols < N)[:, None]
+    w_row_mask = (cols < N)[:, None]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for start in range(k_begin, k_end, BLOCK_K // 2):
         kb = start + tl.arange(0, BLOCK_K // 2)
         k_mask = (kb < k_end)[None, :]
         w_even, w_odd = dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, cols[:, None], kb[None, :],
-                                         col_mask & k_mask, k_bytes, groups, GROUP_SIZE)
+                                         w_row_mask & k_mask, k_bytes, groups, GROUP_SIZE)
         x_mask = row_mask & k_mask
         x_even = tl.load(x_rows + 2 * kb[None, :], mask=x_mask, other=0.0).to(tl.float32)
         x_odd = tl.load(x_rows + 2 * kb[None, :] + 1, mask=x_mask, other=0.0).to(tl.float32)
@@ -118,7 +118,8 @@ register(KernelEntry(
     name="int4_gemv",
     kernel=int4_gemv_kernel,
     signature=_signature,
-    constexprs={"GROUP_SIZE": 0, "HAS_BIAS": True, "SPLIT_K": 4, "BLOCK_M": 4, "BLOCK_N": 32, "BLOCK_K": 64},
+    constexprs={"GROUP_SIZE": ONE_GROUP_PER_ROW.value, "HAS_BIAS": True, "SPLIT_K": 4, "BLOCK_M": 4, "BLOCK_N": 32,
+                "BLOCK_K": 64},
     # One group per row of a K that is no power of two: 511 packed bytes, the last step partial.
     example=lambda dtype, gen, device: kernel_example(int4_gemv, EXAMPLE_CONFIG, dtype, gen, device,
                                                       m=3, n=45, k=1022, group_size=1022),
