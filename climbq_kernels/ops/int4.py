@@ -6,13 +6,14 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._dispatch import native, register_kernels, run
+from ._dispatch import native, register_kernels, run, triton_launcher
 
 register_kernels({
     "quantize_int4": {"reference": reference.quantize_int4},
     "int4_matmul": {
         "reference": reference.int4_matmul,
         "cpu": native("int4_matmul"),
+        "triton": triton_launcher("int4_matmul", "int4_matmul"),
     },
 })
 
