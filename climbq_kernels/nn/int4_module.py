@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_tensor
-from ..int4 import Int4Weight, int4_matmul
+from .. import ops
+from ..int4 import Int4Weight
 from .packing import padded_width, resolve_group_size
 
 _PACKED_DTYPES = {"packed": torch.uint8, "scales": torch.float32, "zeros": torch.float32}
@@ -87,7 +88,8 @@ class Int4Module(nn.Module):
         if x.shape[-1] != self.packed_in_features:
             x = nn.functional.pad(x, (0, 1))  # the zero that meets the weight's pad column
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return int4_matmul(x, self.qweight, bias)
+        # The buffers were checked when set or loaded; x by the caller.
+        return ops.int4_matmul_fast(x, self.packed, self.scales, self.zeros, self.group_size, bias)
 
     # --- state dict -----------------------------------------------------------------------
 
