@@ -291,6 +291,7 @@ setup(
     "CUDA and CPU kernels",
     python_requires=">=3.10",
     packages=find_packages(include=["climbq_kernels", "climbq_kernels.*"]),
+    package_data={"climbq_kernels.triton": ["*.json"]},
     install_requires=["numpy", "scipy", "tqdm"],
     extras_require={"torch": ["torch>=2.4"], "test": ["pytest"]},
     entry_points={"console_scripts": ["climbq = climbq_kernels.cli:main"]},

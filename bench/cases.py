@@ -232,3 +232,44 @@ def per_sample_bits_case(device: str, dtype: torch.dtype = torch.float32, shape=
     candidates.update({f"climbq {name}": ours(name) for name in backends})
     return Case(f"per-sample bits fwd+bwd {tuple(shape)} {str(dtype)[6:]}", candidates,
                 floor_bytes=5 * x.numel() * x.element_size())
+
+
+def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(4096, 4096), batch: int = 1,
+                     group_size: int = 128, backends: tuple[str, ...] = ()) -> Case:
+    """INT4 packed-weight matmul y = x @ W^T (SPEC 6), x (batch, K) in `dtype`, W (N, K) = `shape`.
+
+    Competitors: the dense F.linear a user would otherwise serve with (float32 on the CPU, x's
+    dtype on a GPU), and PyTorch's own int4 kernel on the same codes (`_weight_int4pack_mm_for_cpu`;
+    on CUDA `_weight_int4pack_mm`, which takes bfloat16 only).
+    """
+    from climbq_kernels.int4_interop import to_torch_int4pack, to_torch_int4pack_cuda
+
+    gen = torch.Generator().manual_seed(0)
+    out_features, in_features = shape
+    w = torch.randn(shape, generator=gen) * 0.02
+    qweight = cq.quantize_int4(w, group_size).to(device)
+    x = torch.randn(batch, in_features, generator=gen).to(device, dtype)
+    dense_dtype = torch.float32 if device == "cpu" else dtype
+    dense_w, dense_x = w.to(device, dense_dtype), x.to(dense_dtype)
+    candidates = {f"F.linear {str(dense_dtype)[6:]} (dense)": lambda: torch.nn.functional.linear(dense_x, dense_w)}
+    if device == "cpu":
+        packed, scales_and_zeros, g = to_torch_int4pack(qweight, dtype)
+        candidates["torch _weight_int4pack_mm_for_cpu"] = (
+            lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, g, scales_and_zeros))
+    elif dtype == torch.bfloat16:
+        packed, scales_and_zeros, g = to_torch_int4pack_cuda(qweight)
+        candidates["torch _weight_int4pack_mm"] = (
+            lambda: torch.ops.aten._weight_int4pack_mm(x, packed, g, scales_and_zeros))
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend), torch.no_grad():
+                return cq.int4_matmul(x, qweight)
+        return run
+
+    candidates.update({f"climbq {name}": ours(name) for name in backends})
+    # The packed codes, the float32 scales and zeros, x and y: each once.
+    traffic = (qweight.packed.numel() + 8 * qweight.scales.numel()
+               + (batch * in_features + batch * out_features) * x.element_size())
+    return Case(f"int4_matmul {out_features}x{in_features} g={group_size} M={batch} {str(dtype)[6:]}", candidates,
+                floor_bytes=traffic)

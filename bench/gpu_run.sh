@@ -23,10 +23,16 @@ echo "== tests"
 python3 -m pytest tests -q -ra 2>&1 | tee "$results/tests.log" | tail -n 30
 tests=${PIPESTATUS[0]}
 
+echo "== Triton INT4 launch configs (tuned here, kept in the package and the results)"
+python3 bench/tune_int4_triton.py --dtype bf16 --quick --raw "$results/int4_tuning_raw.json" 2>&1 \
+  | tee "$results/int4_tuning.log" | tail -n 5
+tune=${PIPESTATUS[0]}
+cp climbq_kernels/triton/int4_configs.json "$results/" 2>/dev/null
+
 echo "== benchmarks"
 python3 bench/gpu_bench.py --out "$results" 2>&1 | tee "$results/bench.log" | tail -n 30
 bench=${PIPESTATUS[0]}
 
 [ -n "${OUT:-}" ] && cp "$results"/* "$OUT"/ 2>/dev/null
-echo "build=$build tests=$tests bench=$bench; results in $results"
-[ "$build" -eq 0 ] && [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
+echo "build=$build tests=$tests tune=$tune bench=$bench; results in $results"
+[ "$build" -eq 0 ] && [ "$tests" -eq 0 ] && [ "$tune" -eq 0 ] && [ "$bench" -eq 0 ]

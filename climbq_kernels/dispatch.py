@@ -115,14 +115,14 @@ def explicit_backend() -> str | None:
     return name
 
 
-def _runs_on(name: str, device: torch.device) -> bool:
+def _runs_on(name: str, device_type: str) -> bool:
     if name == "reference":
         return True
     if name == "cpu":
-        return device.type == "cpu"
+        return device_type == "cpu"
     if name == "cuda":
-        return device.type == "cuda"
-    return device.type == "cuda" or (device.type == "cpu" and triton_interpret())
+        return device_type == "cuda"
+    return device_type == "cuda" or (device_type == "cpu" and triton_interpret())
 
 
 @functools.cache
@@ -131,21 +131,26 @@ def _warn_fallback(op: str, wanted: str, reason: str) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
-def resolve(op: str, device: torch.device, implemented: set[str]) -> str:
+def resolve(op: str, device: torch.device, implemented: frozenset[str]) -> str:
     """The backend that runs `op` on `device`, given the backends that implement it."""
-    name = explicit_backend()
+    return _resolve(op, device.type, frozenset(implemented), explicit_backend())
+
+
+@functools.cache
+def _resolve(op: str, device_type: str, implemented: frozenset[str], name: str | None) -> str:
+    """`resolve`, memoised: ops call it on every launch, and serving launches are short."""
     status = _statuses()
     if name is not None:
         if not status[name].available:
             raise RuntimeError(f"climbq backend '{name}' is unavailable: {status[name].reason}")
-        if not _runs_on(name, device):
-            raise ValueError(f"climbq backend '{name}' cannot run on {device.type} tensors")
+        if not _runs_on(name, device_type):
+            raise ValueError(f"climbq backend '{name}' cannot run on {device_type} tensors")
         if name not in implemented:
             raise NotImplementedError(
                 f"op {op} has no '{name}' kernel yet; backends with it: {sorted(implemented)}")
         return name
-    order = _AUTO_ORDER.get(device.type, ("reference",))
-    chosen = next((c for c in order if c in implemented and status[c].available and _runs_on(c, device)),
+    order = _AUTO_ORDER.get(device_type, ("reference",))
+    chosen = next((c for c in order if c in implemented and status[c].available and _runs_on(c, device_type)),
                   "reference")
     if chosen == "reference" and order[0] in implemented:
         _warn_fallback(op, order[0], status[order[0]].reason)

@@ -143,19 +143,20 @@ def _good_args(gen):
 @needs_gpu
 @pytest.mark.parametrize("case,error,match", [
     ("x_float64", TypeError, "x must be float32, float16 or bfloat16"),
-    ("packed_int8", TypeError, "packed must be a uint8 tensor"),
-    ("scales_half", TypeError, "scales must be a float32 tensor"),
+    ("packed_int8", TypeError, "packed must be uint8"),
+    ("scales_half", TypeError, "scales must be float32"),
     ("bias_dtype", TypeError, "bias must have x's dtype"),
-    ("x_wrong_k", ValueError, r"x's last dimension K = 62 must equal 2 \* packed.size\(1\) = 64"),
-    ("group_48", ValueError, "group_size must be 32, 64, 128 or 256 dividing K = 64"),
+    ("x_wrong_k", ValueError, "x's last dimension must be in_features = 64"),
+    ("group_48", ValueError, "group_size must be a multiple of 32 dividing in_features 64"),
     ("group_0", ValueError, "group_size must be"),
     ("zeros_shape", ValueError, r"zeros must have shape \(6, 2\)"),
     ("bias_shape", ValueError, r"bias must have shape \(6,\)"),
-    ("packed_on_cpu", ValueError, "packed must be on x's device"),
+    ("packed_on_cpu", ValueError, "x and packed must be on one CUDA device"),
+    ("scales_on_cpu", ValueError, "scales must be on x's device"),
     ("bias_on_cpu", ValueError, "bias must be on x's device"),
 ])
 def test_cuda_kernel_checks_its_arguments(case, error, match, gen):
-    """The second line of defence, for direct torch.ops.climbq_native calls."""
+    """The second line of defence (csrc/int4_args.h), for direct torch.ops.climbq_native calls."""
     x, packed, scales, zeros, g, bias = _good_args(gen)
     args = {
         "x_float64": (x.double(), packed, scales, zeros, g, bias),
@@ -168,6 +169,7 @@ def test_cuda_kernel_checks_its_arguments(case, error, match, gen):
         "zeros_shape": (x, packed, scales, zeros[:, :1], g, bias),
         "bias_shape": (x, packed, scales, zeros, g, torch.zeros(5, device="cuda")),
         "packed_on_cpu": (x, packed.cpu(), scales, zeros, g, bias),
+        "scales_on_cpu": (x, packed, scales.cpu(), zeros, g, bias),
         "bias_on_cpu": (x, packed, scales, zeros, g, torch.zeros(6)),
     }[case]
     with pytest.raises(error, match=match):

@@ -14,9 +14,9 @@ from .climbq_act import (climbq_act_codes, climbq_act_fused, climbq_act_fused_ba
 from .climbq_weight import climbq_weight_quant, climbq_weight_quant_backward
 from .dynamic_bits import fake_quant_per_sample_bits, fake_quant_per_sample_bits_backward
 from .fake_quant import fake_quant_affine, fake_quant_affine_backward
-from .int4 import int4_matmul, quantize_int4
+from .int4 import int4_matmul, int4_matmul_fast, quantize_int4
 
 __all__ = ["KERNELS", "class_stats", "climbq_act_codes", "climbq_act_fused", "climbq_act_fused_backward",
            "climbq_act_quant", "climbq_act_quant_backward", "climbq_weight_quant",
-           "climbq_weight_quant_backward", "fake_quant_affine", "fake_quant_affine_backward", "int4_matmul",
+           "climbq_weight_quant_backward", "fake_quant_affine", "fake_quant_affine_backward", "int4_matmul", "int4_matmul_fast",
            "quantize_int4", "fake_quant_per_sample_bits", "fake_quant_per_sample_bits_backward"]

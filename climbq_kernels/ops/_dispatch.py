@@ -21,11 +21,16 @@ KERNELS: dict[str, dict[str, Callable]] = {}
 kernel for it yet: automatic dispatch skips it, an explicit `use_backend` raises."""
 
 
+_IMPLEMENTED: dict[str, frozenset[str]] = {}
+_REFERENCE_ONLY = frozenset({"reference"})
+
+
 def register_kernels(tables: dict[str, dict[str, Callable]]) -> None:
     for op, table in tables.items():
         if "reference" not in table:
             raise ValueError(f"op {op} needs a reference implementation")
         KERNELS[op] = table
+        _IMPLEMENTED[op] = frozenset(table)
 
 
 def native(name: str) -> Callable:
@@ -50,13 +55,13 @@ def _triton_module(module: str):
 def run(op: str, like: Tensor, *args):
     """Run `op` on the backend chosen for `like`'s device and dtype; tensors go in contiguous."""
     table = KERNELS[op]
-    implemented = set(table)
+    implemented = _IMPLEMENTED[op]
     if like.dtype not in KERNEL_DTYPES:
         forced = dispatch.explicit_backend()
         if forced not in (None, "reference"):
             raise TypeError(f"{op}: the '{forced}' backend takes float32, float16 or bfloat16 tensors, "
                             f"got {like.dtype}; {like.dtype} runs on the 'reference' backend")
-        implemented = {"reference"}
+        implemented = _REFERENCE_ONLY
     args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
     return table[dispatch.resolve(op, like.device, implemented)](*args)
 

@@ -18,8 +18,9 @@ from typing import NamedTuple
 
 import torch
 
-_NOT_KERNEL_MODULES = {"aot", "math", "registry"}
-"""Every other module under climbq_kernels.triton holds kernels and registers them on import."""
+_NOT_KERNEL_MODULES = {"aot", "math", "registry", "int4_matmul"}
+"""Every other module under climbq_kernels.triton not named _* holds kernels and registers them
+on import (int4_matmul only launches the kernels of int4_gemv and int4_gemm)."""
 
 AOT_TARGETS = (80, 90)
 TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

@@ -34,8 +34,11 @@
 // its float32 error, emulated on the CPU for K = 256, exceeds the error rule
 // (climbq_kernels.testing), so it is not used.
 //
-// Arguments are validated by the Python layer (climbq_kernels/int4.py) first; the TORCH_CHECKs
-// here are the second line of defence for direct torch.ops.climbq_native calls.
+// Arguments are validated by the Python layer (climbq_kernels/int4.py) first; ../int4_args.h
+// (shared with the CPU op) is the second line of defence for direct torch.ops.climbq_native
+// calls. It admits any group size that is a multiple of 32 dividing K, or K itself; the kernels
+// rely on exactly that (an even g; a multiple of 32 in the aligned loop).
+#include "../int4_args.h"
 #include "reduce.cuh"
 
 #include <ATen/Dispatch.h>
@@ -57,7 +60,6 @@
 namespace climbq::cuda {
 namespace {
 
-constexpr int64_t kGroupSizes[] = {32, 64, 128, 256};  // mirrors INT4_GROUP_SIZES (constants.py)
 constexpr int kGemvMaxRows = 8;        // rows of x up to which the GEMV runs
 constexpr int kMaxThreads = 256;       // GEMV threads per block, at most
 constexpr int kMaxWarps = kMaxThreads / kWarp;
@@ -333,64 +335,15 @@ void launch_gemv(const GemvArgs<T>& args, int64_t rows, cudaStream_t stream) {
   });
 }
 
-void check_int4_matmul_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
-                            const at::Tensor& zeros, int64_t group_size,
-                            const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "int4_matmul";
-  const auto dtype = x.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
-                   ": x must be float32, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape (..., K), got a 0-dim tensor");
-  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor, got one on ", x.device());
-  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be a uint8 tensor, got ",
-                   packed.scalar_type());
-  TORCH_CHECK_VALUE(packed.dim() == 2, op, ": packed must have shape (N, K/2), got ", packed.sizes());
-  const auto float32_table = [&](const char* name, const at::Tensor& t) {
-    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, ": ", name, " must be a float32 tensor, got ",
-                     t.scalar_type());
-  };
-  float32_table("scales", scales);
-  float32_table("zeros", zeros);
-  const auto same_device = [&](const char* name, const at::Tensor& t) {
-    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " must be on x's device ", x.device(),
-                      ", got ", t.device());
-  };
-  same_device("packed", packed);
-  same_device("scales", scales);
-  same_device("zeros", zeros);
-  const int64_t in_features = x.size(-1), n_out = packed.size(0);
-  TORCH_CHECK_VALUE(in_features == 2 * packed.size(1), op, ": x's last dimension K = ", in_features,
-                    " must equal 2 * packed.size(1) = ", 2 * packed.size(1), " (two codes per byte)");
-  TORCH_CHECK_VALUE(in_features <= std::numeric_limits<int32_t>::max(), op,
-                    ": K must be below 2**31 (32-bit indices within a row), got ", in_features);
-  const bool listed = std::find(std::begin(kGroupSizes), std::end(kGroupSizes), group_size) !=
-                      std::end(kGroupSizes);
-  TORCH_CHECK_VALUE(group_size > 0 && (group_size == in_features || (listed && in_features % group_size == 0)),
-                    op, ": group_size must be 32, 64, 128 or 256 dividing K = ", in_features,
-                    ", or K itself (one group per row), got ", group_size);
-  const int64_t groups = in_features / group_size;
-  const auto per_group = [&](const char* name, const at::Tensor& t) {
-    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == n_out && t.size(1) == groups, op, ": ", name,
-                      " must have shape (", n_out, ", ", groups, ") (one per group of ", group_size,
-                      " features), got ", t.sizes());
-  };
-  per_group("scales", scales);
-  per_group("zeros", zeros);
-  if (bias.has_value()) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == dtype, op, ": bias must have x's dtype ", dtype, ", got ",
-                     bias->scalar_type());
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n_out, op, ": bias must have shape (", n_out,
-                      ",), got ", bias->sizes());
-    same_device("bias", *bias);
-  }
-}
-
 at::Tensor int4_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                             const at::Tensor& zeros, int64_t group_size,
                             const std::optional<at::Tensor>& bias) {
-  check_int4_matmul_args(x, packed, scales, zeros, group_size, bias);
-  const c10::cuda::CUDAGuard device_guard(x.device());
+  check_int4_matmul_args(x, packed, scales, zeros, group_size, bias, c10::kCUDA);
   const int64_t in_features = x.size(-1), n_out = packed.size(0);
+  TORCH_CHECK_VALUE(in_features <= std::numeric_limits<int32_t>::max(),
+                    "int4_matmul: in_features must be below 2**31 on CUDA (32-bit indices within a row), got ",
+                    in_features);
+  const c10::cuda::CUDAGuard device_guard(x.device());
   int64_t rows = 1;  // M: the product of x's leading dimensions
   for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());

@@ -1,0 +1,166 @@
+"""Tune the Triton INT4 matmul launch configs on a GPU and rewrite climbq_kernels/triton/int4_configs.json.
+
+For each LLaMA-like weight (N x K = 4096x4096, 11008x4096, 4096x11008) and each row count M,
+every candidate config (split-K GEMV for M <= 16, tiled GEMM for every M) is first checked
+against the float64 reference (error rule) and then timed with triton.testing.do_bench
+(median). The fastest becomes that shape's bucket for M in `by_shape`; the `default` table
+takes, per M, the candidate whose mean slowdown against each shape's winner is smallest.
+The device name and the date go into the file; `--raw` also saves every measured time.
+
+Run on a GPU machine:  python3 bench/tune_int4_triton.py [--dtype bf16] [--quick] [--raw out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
+ROW_COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
+GEMV_MAX_M = 16
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+GROUP_SIZE = 128
+GEMV_TILE_LIMIT = 16384
+"""Most elements of the GEMV's (BLOCK_M, BLOCK_N, BLOCK_K / 2) product held per program."""
+
+
+def _next_power_of_2(m: int) -> int:
+    return 1 << (m - 1).bit_length()
+
+
+GEMV_GRID = {"BLOCK_N": (32, 64, 128), "BLOCK_K": (64, 128, 256), "SPLIT_K": (1, 4, 8, 16), "num_warps": (4, 8),
+             "num_stages": (2,)}
+GEMM_GRID = {"BLOCK_N": (64, 128, 256), "BLOCK_K": (64, 128), "num_warps": (4, 8), "num_stages": (3, 4)}
+QUICK = {"BLOCK_N": (64, 128), "BLOCK_K": (64, 128), "SPLIT_K": (4, 8), "num_warps": (4,), "num_stages": (3,)}
+"""--quick: each grid restricted to these values (about a tenth of the configs to compile and time)."""
+
+
+def _grid(grid: dict, quick: bool) -> list[dict]:
+    if quick:
+        grid = {key: tuple(v for v in values if v in QUICK[key]) or values[:1] for key, values in grid.items()}
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def candidates(m: int, quick: bool = False) -> list[dict]:
+    """Launch configs worth timing for M rows (all pass `validate_config`)."""
+    found = []
+    if m <= GEMV_MAX_M:
+        block_m = _next_power_of_2(m)
+        found += [{"kernel": "gemv", "BLOCK_M": block_m, **point} for point in _grid(GEMV_GRID, quick)
+                  if block_m * point["BLOCK_N"] * point["BLOCK_K"] // 2 <= GEMV_TILE_LIMIT]
+    for block_m in (b for b in (16, 32, 64, 128) if b <= max(16, _next_power_of_2(m))):
+        found += [{"kernel": "gemm", "BLOCK_M": block_m, "SPLIT_K": 1, **point} for point in _grid(GEMM_GRID, quick)
+                  if block_m * point["BLOCK_N"] <= 128 * 128]
+    return found
+
+
+def _key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def _table(winners: dict[int, dict]) -> list[dict]:
+    """Buckets from {M: config}: max_m = M, the largest M unbounded."""
+    last = max(winners)
+    return [{"max_m": None if m == last else m, **winners[m]} for m in sorted(winners)]
+
+
+def build_configs(times: dict[str, dict[int, dict[str, float]]], device: str, dtype: str, date: str) -> dict:
+    """The config file from measured seconds times[shape][M][config key] (failed ones absent)."""
+    by_shape = {shape: _table({m: json.loads(min(per_m[m], key=per_m[m].get)) for m in per_m})
+                for shape, per_m in times.items()}
+    default = {}
+    for m in sorted({m for per_m in times.values() for m in per_m}):
+        slowdowns: dict[str, list[float]] = {}
+        for per_m in times.values():
+            best = min(per_m[m].values())
+            for key, seconds in per_m[m].items():
+                slowdowns.setdefault(key, []).append(seconds / best)
+        complete = {k: sum(v) / len(v) for k, v in slowdowns.items() if len(v) == len(times)}
+        default[m] = json.loads(min(complete, key=complete.get))
+    return {"note": f"Tuned by bench/tune_int4_triton.py for {dtype} inputs, group size {GROUP_SIZE}: by_shape "
+                    "holds each shape's fastest config per M; default the config with the smallest mean slowdown "
+                    "over those shapes.",
+            "device": device, "date": date, "default": _table(default), "by_shape": by_shape}
+
+
+def dumps(configs: dict) -> str:
+    """JSON with one bucket per line, so that a retune reads as a short diff."""
+    def table(buckets, indent):
+        rows = [indent + "  " + json.dumps(b) for b in buckets]
+        return "[\n" + ",\n".join(rows) + "\n" + indent + "]"
+    head = {k: configs[k] for k in ("note", "device", "date")}
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    lines.append(f'  "default": {table(configs["default"], "  ")},')
+    shapes = [f"    {json.dumps(s)}: {table(t, '    ')}" for s, t in configs["by_shape"].items()]
+    lines.append('  "by_shape": {' + ("\n" + ",\n".join(shapes) + "\n  }" if shapes else "}"))
+    return "{\n" + "\n".join(lines) + "\n}\n"
+
+
+def measure(dtype: torch.dtype, quick: bool) -> dict[str, dict[int, dict[str, float]]]:
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+    from triton.testing import do_bench
+
+    from climbq_kernels import reference
+    from climbq_kernels.testing import assert_error_rule
+    from climbq_kernels.triton.int4_matmul import int4_matmul
+
+    gen = torch.Generator().manual_seed(0)
+    times = {}
+    for n, k in SHAPES:
+        packed, scales, zeros = (t.cuda() for t in reference.quantize_int4(torch.randn(n, k, generator=gen),
+                                                                            GROUP_SIZE))
+        times[f"{n}x{k}"] = {}
+        for m in ROW_COUNTS:
+            x = torch.randn(m, k, generator=gen).to("cuda", dtype)
+            ref64 = reference.int4_matmul(x.double(), packed, scales, zeros, GROUP_SIZE)
+            ref_lowp = reference.int4_matmul(x, packed, scales, zeros, GROUP_SIZE)
+            per_config = {}
+            for config in candidates(m, quick):
+                run = functools.partial(int4_matmul, x, packed, scales, zeros, GROUP_SIZE, None, config=config)
+                try:
+                    assert_error_rule(run().float(), ref64, ref_lowp)
+                    per_config[_key(config)] = do_bench(run, warmup=10, rep=50, return_mode="median") / 1e3
+                except (AssertionError, CompilationError, OutOfResources) as err:  # wrong or too big: not a candidate
+                    print(f"skip {n}x{k} M={m} {config}: {type(err).__name__}: {str(err)[:200]}", file=sys.stderr)
+            if not per_config:
+                raise RuntimeError(f"no candidate config ran correctly for {n}x{k} M={m}")
+            times[f"{n}x{k}"][m] = per_config
+            print(f"{n}x{k} M={m}: {len(per_config)} configs, fastest {min(per_config, key=per_config.get)}",
+                  flush=True)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    parser.add_argument("--quick", action="store_true", help="a small candidate grid (see QUICK)")
+    parser.add_argument("--raw", type=Path, help="also save every measured time (seconds) here")
+    parser.add_argument("--out", type=Path, help="config file to write (default: the package's)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to tune", file=sys.stderr)
+        return 1
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from climbq_kernels.triton._int4_configs import CONFIG_PATH, validate_configs
+
+    times = measure(DTYPES[args.dtype], args.quick)
+    if args.raw:
+        args.raw.write_text(json.dumps(times, indent=1))
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    configs = validate_configs(build_configs(times, torch.cuda.get_device_name(), args.dtype, date))
+    out = args.out or CONFIG_PATH
+    out.write_text(dumps(configs))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

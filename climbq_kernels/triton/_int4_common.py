@@ -1,0 +1,82 @@
+"""What the INT4 matmul kernels share: nibble dequantization, the group constexpr, test cases.
+
+Packed layout (climbq_kernels/int4.py): byte j of row n holds the code of feature 2j in its
+low nibble and of feature 2j + 1 in its high nibble; scales and zeros are float32 (N, K / g).
+Both features of a byte share a group, because every group size is even.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import reference
+from ..testing import poison_like
+from .math import cast_rne
+from .registry import Example
+
+ONE_GROUP_PER_ROW = tl.constexpr(0)
+"""GROUP_SIZE constexpr for g == K: every feature reads group 0, so a K that is no power of two
+(one group per row) costs no integer division and no recompile per K."""
+LOW_NIBBLE = tl.constexpr(0xF)
+NIBBLE_BITS = tl.constexpr(4)
+
+
+def group_constexpr(group_size: int, in_features: int) -> int:
+    """The kernels' GROUP_SIZE for a weight of `in_features` with groups of `group_size`."""
+    return ONE_GROUP_PER_ROW.value if group_size == in_features else group_size
+
+
+@triton.jit
+def dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, n, kb, mask, k_bytes, groups,
+                     GROUP_SIZE: tl.constexpr):
+    """(W[n, 2 kb], W[n, 2 kb + 1]) in float32 for broadcastable row indices n and byte indices
+    kb; 0 where `mask` is false. W = (q - zero) * scale, as `reference.dequantize_int4` does."""
+    rows = n.to(tl.int64)
+    byte = tl.load(packed_ptr + rows * k_bytes + kb, mask=mask, other=0)
+    if GROUP_SIZE == ONE_GROUP_PER_ROW:
+        table = rows * groups
+    else:
+        table = rows * groups + (2 * kb) // GROUP_SIZE
+    scale = tl.load(scales_ptr + table, mask=mask, other=0.0)
+    zero = tl.load(zeros_ptr + table, mask=mask, other=0.0)
+    low = ((byte & LOW_NIBBLE).to(tl.float32) - zero) * scale
+    high = ((byte >> NIBBLE_BITS).to(tl.float32) - zero) * scale
+    return low, high
+
+
+@triton.jit
+def store_output(out_ptr, acc, bias_ptr, rows, cols, M, N, HAS_BIAS: tl.constexpr):
+    """out[rows, cols] = acc (+ bias[cols]) rounded to nearest even into out's dtype."""
+    col_mask = cols < N
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    tl.store(out_ptr + offs, cast_rne(acc, out_ptr.dtype.element_ty), mask=(rows < M)[:, None] & col_mask[None, :])
+
+
+def random_case(dtype: torch.dtype, gen: torch.Generator, device: str, m: int, n: int, k: int,
+                group_size: int, with_bias: bool, batch: tuple[int, ...] = ()):
+    """(x (*batch, m, k), packed, scales, zeros, bias or None) from a random float weight."""
+    w = torch.randn(n, k, generator=gen)
+    packed, scales, zeros = reference.quantize_int4(w, group_size)
+    x = torch.randn(*batch, m, k, generator=gen).to(device, dtype)
+    bias = torch.randn(n, generator=gen).to(device, dtype) if with_bias else None
+    return x, packed.to(device), scales.to(device), zeros.to(device), bias
+
+
+def references(x, packed, scales, zeros, group_size, bias):
+    """(float64 reference, reference in x's dtype) of int4_matmul."""
+    ref64 = reference.int4_matmul(x.double(), packed, scales, zeros, group_size,
+                                  None if bias is None else bias.double())
+    return ref64, reference.int4_matmul(x, packed, scales, zeros, group_size, bias)
+
+
+def kernel_example(launch, config: dict, dtype, gen, device, m: int, n: int, k: int, group_size: int) -> Example:
+    """One registry example: `launch(x2d, packed, scales, zeros, g, bias, out2d, config)` into a
+    poisoned output, beside the references."""
+    x, packed, scales, zeros, bias = random_case(dtype, gen, device, m, n, k, group_size, with_bias=True)
+    out = poison_like(torch.empty(m, n, dtype=dtype, device=device))
+    launch(x, packed, scales, zeros, group_size, bias, out, config)
+    return Example(out, *references(x, packed, scales, zeros, group_size, bias))

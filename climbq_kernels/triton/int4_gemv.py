@@ -1,0 +1,134 @@
+"""INT4 matmul for a few rows (M up to ~16) in Triton: split-K GEMV on packed weights (SPEC 6).
+
+y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program
+(mn, s) takes BLOCK_M rows of x, BLOCK_N rows of W and K slice s (`bytes_per_split` packed
+bytes, a whole number of BLOCK_K / 2 byte steps). Per step it loads the bytes once, splits the
+nibbles into the float32 weights of the even and odd features, and adds
+
+    acc[m, n] += sum_j x[m, 2j] * W[n, 2j] + x[m, 2j + 1] * W[n, 2j + 1]
+
+as a (BLOCK_M, BLOCK_N, BLOCK_K / 2) broadcast product reduced over j, in float32. With one
+slice the program writes acc + bias to the output directly; otherwise it writes float32
+partials (S, M, N), and `int4_splitk_reduce_kernel` adds the S partials of each output in
+slice order, adds bias and rounds once: no atomics, so results are bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._int4_common import ONE_GROUP_PER_ROW, dequantize_bytes, group_constexpr, kernel_example, store_output
+from .math import cast_rne
+from .registry import KernelEntry, register
+
+REDUCE_BLOCK = 256
+"""Outputs per program of the split-K reduction."""
+
+
+@triton.jit
+def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, partial_ptr, M, N, K, groups,
+                     bytes_per_split, GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    rows = (tl.program_id(0) // n_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(1)
+    k_bytes = K // 2
+    k_begin = split * bytes_per_split
+    k_end = tl.minimum(k_begin + bytes_per_split, k_bytes)
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
+    row_mask = (rows < M)[:, None]
+    w_row_mask = (cols < N)[:, None]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in range(k_begin, k_end, BLOCK_K // 2):
+        kb = start + tl.arange(0, BLOCK_K // 2)
+        k_mask = (kb < k_end)[None, :]
+        w_even, w_odd = dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, cols[:, None], kb[None, :],
+                                         w_row_mask & k_mask, k_bytes, groups, GROUP_SIZE)
+        x_mask = row_mask & k_mask
+        x_even = tl.load(x_rows + 2 * kb[None, :], mask=x_mask, other=0.0).to(tl.float32)
+        x_odd = tl.load(x_rows + 2 * kb[None, :] + 1, mask=x_mask, other=0.0).to(tl.float32)
+        products = x_even[:, None, :] * w_even[None, :, :] + x_odd[:, None, :] * w_odd[None, :, :]
+        acc += tl.sum(products, axis=2)
+    if SPLIT_K == 1:
+        store_output(out_ptr, acc, bias_ptr, rows, cols, M, N, HAS_BIAS)
+    else:
+        offs = (rows.to(tl.int64) + split * M)[:, None] * N + cols[None, :]
+        tl.store(partial_ptr + offs, acc, mask=row_mask & (cols < N)[None, :])
+
+
+@triton.jit
+def int4_splitk_reduce_kernel(partial_ptr, bias_ptr, out_ptr, N, outputs, HAS_BIAS: tl.constexpr,
+                              SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """out[e] = sum over slices s = 0, 1, ... of partial[s, e] (+ bias[e % N]), e a flat (M, N) index."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < outputs
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    slice_ptrs = partial_ptr + e
+    for _ in tl.static_range(SPLIT_K):
+        acc += tl.load(slice_ptrs, mask=mask, other=0.0)
+        slice_ptrs += outputs
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + e % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + e, cast_rne(acc, out_ptr.dtype.element_ty), mask=mask)
+
+
+def split_plan(in_features: int, block_k: int, max_splits: int) -> tuple[int, int]:
+    """(slices, packed bytes per slice): at most `max_splits` slices of whole BLOCK_K steps,
+    none empty."""
+    steps = max(triton.cdiv(in_features // 2, block_k // 2), 1)
+    steps_per_split = triton.cdiv(steps, max(1, min(max_splits, steps)))
+    return triton.cdiv(steps, steps_per_split), steps_per_split * (block_k // 2)
+
+
+def int4_gemv(x, packed, scales, zeros, group_size: int, bias, out, config: dict):
+    """out (M, N) = x (M, K) @ dequant(W)^T (+ bias), launched with a "gemv" `config`."""
+    m, k = x.shape
+    n = packed.shape[0]
+    splits, bytes_per_split = split_plan(k, config["BLOCK_K"], config["SPLIT_K"])
+    partials = torch.empty(splits, m, n, dtype=torch.float32, device=x.device) if splits > 1 else out
+    bias_arg = out if bias is None else bias
+    grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), splits)
+    int4_gemv_kernel[grid](
+        x, packed, scales, zeros, bias_arg, out, partials, m, n, k, scales.shape[1], bytes_per_split,
+        GROUP_SIZE=group_constexpr(group_size, k), HAS_BIAS=bias is not None, SPLIT_K=splits,
+        BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
+        num_warps=config["num_warps"], num_stages=config["num_stages"])
+    if splits > 1:
+        int4_splitk_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
+            partials, bias_arg, out, n, m * n, HAS_BIAS=bias is not None, SPLIT_K=splits, BLOCK=REDUCE_BLOCK)
+    return out
+
+
+EXAMPLE_CONFIG = {"kernel": "gemv", "BLOCK_M": 2, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 4, "num_warps": 4,
+                  "num_stages": 2}
+
+
+def _signature(dtype: str) -> dict[str, str]:
+    return {"x_ptr": f"*{dtype}", "packed_ptr": "*u8", "scales_ptr": "*fp32", "zeros_ptr": "*fp32",
+            "bias_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "partial_ptr": "*fp32", "M": "i64", "N": "i64",
+            "K": "i64", "groups": "i64", "bytes_per_split": "i64", "outputs": "i64",
+            **{name: "constexpr" for name in ("GROUP_SIZE", "HAS_BIAS", "SPLIT_K", "BLOCK_M", "BLOCK_N",
+                                               "BLOCK_K", "BLOCK")}}
+
+
+register(KernelEntry(
+    name="int4_gemv",
+    kernel=int4_gemv_kernel,
+    signature=_signature,
+    constexprs={"GROUP_SIZE": ONE_GROUP_PER_ROW.value, "HAS_BIAS": True, "SPLIT_K": 4, "BLOCK_M": 4, "BLOCK_N": 32,
+                "BLOCK_K": 64},
+    # One group per row of a K that is no power of two: 511 packed bytes, the last step partial.
+    example=lambda dtype, gen, device: kernel_example(int4_gemv, EXAMPLE_CONFIG, dtype, gen, device,
+                                                      m=3, n=45, k=1022, group_size=1022),
+))
+register(KernelEntry(
+    name="int4_splitk_reduce",
+    kernel=int4_splitk_reduce_kernel,
+    signature=_signature,
+    constexprs={"HAS_BIAS": True, "SPLIT_K": 4, "BLOCK": REDUCE_BLOCK},
+    example=lambda dtype, gen, device: kernel_example(int4_gemv, EXAMPLE_CONFIG, dtype, gen, device,
+                                                      m=2, n=17, k=256, group_size=64),
+))

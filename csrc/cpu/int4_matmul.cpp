@@ -1,0 +1,153 @@
+// INT4 packed-weight matmul (SPEC 6) on the CPU: checks, the split activation layout, and the
+// float32 -> x's dtype epilogue with the bias; the vectorised tiles are in
+// isa/int4_matmul_kernel.cpp.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/add.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <vector>
+
+#include "../int4_args.h"
+#include "int4_matmul_kernel.h"
+#include "isa_choice.h"
+
+namespace climbq::cpu {
+namespace {
+
+struct Int4Kernels {
+  decltype(&DEFAULT::int4_matmul) fused;
+  decltype(&DEFAULT::int4_dequantize) dequantize;
+};
+
+const Int4Kernels& int4_kernels() {
+  static const Int4Kernels chosen = choose_isa<Int4Kernels>(
+      {DEFAULT::int4_matmul, DEFAULT::int4_dequantize}, {CLIMBQ_AVX2::int4_matmul, CLIMBQ_AVX2::int4_dequantize},
+      {CLIMBQ_AVX512::int4_matmul, CLIMBQ_AVX512::int4_dequantize});
+  return chosen;
+}
+
+// From this many activation rows on, dequantizing blocks of W to float32 and multiplying them
+// with torch's GEMM beats the fused kernel: the GEMM reuses registers across a wider tile
+// than the fused kernel's dequantization leaves room for.
+int64_t gemm_rows() {
+  const char* env = std::getenv("CLIMBQ_INT4_GEMM_ROWS");
+  return env ? std::atoll(env) : int64_t{16};
+}
+// Dequantized rows per GEMM block: about 4 MiB of float32, in L3 for the GEMM to read.
+constexpr int64_t kGemmBlockFloats = int64_t{1} << 20;
+
+// y^T (N, M) float32 = W x^T, a block of W rows at a time.
+at::Tensor dequantize_then_gemm(const Int4MatmulProblem& problem, const at::Tensor& x_float) {
+  const int64_t in = problem.in_features, out_features = problem.out_features;
+  const int64_t block = std::max<int64_t>(64, kGemmBlockFloats / std::max<int64_t>(in, 1));
+  at::Tensor y_t = at::empty({out_features, problem.rows}, x_float.options());
+  at::Tensor w = at::empty({std::min(block, out_features), in}, x_float.options());
+  for (int64_t n0 = 0; n0 < out_features; n0 += block) {
+    const int64_t rows = std::min(block, out_features - n0);
+    int4_kernels().dequantize(problem, n0, n0 + rows, w.mutable_data_ptr<float>());
+    at::Tensor y_rows = y_t.narrow(0, n0, rows);
+    at::mm_out(y_rows, w.narrow(0, 0, rows), x_float.t());
+  }
+  return y_t;
+}
+
+// Rows of x (M, K) as float32 in the split layout of int4_matmul_kernel.h.
+// Rows of the split activations are padded to a stride of an odd number of cache lines: rows
+// a multiple of 4 KiB apart would share L1 sets, and the tiles read 8 rows at once.
+int64_t split_stride(int64_t in) {
+  constexpr int64_t kLineFloats = 16;
+  return (in / kLineFloats | 1) * kLineFloats + (in % kLineFloats ? kLineFloats : 0);
+}
+
+template <typename T>
+void split_rows(const T* x, int64_t rows, int64_t in, int64_t stride, float* out) {
+  const int64_t whole = in / kInt4BlockFeatures * kInt4BlockFeatures;
+  constexpr int64_t kHalf = kInt4BlockFeatures / 2;
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(in, 1)),
+                   [&](int64_t first, int64_t last) {
+    for (int64_t m = first; m < last; ++m) {
+      const T* src = x + m * in;
+      float* dst = out + m * stride;
+      for (int64_t block = 0; block < whole; block += kInt4BlockFeatures) {
+        for (int64_t j = 0; j < kHalf; ++j) {
+          dst[block + j] = static_cast<float>(src[block + 2 * j]);
+          dst[block + kHalf + j] = static_cast<float>(src[block + 2 * j + 1]);
+        }
+      }
+      for (int64_t k = whole; k < in; ++k) dst[k] = static_cast<float>(src[k]);
+    }
+  });
+}
+
+// out (M, N) in T = y + bias, each element rounded once.
+template <typename T>
+void finish(const float* y, const at::Tensor& bias, int64_t rows, int64_t out_features, T* out) {
+  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  at::parallel_for(0, rows * out_features, int64_t{1} << 15, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      out[i] = static_cast<T>(b ? y[i] + static_cast<float>(b[i % out_features]) : y[i]);
+    }
+  });
+}
+
+// The fused kernel: y (M, N) float32 from x in the split layout.
+at::Tensor fused_matmul(Int4MatmulProblem problem, const at::Tensor& x, at::Tensor y) {
+  const int64_t stride = split_stride(problem.in_features);
+  at::Tensor x_split = at::empty({problem.rows, stride}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int4_matmul", [&] {
+    split_rows(x.const_data_ptr<scalar_t>(), problem.rows, problem.in_features, stride,
+               x_split.mutable_data_ptr<float>());
+  });
+  problem.x = x_split.const_data_ptr<float>();
+  problem.x_stride = stride;
+  problem.y = y.mutable_data_ptr<float>();
+  int4_kernels().fused(problem);
+  return y;
+}
+
+at::Tensor int4_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                           const at::Tensor& zeros, int64_t group_size,
+                           const std::optional<at::Tensor>& bias) {
+  const Int4Shape shape = check_int4_matmul_args(x, packed, scales, zeros, group_size, bias, c10::kCPU);
+  const at::Tensor x_c = x.contiguous();
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
+  out_shape.push_back(shape.out_features);
+  at::Tensor out = at::empty(out_shape, x.options());
+  if (out.numel() == 0) return out;
+
+  const at::Tensor packed_c = packed.contiguous(), scales_c = scales.contiguous(), zeros_c = zeros.contiguous();
+  const Int4MatmulProblem problem{shape.rows, shape.out_features, shape.in_features, group_size, nullptr, 0,
+                                  packed_c.const_data_ptr<uint8_t>(), scales_c.const_data_ptr<float>(),
+                                  zeros_c.const_data_ptr<float>(), nullptr};
+  if (shape.rows >= gemm_rows()) {
+    const at::Tensor x_float = x_c.reshape({shape.rows, shape.in_features}).to(at::kFloat);
+    at::Tensor y = dequantize_then_gemm(problem, x_float).t();
+    if (bias_c.defined()) y = y.add(bias_c.to(at::kFloat));
+    out.view({shape.rows, shape.out_features}).copy_(y);
+    return out;
+  }
+  const bool float_out = x.scalar_type() == at::kFloat;
+  const at::Tensor y = fused_matmul(problem, x_c, float_out ? out : at::empty({shape.rows, shape.out_features},
+                                                                               x.options().dtype(at::kFloat)));
+  if (!float_out || bias_c.defined()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int4_matmul", [&] {
+      finish(y.const_data_ptr<float>(), bias_c, shape.rows, shape.out_features, out.mutable_data_ptr<scalar_t>());
+    });
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace climbq::cpu
+
+TORCH_LIBRARY_IMPL(climbq_native, CPU, m) {
+  m.impl("int4_matmul", &climbq::cpu::int4_matmul_cpu);
+}

@@ -1,0 +1,45 @@
+// The INT4 packed-weight matmul kernel (SPEC 6) on raw pointers, compiled once per CPU
+// instruction set (isa/int4_matmul_kernel.cpp) and chosen at run time by int4_matmul.cpp.
+#pragma once
+
+#include <cstdint>
+
+namespace climbq::cpu {
+
+// Features per block of the split activation layout: 16 packed bytes of a weight row.
+constexpr int64_t kInt4BlockFeatures = 32;
+
+// y (M, N) float32 = x @ W^T for W (N, K) = (q - zeros) * scales, group-wise.
+//
+// `x` is (M, K) float32 in the split layout that matches the nibble order: each block of
+// kInt4BlockFeatures features is stored as its 16 even features, then its 16 odd ones, so that
+// the low nibbles of 16 packed bytes meet 16 consecutive floats and the high nibbles the next
+// 16; features past the last whole block keep their natural order.
+struct Int4MatmulProblem {
+  int64_t rows;          // M
+  int64_t out_features;  // N
+  int64_t in_features;   // K (even)
+  int64_t group_size;    // g: a multiple of 32 dividing K, or K itself
+  const float* x;        // (M, K), split layout, rows x_stride floats apart
+  int64_t x_stride;      // >= K; padded so that rows do not alias in the L1 cache
+  const uint8_t* packed; // (N, K / 2)
+  const float* scales;   // (N, K / g)
+  const float* zeros;    // (N, K / g)
+  float* y;              // (M, N)
+};
+
+// int4_matmul: the fused kernel, all of y. int4_dequantize: rows [n0, n1) of W as float32,
+// (n1 - n0, K) row-major into w, for the dequantize-then-GEMM path of larger batches (x and
+// y unused).
+#define CLIMBQ_DECLARE_INT4_KERNELS(ISA)                                                 \
+  namespace ISA {                                                                      \
+  void int4_matmul(const Int4MatmulProblem& p);                                        \
+  void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* w);  \
+  }
+
+CLIMBQ_DECLARE_INT4_KERNELS(DEFAULT)
+CLIMBQ_DECLARE_INT4_KERNELS(AVX2)
+CLIMBQ_DECLARE_INT4_KERNELS(AVX512)
+#undef CLIMBQ_DECLARE_INT4_KERNELS
+
+}  // namespace climbq::cpu

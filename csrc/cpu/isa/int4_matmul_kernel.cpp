@@ -1,0 +1,275 @@
+// INT4 packed-weight matmul (SPEC 6) on the CPU, compiled once per instruction set like the
+// other kernels in this folder; the problem and the activation layout are described in
+// ../int4_matmul_kernel.h.
+//
+// A tile is kTileRows weight rows times kTileBatch activation rows over the whole of K. Each
+// step dequantizes kLanes packed bytes per weight row into two float vectors (low nibbles =
+// even features, high nibbles = odd features) and multiply-adds them with every activation row
+// of the tile, so a dequantized vector serves kTileBatch rows and an activation vector serves
+// kTileRows weight rows. Dequantized weights equal the reference's float32 (q - zero) * scale
+// bit for bit; sums are float32 vectors, reduced lane by lane in a fixed order, so results do
+// not depend on the thread count. Weight rows are read from memory once: tiles of the same
+// weight rows run back to back on one thread and find them in L1.
+#include "../int4_matmul_kernel.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace climbq::cpu::CPU_CAPABILITY {
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+constexpr int64_t kBlockBytes = kInt4BlockFeatures / 2;
+constexpr int64_t kOddOffset = kBlockBytes;  // odd features follow the even ones in a block
+static_assert(kBlockBytes % kLanes == 0, "a block of packed bytes must be whole vectors");
+// The tiles' loops over rows must be unrolled for the accumulators to live in registers.
+#define CLIMBQ_UNROLL _Pragma("GCC unroll 16")
+
+constexpr int64_t kLowNibble = 0x0F;
+constexpr int kNibbleBits = 4;
+
+#if defined(CPU_CAPABILITY_AVX512)
+// Register budget (32 vectors): 4 x 4 accumulators + 8 dequantized vectors + 2 activations;
+// one activation row: 8 weight rows. Each loaded vector then serves 4 (8) multiply-adds, which
+// the load ports, not the FMA units, turn out to limit.
+constexpr int kTileRows = 4;
+constexpr int kTileBatch = 4;
+constexpr int kGemvRows = 8;
+#else
+constexpr int kTileRows = 2;
+constexpr int kTileBatch = 4;
+constexpr int kGemvRows = 4;
+#endif
+// Cache blocking for larger batches: a panel of kPanelRows activation rows times
+// kChunkFeatures features (256 KiB of float32) stays in L2 while every weight-row tile passes
+// over it; each tile's packed bytes stay in L1 while the panel's row blocks reuse them.
+constexpr int64_t kPanelRows = 64;
+constexpr int64_t kChunkFeatures = 1024;  // a multiple of every group size below K
+constexpr int64_t kUnchunkedRows = 8;     // up to this batch, x stays in L2 whole
+// Multiply-adds per parallel task below which tasks are merged.
+constexpr int64_t kGrainMacs = int64_t{1} << 16;
+
+// One group's dequantization: code c -> (c - zero) * scale, evaluated in float32 as the
+// reference does.
+#if defined(CPU_CAPABILITY_AVX512)
+// All 16 values in one register, looked up by vpermps, which reads only an index's low 4 bits:
+// a byte's low nibble needs no mask.
+struct GroupTable {
+  __m512 values;
+  void set(float scale, float zero) {
+    const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    values = _mm512_mul_ps(_mm512_sub_ps(codes, _mm512_set1_ps(zero)), _mm512_set1_ps(scale));
+  }
+  void dequantize(const uint8_t* bytes, Vec& even, Vec& odd) const {
+    const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+    even = _mm512_permutexvar_ps(codes, values);
+    odd = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, kNibbleBits), values);
+  }
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+struct GroupTable {
+  __m256 scale, zero;
+  void set(float s, float z) {
+    scale = _mm256_set1_ps(s);
+    zero = _mm256_set1_ps(z);
+  }
+  void dequantize(const uint8_t* bytes, Vec& even, Vec& odd) const {
+    const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
+    const __m256 low = _mm256_cvtepi32_ps(_mm256_and_si256(codes, _mm256_set1_epi32(kLowNibble)));
+    const __m256 high = _mm256_cvtepi32_ps(_mm256_srli_epi32(codes, kNibbleBits));
+    even = _mm256_mul_ps(_mm256_sub_ps(low, zero), scale);
+    odd = _mm256_mul_ps(_mm256_sub_ps(high, zero), scale);
+  }
+};
+#else
+struct GroupTable {
+  float scale, zero;
+  void set(float s, float z) {
+    scale = s;
+    zero = z;
+  }
+  void dequantize(const uint8_t* bytes, Vec& even, Vec& odd) const {
+    __at_align__ float low[kLanes], high[kLanes];
+    for (int64_t j = 0; j < kLanes; ++j) {
+      low[j] = (static_cast<float>(bytes[j] & kLowNibble) - zero) * scale;
+      high[j] = (static_cast<float>(bytes[j] >> kNibbleBits) - zero) * scale;
+    }
+    even = Vec::loadu(low);
+    odd = Vec::loadu(high);
+  }
+};
+#endif
+
+float sum_lanes(const Vec& v) {
+  __at_align__ float lanes[kLanes];
+  v.store(lanes);
+  float total = 0.0f;
+  for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
+  return total;
+}
+
+// feature >> group_shift(g) is feature's group: log2(g) for g a power of two; otherwise g is
+// the whole row (one group), and every feature < 2^62 shifts to group 0.
+int group_shift(int64_t g) {
+  return (g & (g - 1)) == 0 ? __builtin_ctzll(static_cast<unsigned long long>(g)) : 62;
+}
+
+// Features [begin, end) of y[m0 + m, n0 + r] for r < R, m < MB, added to y when `accumulate`.
+template <int R, int MB>
+void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0, int64_t begin, int64_t end, bool accumulate) {
+  const int64_t in = p.in_features, g = p.group_size, groups = in / g;
+  const int64_t whole_end = std::min(end, in / kInt4BlockFeatures * kInt4BlockFeatures);
+  const uint8_t* w[R];
+  const float* scale[R];
+  const float* zero[R];
+  for (int r = 0; r < R; ++r) {
+    w[r] = p.packed + (n0 + r) * (in / 2);
+    scale[r] = p.scales + (n0 + r) * groups;
+    zero[r] = p.zeros + (n0 + r) * groups;
+  }
+  const float* x[MB];
+  for (int m = 0; m < MB; ++m) x[m] = p.x + (m0 + m) * p.x_stride;
+
+  // Every group's table for the R rows up front, so the block loop below runs uninterrupted
+  // from begin to end with its accumulators in registers.
+  const int shift = group_shift(g);
+  const int64_t first_group = begin >> shift;
+  const int64_t table_groups = whole_end > begin ? ((whole_end - 1) >> shift) - first_group + 1 : 0;
+  thread_local std::vector<GroupTable> tables;
+  tables.resize(table_groups * R);
+  for (int64_t j = 0; j < table_groups; ++j) {
+    for (int r = 0; r < R; ++r) tables[j * R + r].set(scale[r][first_group + j], zero[r][first_group + j]);
+  }
+
+  Vec acc[R][MB];
+  for (int r = 0; r < R; ++r) {
+    for (int m = 0; m < MB; ++m) acc[r][m] = Vec(0.0f);
+  }
+  for (int64_t feature = begin; feature < whole_end; feature += kInt4BlockFeatures) {
+    const GroupTable* table = tables.data() + ((feature >> shift) - first_group) * R;
+    for (int64_t lane0 = 0; lane0 < kBlockBytes; lane0 += kLanes) {
+      Vec even[R], odd[R];
+      CLIMBQ_UNROLL
+      for (int r = 0; r < R; ++r) table[r].dequantize(w[r] + feature / 2 + lane0, even[r], odd[r]);
+      CLIMBQ_UNROLL
+      for (int m = 0; m < MB; ++m) {
+        const Vec x_even = Vec::loadu(x[m] + feature + lane0);
+        const Vec x_odd = Vec::loadu(x[m] + feature + lane0 + kOddOffset);
+        CLIMBQ_UNROLL
+        for (int r = 0; r < R; ++r) {
+          acc[r][m] = at::vec::fmadd(even[r], x_even, acc[r][m]);
+          acc[r][m] = at::vec::fmadd(odd[r], x_odd, acc[r][m]);
+        }
+      }
+    }
+  }
+
+  // Features past the last whole block (only when one group spans a row whose length is not a
+  // multiple of 32), in natural order.
+  float tail[R][MB] = {};
+  for (int64_t feature = std::max(begin, whole_end); feature < end; feature += 2) {
+    const int64_t group = feature / g;
+    for (int r = 0; r < R; ++r) {
+      const uint8_t byte = w[r][feature / 2];
+      const float even = (static_cast<float>(byte & kLowNibble) - zero[r][group]) * scale[r][group];
+      const float odd = (static_cast<float>(byte >> kNibbleBits) - zero[r][group]) * scale[r][group];
+      for (int m = 0; m < MB; ++m) tail[r][m] += even * x[m][feature] + odd * x[m][feature + 1];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int m = 0; m < MB; ++m) {
+      float& out = p.y[(m0 + m) * p.out_features + n0 + r];
+      const float sum = sum_lanes(acc[r][m]) + tail[r][m];
+      out = accumulate ? out + sum : sum;
+    }
+  }
+}
+
+// Weight rows [n0, n0 + rows) times activation rows [m0, m0 + batch), features [begin, end).
+template <int R, int MB>
+void rows_tile(const Int4MatmulProblem& p, int64_t n0, int64_t rows, int64_t m0, int64_t begin, int64_t end,
+               bool accumulate) {
+  int64_t n = n0;
+  for (; n + R <= n0 + rows; n += R) tile<R, MB>(p, n, m0, begin, end, accumulate);
+  for (; n < n0 + rows; ++n) tile<1, MB>(p, n, m0, begin, end, accumulate);
+}
+
+template <int MB = kTileBatch>
+void batch_tile(const Int4MatmulProblem& p, int64_t n0, int64_t rows, int64_t m0, int64_t batch, int64_t begin,
+                int64_t end, bool accumulate) {
+  if constexpr (MB == 1) {
+    rows_tile<kGemvRows, 1>(p, n0, rows, m0, begin, end, accumulate);
+  } else if (batch == MB) {
+    rows_tile<kTileRows, MB>(p, n0, rows, m0, begin, end, accumulate);
+  } else {
+    batch_tile<MB - 1>(p, n0, rows, m0, batch, begin, end, accumulate);
+  }
+}
+
+}  // namespace
+
+void int4_matmul(const Int4MatmulProblem& p) {
+  const int64_t in = p.in_features;
+  const int64_t chunk = p.rows <= kUnchunkedRows ? std::max<int64_t>(in, 1) : kChunkFeatures;
+  constexpr int64_t kRowsPerTask = std::max(kTileRows, kGemvRows);  // tiles of one task share x
+  const int64_t row_tasks = (p.out_features + kRowsPerTask - 1) / kRowsPerTask;
+  for (int64_t begin = 0; begin < in; begin += chunk) {
+    const int64_t end = std::min(begin + chunk, in);
+    for (int64_t panel = 0; panel < p.rows; panel += kPanelRows) {
+      const int64_t panel_end = std::min(panel + kPanelRows, p.rows);
+      const int64_t task_macs = kRowsPerTask * (panel_end - panel) * (end - begin);
+      at::parallel_for(0, row_tasks, std::max<int64_t>(1, kGrainMacs / task_macs), [&](int64_t first, int64_t last) {
+        for (int64_t task = first; task < last; ++task) {
+          const int64_t n0 = task * kRowsPerTask, rows = std::min(kRowsPerTask, p.out_features - n0);
+          for (int64_t m0 = panel; m0 < panel_end; m0 += kTileBatch) {
+            const int64_t batch = std::min<int64_t>(kTileBatch, panel_end - m0);
+            batch_tile(p, n0, rows, m0, batch, begin, end, begin > 0);
+          }
+        }
+      });
+    }
+  }
+}
+
+void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* w) {
+  const int64_t in = p.in_features, g = p.group_size, groups = in / g;
+  const int64_t whole = in / kInt4BlockFeatures * kInt4BlockFeatures;
+  at::parallel_for(n0, n1, std::max<int64_t>(1, kGrainMacs / std::max<int64_t>(in, 1)), [&](int64_t first, int64_t last) {
+    for (int64_t n = first; n < last; ++n) {
+      const uint8_t* bytes = p.packed + n * (in / 2);
+      const float* scale = p.scales + n * groups;
+      const float* zero = p.zeros + n * groups;
+      float* row = w + (n - n0) * in;
+      GroupTable table;
+      for (int64_t group_begin = 0; group_begin < whole; group_begin += g) {
+        table.set(scale[group_begin / g], zero[group_begin / g]);
+        for (int64_t feature = group_begin; feature < std::min(group_begin + g, whole); feature += kInt4BlockFeatures) {
+          for (int64_t lane0 = 0; lane0 < kBlockBytes; lane0 += kLanes) {
+            Vec even, odd;
+            table.dequantize(bytes + feature / 2 + lane0, even, odd);
+            const auto [first_half, second_half] = at::vec::interleave2(even, odd);
+            first_half.store(row + feature + 2 * lane0);
+            second_half.store(row + feature + 2 * lane0 + kLanes);
+          }
+        }
+      }
+      for (int64_t feature = whole; feature < in; feature += 2) {
+        const uint8_t byte = bytes[feature / 2];
+        const int64_t group = feature / g;
+        row[feature] = (static_cast<float>(byte & kLowNibble) - zero[group]) * scale[group];
+        row[feature + 1] = (static_cast<float>(byte >> kNibbleBits) - zero[group]) * scale[group];
+      }
+    }
+  });
+}
+
+}  // namespace climbq::cpu::CPU_CAPABILITY
