@@ -17,7 +17,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#include <vector>
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -33,6 +32,19 @@ constexpr int64_t kOddOffset = kBlockBytes;  // odd features follow the even one
 static_assert(kBlockBytes % kLanes == 0, "a block of packed bytes must be whole vectors");
 // The tiles' loops over rows must be unrolled for the accumulators to live in registers.
 #define CLIMBQ_UNROLL _Pragma("GCC unroll 16")
+
+// The tiles keep their accumulators in arrays of the raw register type: GCC writes arrays of
+// Vectorized<float> back to the stack on every iteration.
+#if defined(CPU_CAPABILITY_AVX512)
+using Reg = __m512;
+#elif defined(CPU_CAPABILITY_AVX2)
+using Reg = __m256;
+#else
+using Reg = Vec;
+#endif
+
+inline Reg load(const float* p) { return Vec::loadu(p); }
+inline Reg fmadd(Reg a, Reg b, Reg c) { return at::vec::fmadd(Vec(a), Vec(b), Vec(c)); }
 
 constexpr int64_t kLowNibble = 0x0F;
 constexpr int kNibbleBits = 4;
@@ -64,12 +76,12 @@ constexpr int64_t kGrainMacs = int64_t{1} << 16;
 // All 16 values in one register, looked up by vpermps, which reads only an index's low 4 bits:
 // a byte's low nibble needs no mask.
 struct GroupTable {
-  __m512 values;
+  __m512 values = _mm512_setzero_ps();
   void set(float scale, float zero) {
     const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     values = _mm512_mul_ps(_mm512_sub_ps(codes, _mm512_set1_ps(zero)), _mm512_set1_ps(scale));
   }
-  void dequantize(const uint8_t* bytes, Vec& even, Vec& odd) const {
+  void dequantize(const uint8_t* bytes, Reg& even, Reg& odd) const {
     const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
     even = _mm512_permutexvar_ps(codes, values);
     odd = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, kNibbleBits), values);
@@ -77,12 +89,12 @@ struct GroupTable {
 };
 #elif defined(CPU_CAPABILITY_AVX2)
 struct GroupTable {
-  __m256 scale, zero;
+  __m256 scale = _mm256_setzero_ps(), zero = _mm256_setzero_ps();
   void set(float s, float z) {
     scale = _mm256_set1_ps(s);
     zero = _mm256_set1_ps(z);
   }
-  void dequantize(const uint8_t* bytes, Vec& even, Vec& odd) const {
+  void dequantize(const uint8_t* bytes, Reg& even, Reg& odd) const {
     const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
     const __m256 low = _mm256_cvtepi32_ps(_mm256_and_si256(codes, _mm256_set1_epi32(kLowNibble)));
     const __m256 high = _mm256_cvtepi32_ps(_mm256_srli_epi32(codes, kNibbleBits));
@@ -92,12 +104,12 @@ struct GroupTable {
 };
 #else
 struct GroupTable {
-  float scale, zero;
+  float scale = 0.0f, zero = 0.0f;
   void set(float s, float z) {
     scale = s;
     zero = z;
   }
-  void dequantize(const uint8_t* bytes, Vec& even, Vec& odd) const {
+  void dequantize(const uint8_t* bytes, Reg& even, Reg& odd) const {
     __at_align__ float low[kLanes], high[kLanes];
     for (int64_t j = 0; j < kLanes; ++j) {
       low[j] = (static_cast<float>(bytes[j] & kLowNibble) - zero) * scale;
@@ -109,9 +121,9 @@ struct GroupTable {
 };
 #endif
 
-float sum_lanes(const Vec& v) {
+float sum_lanes(Reg v) {
   __at_align__ float lanes[kLanes];
-  v.store(lanes);
+  Vec(v).store(lanes);
   float total = 0.0f;
   for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
   return total;
@@ -131,46 +143,50 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0, int64_t begin, int
   const uint8_t* w[R];
   const float* scale[R];
   const float* zero[R];
+  CLIMBQ_UNROLL
   for (int r = 0; r < R; ++r) {
     w[r] = p.packed + (n0 + r) * (in / 2);
     scale[r] = p.scales + (n0 + r) * groups;
     zero[r] = p.zeros + (n0 + r) * groups;
   }
   const float* x[MB];
+  CLIMBQ_UNROLL
   for (int m = 0; m < MB; ++m) x[m] = p.x + (m0 + m) * p.x_stride;
 
-  // Every group's table for the R rows up front, so the block loop below runs uninterrupted
-  // from begin to end with its accumulators in registers.
-  const int shift = group_shift(g);
-  const int64_t first_group = begin >> shift;
-  const int64_t table_groups = whole_end > begin ? ((whole_end - 1) >> shift) - first_group + 1 : 0;
-  thread_local std::vector<GroupTable> tables;
-  tables.resize(table_groups * R);
-  for (int64_t j = 0; j < table_groups; ++j) {
-    for (int r = 0; r < R; ++r) tables[j * R + r].set(scale[r][first_group + j], zero[r][first_group + j]);
-  }
-
-  Vec acc[R][MB];
+  Reg acc[R][MB];
+  CLIMBQ_UNROLL
   for (int r = 0; r < R; ++r) {
+    CLIMBQ_UNROLL
     for (int m = 0; m < MB; ++m) acc[r][m] = Vec(0.0f);
   }
-  for (int64_t feature = begin; feature < whole_end; feature += kInt4BlockFeatures) {
-    const GroupTable* table = tables.data() + ((feature >> shift) - first_group) * R;
-    for (int64_t lane0 = 0; lane0 < kBlockBytes; lane0 += kLanes) {
-      Vec even[R], odd[R];
-      CLIMBQ_UNROLL
-      for (int r = 0; r < R; ++r) table[r].dequantize(w[r] + feature / 2 + lane0, even[r], odd[r]);
-      CLIMBQ_UNROLL
-      for (int m = 0; m < MB; ++m) {
-        const Vec x_even = Vec::loadu(x[m] + feature + lane0);
-        const Vec x_odd = Vec::loadu(x[m] + feature + lane0 + kOddOffset);
+  const int shift = group_shift(g);
+  GroupTable table[R];
+  for (int64_t group_begin = begin; group_begin < whole_end;) {
+    const int64_t group = group_begin >> shift;
+    const int64_t group_end = std::min(whole_end, (group + 1) * g);
+    CLIMBQ_UNROLL
+    for (int r = 0; r < R; ++r) table[r].set(scale[r][group], zero[r][group]);
+    for (int64_t feature = group_begin; feature < group_end; feature += kInt4BlockFeatures) {
+      for (int64_t lane0 = 0; lane0 < kBlockBytes; lane0 += kLanes) {
+        Reg x_even[MB], x_odd[MB];
+        CLIMBQ_UNROLL
+        for (int m = 0; m < MB; ++m) {
+          x_even[m] = load(x[m] + feature + lane0);
+          x_odd[m] = load(x[m] + feature + lane0 + kOddOffset);
+        }
         CLIMBQ_UNROLL
         for (int r = 0; r < R; ++r) {
-          acc[r][m] = at::vec::fmadd(even[r], x_even, acc[r][m]);
-          acc[r][m] = at::vec::fmadd(odd[r], x_odd, acc[r][m]);
+          Reg even, odd;
+          table[r].dequantize(w[r] + feature / 2 + lane0, even, odd);
+          CLIMBQ_UNROLL
+          for (int m = 0; m < MB; ++m) {
+            acc[r][m] = fmadd(even, x_even[m], acc[r][m]);
+            acc[r][m] = fmadd(odd, x_odd[m], acc[r][m]);
+          }
         }
       }
     }
+    group_begin = group_end;
   }
 
   // Features past the last whole block (only when one group spans a row whose length is not a
@@ -178,14 +194,18 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0, int64_t begin, int
   float tail[R][MB] = {};
   for (int64_t feature = std::max(begin, whole_end); feature < end; feature += 2) {
     const int64_t group = feature / g;
+    CLIMBQ_UNROLL
     for (int r = 0; r < R; ++r) {
       const uint8_t byte = w[r][feature / 2];
       const float even = (static_cast<float>(byte & kLowNibble) - zero[r][group]) * scale[r][group];
       const float odd = (static_cast<float>(byte >> kNibbleBits) - zero[r][group]) * scale[r][group];
+      CLIMBQ_UNROLL
       for (int m = 0; m < MB; ++m) tail[r][m] += even * x[m][feature] + odd * x[m][feature + 1];
     }
   }
+  CLIMBQ_UNROLL
   for (int r = 0; r < R; ++r) {
+    CLIMBQ_UNROLL
     for (int m = 0; m < MB; ++m) {
       float& out = p.y[(m0 + m) * p.out_features + n0 + r];
       const float sum = sum_lanes(acc[r][m]) + tail[r][m];
@@ -254,9 +274,9 @@ void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* 
         table.set(scale[group_begin / g], zero[group_begin / g]);
         for (int64_t feature = group_begin; feature < std::min(group_begin + g, whole); feature += kInt4BlockFeatures) {
           for (int64_t lane0 = 0; lane0 < kBlockBytes; lane0 += kLanes) {
-            Vec even, odd;
+            Reg even, odd;
             table.dequantize(bytes + feature / 2 + lane0, even, odd);
-            const auto [first_half, second_half] = at::vec::interleave2(even, odd);
+            const auto [first_half, second_half] = at::vec::interleave2(Vec(even), Vec(odd));
             first_half.store(row + feature + 2 * lane0);
             second_half.store(row + feature + 2 * lane0 + kLanes);
           }
