@@ -67,6 +67,7 @@ constexpr int kGemvRows = 4;
 constexpr int64_t kPanelRows = 64;
 constexpr int64_t kChunkFeatures = 1024;  // a multiple of every group size below K
 constexpr int64_t kUnchunkedRows = 8;     // up to this batch, x stays in L2 whole
+constexpr int64_t kCacheLine = 64;
 // Multiply-adds per parallel task below which tasks are merged.
 constexpr int64_t kGrainMacs = int64_t{1} << 16;
 
@@ -167,6 +168,12 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0, int64_t begin, int
     CLIMBQ_UNROLL
     for (int r = 0; r < R; ++r) table[r].set(scale[r][group], zero[r][group]);
     for (int64_t feature = group_begin; feature < group_end; feature += kInt4BlockFeatures) {
+      // The next tile's rows follow this tile's in memory: bring them into L2 at the rate this
+      // tile consumes its own (R blocks of 16 bytes per step), one long stream ahead.
+      const char* ahead = reinterpret_cast<const char*>(w[0]) + R * (in / 2) + R * (feature / 2);
+      for (int64_t line = 0; line < R * kBlockBytes; line += kCacheLine) {
+        __builtin_prefetch(ahead + line, 0, 2);  // read, keep in L2
+      }
       for (int64_t lane0 = 0; lane0 < kBlockBytes; lane0 += kLanes) {
         Reg x_even[MB], x_odd[MB];
         CLIMBQ_UNROLL
