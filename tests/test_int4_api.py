@@ -61,6 +61,11 @@ def test_matmul_gradient_to_x_and_bias(gen):
     (lambda: cq.int4_matmul(torch.ones(2, 64, dtype=torch.int32), cq.quantize_int4(torch.randn(4, 64), 32)),
      TypeError, "x must be a floating tensor"),
     (lambda: cq.int4_matmul(torch.randn(2, 64), torch.randn(4, 64)), TypeError, "qweight must be an Int4Weight"),
+    (lambda: cq.int4_matmul(torch.randn(2, 64, device="meta"), cq.quantize_int4(torch.randn(4, 64), 32)),
+     ValueError, "got x on meta, qweight on cpu"),
+    (lambda: cq.int4_matmul(torch.randn(2, 64), cq.quantize_int4(torch.randn(4, 64), 32), torch.randn(4, device="meta")),
+     ValueError, "bias on meta"),
+    (lambda: cq.quantize_int4(torch.tensor([[1.0, float("inf")] * 16]), 32), ValueError, "w must be finite"),
 ])
 def test_bad_int4_input(make, error, match):
     with pytest.raises(error, match=match):
