@@ -164,3 +164,20 @@ def test_native_op_rejects_bad_arguments(backend, device, change, match):
     _native.require()
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
         torch.ops.climbq_native.int4_matmul(*change(_native_case()))
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_serving_path_matches_the_op_and_keeps_gradients(backend, device, gen):
+    """Eager calls without autograd skip the custom-op layer: same result, bit for bit; with a
+    gradient needed they go through the op and its autograd formula."""
+    from climbq_kernels import ops
+    qw = _weight(21, 128, 32, gen, device)
+    x = torch.randn(3, 128, generator=gen).to(device)
+    with cq.use_backend(backend):
+        with torch.no_grad():
+            served = cq.int4_matmul(x, qw)
+        through_op = ops.int4_matmul(x, qw.packed, qw.scales, qw.zeros, qw.group_size, None)
+        x_leaf = x.clone().requires_grad_()
+        cq.int4_matmul(x_leaf, qw).sum().backward()
+    assert torch.equal(served, through_op)
+    torch.testing.assert_close(x_leaf.grad, qw.dequantize().to(device).sum(0).expand_as(x), rtol=1e-5, atol=1e-5)
