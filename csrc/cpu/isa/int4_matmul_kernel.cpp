@@ -61,12 +61,9 @@ constexpr int kTileRows = 2;
 constexpr int kTileBatch = 4;
 constexpr int kGemvRows = 4;
 #endif
-// Cache blocking for larger batches: a panel of kPanelRows activation rows times
-// kChunkFeatures features (256 KiB of float32) stays in L2 while every weight-row tile passes
-// over it; each tile's packed bytes stay in L1 while the panel's row blocks reuse them.
-constexpr int64_t kPanelRows = 64;
-constexpr int64_t kChunkFeatures = 1024;  // a multiple of every group size below K
-constexpr int64_t kUnchunkedRows = 8;     // up to this batch, x stays in L2 whole
+// No cache blocking over K or over the batch: below the GEMM path's batch (int4_matmul.cpp) the
+// activations fit in L2, and blocking K (tiles reducing into y per block) measured 1.5-2x
+// slower at batches 8-32 than tiles that run the whole row.
 constexpr int64_t kCacheLine = 64;
 // Multiply-adds per parallel task below which tasks are merged.
 constexpr int64_t kGrainMacs = int64_t{1} << 16;
@@ -136,11 +133,11 @@ int group_shift(int64_t g) {
   return (g & (g - 1)) == 0 ? __builtin_ctzll(static_cast<unsigned long long>(g)) : 62;
 }
 
-// Features [begin, end) of y[m0 + m, n0 + r] for r < R, m < MB, added to y when `accumulate`.
+// y[m0 + m, n0 + r] for r < R, m < MB.
 template <int R, int MB>
-void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0, int64_t begin, int64_t end, bool accumulate) {
+void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0) {
   const int64_t in = p.in_features, g = p.group_size, groups = in / g;
-  const int64_t whole_end = std::min(end, in / kInt4BlockFeatures * kInt4BlockFeatures);
+  const int64_t whole_end = in / kInt4BlockFeatures * kInt4BlockFeatures;
   const uint8_t* w[R];
   const float* scale[R];
   const float* zero[R];
@@ -162,7 +159,7 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0, int64_t begin, int
   }
   const int shift = group_shift(g);
   GroupTable table[R];
-  for (int64_t group_begin = begin; group_begin < whole_end;) {
+  for (int64_t group_begin = 0; group_begin < whole_end;) {
     const int64_t group = group_begin >> shift;
     const int64_t group_end = std::min(whole_end, (group + 1) * g);
     CLIMBQ_UNROLL
@@ -199,7 +196,7 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0, int64_t begin, int
   // Features past the last whole block (only when one group spans a row whose length is not a
   // multiple of 32), in natural order.
   float tail[R][MB] = {};
-  for (int64_t feature = std::max(begin, whole_end); feature < end; feature += 2) {
+  for (int64_t feature = whole_end; feature < in; feature += 2) {
     const int64_t group = feature / g;
     CLIMBQ_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -214,57 +211,45 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0, int64_t begin, int
   for (int r = 0; r < R; ++r) {
     CLIMBQ_UNROLL
     for (int m = 0; m < MB; ++m) {
-      float& out = p.y[(m0 + m) * p.out_features + n0 + r];
-      const float sum = sum_lanes(acc[r][m]) + tail[r][m];
-      out = accumulate ? out + sum : sum;
+      p.y[(m0 + m) * p.out_features + n0 + r] = sum_lanes(acc[r][m]) + tail[r][m];
     }
   }
 }
 
-// Weight rows [n0, n0 + rows) times activation rows [m0, m0 + batch), features [begin, end).
+// Weight rows [n0, n0 + rows) times activation rows [m0, m0 + MB).
 template <int R, int MB>
-void rows_tile(const Int4MatmulProblem& p, int64_t n0, int64_t rows, int64_t m0, int64_t begin, int64_t end,
-               bool accumulate) {
+void rows_tile(const Int4MatmulProblem& p, int64_t n0, int64_t rows, int64_t m0) {
   int64_t n = n0;
-  for (; n + R <= n0 + rows; n += R) tile<R, MB>(p, n, m0, begin, end, accumulate);
-  for (; n < n0 + rows; ++n) tile<1, MB>(p, n, m0, begin, end, accumulate);
+  for (; n + R <= n0 + rows; n += R) tile<R, MB>(p, n, m0);
+  for (; n < n0 + rows; ++n) tile<1, MB>(p, n, m0);
 }
 
 template <int MB = kTileBatch>
-void batch_tile(const Int4MatmulProblem& p, int64_t n0, int64_t rows, int64_t m0, int64_t batch, int64_t begin,
-                int64_t end, bool accumulate) {
+void batch_tile(const Int4MatmulProblem& p, int64_t n0, int64_t rows, int64_t m0, int64_t batch) {
   if constexpr (MB == 1) {
-    rows_tile<kGemvRows, 1>(p, n0, rows, m0, begin, end, accumulate);
+    rows_tile<kGemvRows, 1>(p, n0, rows, m0);
   } else if (batch == MB) {
-    rows_tile<kTileRows, MB>(p, n0, rows, m0, begin, end, accumulate);
+    rows_tile<kTileRows, MB>(p, n0, rows, m0);
   } else {
-    batch_tile<MB - 1>(p, n0, rows, m0, batch, begin, end, accumulate);
+    batch_tile<MB - 1>(p, n0, rows, m0, batch);
   }
 }
 
 }  // namespace
 
 void int4_matmul(const Int4MatmulProblem& p) {
-  const int64_t in = p.in_features;
-  const int64_t chunk = p.rows <= kUnchunkedRows ? std::max<int64_t>(in, 1) : kChunkFeatures;
   constexpr int64_t kRowsPerTask = std::max(kTileRows, kGemvRows);  // tiles of one task share x
   const int64_t row_tasks = (p.out_features + kRowsPerTask - 1) / kRowsPerTask;
-  for (int64_t begin = 0; begin < in; begin += chunk) {
-    const int64_t end = std::min(begin + chunk, in);
-    for (int64_t panel = 0; panel < p.rows; panel += kPanelRows) {
-      const int64_t panel_end = std::min(panel + kPanelRows, p.rows);
-      const int64_t task_macs = kRowsPerTask * (panel_end - panel) * (end - begin);
-      at::parallel_for(0, row_tasks, std::max<int64_t>(1, kGrainMacs / task_macs), [&](int64_t first, int64_t last) {
-        for (int64_t task = first; task < last; ++task) {
-          const int64_t n0 = task * kRowsPerTask, rows = std::min(kRowsPerTask, p.out_features - n0);
-          for (int64_t m0 = panel; m0 < panel_end; m0 += kTileBatch) {
-            const int64_t batch = std::min<int64_t>(kTileBatch, panel_end - m0);
-            batch_tile(p, n0, rows, m0, batch, begin, end, begin > 0);
-          }
-        }
-      });
+  const int64_t task_macs = kRowsPerTask * p.rows * std::max<int64_t>(p.in_features, 1);
+  // A task's weight rows stay in L1 while its tiles pass over every activation row block.
+  at::parallel_for(0, row_tasks, std::max<int64_t>(1, kGrainMacs / task_macs), [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t n0 = task * kRowsPerTask, rows = std::min(kRowsPerTask, p.out_features - n0);
+      for (int64_t m0 = 0; m0 < p.rows; m0 += kTileBatch) {
+        batch_tile(p, n0, rows, m0, std::min<int64_t>(kTileBatch, p.rows - m0));
+      }
     }
-  }
+  });
 }
 
 void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* w) {
