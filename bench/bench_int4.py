@@ -8,16 +8,17 @@ Floor: the packed weight (K/2 bytes a row), its float32 scales and zeros, x and 
 once. At batch 1 the kernels are memory-bound and "% of copy bandwidth" is the figure of merit;
 from batch ~16 on they are compute-bound and the ratios against F.linear are.
 
-CPU, this 2-core AVX-512 VM, 2026-11-22 (bench/results/cpu-2026-11-22/int4.md; copy bandwidth
-22.5 GB/s; batch-1 medians moved up to 1.3x between runs minutes apart), climbq cpu against
-F.linear float32 and against torch's int4 kernel in bfloat16 (its fast path; in float32 it is
-10-90x slower than ours):
-  M=1   4096x4096: 0.62 ms, 4.3x F.linear, 1.26x torch (0.48-0.50 ms, 5.3-5.5x, in other runs)
-  M=1  11008x4096: 1.60 ms, 4.1x F.linear, 1.31x torch (1.31 ms, 5.2x, 1.43x in another run)
-  M=4  11008x4096: 3.0-3.3 ms, 4.4-4.9x F.linear, 1.09x torch
-  M=16 11008x4096: 17.2 ms, 1.2-1.3x F.linear, 0.87x torch (the fused tiles dequantize each
-       weight vector once per 4 rows; torch's kernel is ahead here)
-  M=64 11008x4096: 42-45 ms (dequantize + GEMM), 0.8-0.9x F.linear, 1.17x torch
+CPU, this 2-core AVX-512 VM, 2026-11-22 15:26 UTC (bench/results/cpu-2026-11-22/int4.md; copy
+bandwidth 22.5 GB/s), climbq cpu against F.linear float32 and against torch's int4 kernel in
+bfloat16 (its fast path; in float32 torch's kernel is 10-90x slower than ours). Medians moved
+up to 1.6x between runs minutes apart (F.linear 11008x4096 batch 1: 6.6-10.7 ms); compare
+within one run:
+  M=1    4096x4096: 0.59 ms fp32 (4.6x F.linear, 1.15x torch bf16); 0.74 ms bf16 (0.92x torch)
+  M=1   11008x4096: 2.09-2.40 ms (4.4-5.1x F.linear, 1.13x torch)
+  M=4   11008x4096: 3.2-3.6 ms (4.3-7.4x F.linear, 1.13x torch)
+  M=16  11008x4096: 13.7-15.5 ms (1.6-3.0x F.linear, 1.51x torch)
+  M=64  11008x4096: 43.5-48.2 ms (0.88x F.linear, 1.22x torch)
+  M=256 11008x4096: 139 ms, dequantize + GEMM (0.88x F.linear, 1.49x torch)
 """
 
 import torch
@@ -30,6 +31,8 @@ CPU_CASES = [
       for shape in LLAMA_SHAPES for dtype in (torch.float32, torch.bfloat16)),
     *(int4_matmul_case("cpu", dtype, (11008, 4096), batch, backends=cpu_backends())
       for batch in (4, 16, 64) for dtype in (torch.float32, torch.bfloat16)),
+    # The GEMM path; bfloat16 only: torch's float32 int4 kernel takes ~15 s a call here.
+    int4_matmul_case("cpu", torch.bfloat16, (11008, 4096), 256, backends=cpu_backends()),
 ]
 GPU_CASES = [
     # >= 100 MB of packed weight: the memory-bound serving case.
