@@ -50,9 +50,9 @@ constexpr int64_t kLowNibble = 0x0F;
 constexpr int kNibbleBits = 4;
 
 #if defined(CPU_CAPABILITY_AVX512)
-// Register budget (32 vectors): 4 x 4 accumulators + 8 dequantized vectors + 2 activations;
-// one activation row: 8 weight rows. Each loaded vector then serves 4 (8) multiply-adds, which
-// the load ports, not the FMA units, turn out to limit.
+// Register budget (32 vectors): 4 x 4 accumulators, 8 activation vectors (even and odd halves of
+// 4 rows), 4 group tables and the 2 vectors being dequantized; a single activation row leaves
+// room for 8 weight rows, whose loads and tables then overlap.
 constexpr int kTileRows = 4;
 constexpr int kTileBatch = 4;
 constexpr int kGemvRows = 8;
@@ -64,12 +64,17 @@ constexpr int kGemvRows = 4;
 // No cache blocking over K or over the batch: below the GEMM path's batch (int4_matmul.cpp) the
 // activations fit in L2, and blocking K (tiles reducing into y per block) measured 1.5-2x
 // slower at batches 8-32 than tiles that run the whole row.
+
 constexpr int64_t kCacheLine = 64;
 // Multiply-adds per parallel task below which tasks are merged.
 constexpr int64_t kGrainMacs = int64_t{1} << 16;
 
-// One group's dequantization: code c -> (c - zero) * scale, evaluated in float32 as the
-// reference does.
+// Code c of a group -> (c - zero) * scale, evaluated in float32 as the reference does.
+inline float dequantize_code(int code, float scale, float zero) {
+  return (static_cast<float>(code) - zero) * scale;
+}
+
+// One group's dequantization, a vector at a time.
 #if defined(CPU_CAPABILITY_AVX512)
 // All 16 values in one register, looked up by vpermps, which reads only an index's low 4 bits:
 // a byte's low nibble needs no mask.
@@ -110,8 +115,8 @@ struct GroupTable {
   void dequantize(const uint8_t* bytes, Reg& even, Reg& odd) const {
     __at_align__ float low[kLanes], high[kLanes];
     for (int64_t j = 0; j < kLanes; ++j) {
-      low[j] = (static_cast<float>(bytes[j] & kLowNibble) - zero) * scale;
-      high[j] = (static_cast<float>(bytes[j] >> kNibbleBits) - zero) * scale;
+      low[j] = dequantize_code(bytes[j] & kLowNibble, scale, zero);
+      high[j] = dequantize_code(bytes[j] >> kNibbleBits, scale, zero);
     }
     even = Vec::loadu(low);
     odd = Vec::loadu(high);
@@ -201,8 +206,8 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0) {
     CLIMBQ_UNROLL
     for (int r = 0; r < R; ++r) {
       const uint8_t byte = w[r][feature / 2];
-      const float even = (static_cast<float>(byte & kLowNibble) - zero[r][group]) * scale[r][group];
-      const float odd = (static_cast<float>(byte >> kNibbleBits) - zero[r][group]) * scale[r][group];
+      const float even = dequantize_code(byte & kLowNibble, scale[r][group], zero[r][group]);
+      const float odd = dequantize_code(byte >> kNibbleBits, scale[r][group], zero[r][group]);
       CLIMBQ_UNROLL
       for (int m = 0; m < MB; ++m) tail[r][m] += even * x[m][feature] + odd * x[m][feature + 1];
     }
@@ -277,8 +282,8 @@ void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* 
       for (int64_t feature = whole; feature < in; feature += 2) {
         const uint8_t byte = bytes[feature / 2];
         const int64_t group = feature / g;
-        row[feature] = (static_cast<float>(byte & kLowNibble) - zero[group]) * scale[group];
-        row[feature + 1] = (static_cast<float>(byte >> kNibbleBits) - zero[group]) * scale[group];
+        row[feature] = dequantize_code(byte & kLowNibble, scale[group], zero[group]);
+        row[feature + 1] = dequantize_code(byte >> kNibbleBits, scale[group], zero[group]);
       }
     }
   });
