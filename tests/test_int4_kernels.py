@@ -123,7 +123,7 @@ def test_each_cpu_instruction_set(isa, tmp_path, gen):
     cases = []
     for batch, out_features, in_features, group_size in [(1, 21, 256, 32), (3, 10, 96, None), (6, 9, 1022, None),
                                                          (9, 7, 512, 128), (40, 13, 256, 256),
-                                                         (65, 9, 256, 64), (70, 11, 1022, None)]:
+                                                         (130, 9, 256, 64), (129, 11, 1022, None)]:
         qw = _weight(out_features, in_features, group_size, gen, "cpu")
         for dtype in DTYPES:
             x = torch.randn(batch, in_features, generator=gen).to(dtype)
