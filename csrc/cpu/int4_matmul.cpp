@@ -83,17 +83,6 @@ void split_rows(const T* x, int64_t rows, int64_t in, int64_t stride, float* out
   });
 }
 
-// out (M, N) in T = y + bias, each element rounded once.
-template <typename T>
-void finish(const float* y, const at::Tensor& bias, int64_t rows, int64_t out_features, T* out) {
-  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
-  at::parallel_for(0, rows * out_features, int64_t{1} << 15, [&](int64_t first, int64_t last) {
-    for (int64_t i = first; i < last; ++i) {
-      out[i] = static_cast<T>(b ? y[i] + static_cast<float>(b[i % out_features]) : y[i]);
-    }
-  });
-}
-
 // The fused kernel: y (M, N) float32 from x in the split layout.
 at::Tensor fused_matmul(Int4MatmulProblem problem, const at::Tensor& x, at::Tensor y) {
   const int64_t stride = split_stride(problem.in_features);
@@ -124,21 +113,18 @@ at::Tensor int4_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const 
   const Int4MatmulProblem problem{shape.rows, shape.out_features, shape.in_features, group_size, nullptr, 0,
                                   packed_c.const_data_ptr<uint8_t>(), scales_c.const_data_ptr<float>(),
                                   zeros_c.const_data_ptr<float>(), nullptr};
+  const at::Tensor out_rows = out.view({shape.rows, shape.out_features});
+  at::Tensor y;
   if (shape.rows >= kGemmRows) {
-    const at::Tensor x_float = x_c.reshape({shape.rows, shape.in_features}).to(at::kFloat);
-    at::Tensor y = dequantize_then_gemm(problem, x_float).t();
-    if (bias_c.defined()) y = y.add(bias_c.to(at::kFloat));
-    out.view({shape.rows, shape.out_features}).copy_(y);
-    return out;
+    y = dequantize_then_gemm(problem, x_c.reshape({shape.rows, shape.in_features}).to(at::kFloat)).t();
+  } else {
+    const bool float_out = x.scalar_type() == at::kFloat;
+    y = fused_matmul(problem, x_c, float_out ? out_rows : at::empty({shape.rows, shape.out_features},
+                                                                    x.options().dtype(at::kFloat)));
   }
-  const bool float_out = x.scalar_type() == at::kFloat;
-  const at::Tensor y = fused_matmul(problem, x_c, float_out ? out : at::empty({shape.rows, shape.out_features},
-                                                                               x.options().dtype(at::kFloat)));
-  if (!float_out || bias_c.defined()) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int4_matmul", [&] {
-      finish(y.const_data_ptr<float>(), bias_c, shape.rows, shape.out_features, out.mutable_data_ptr<scalar_t>());
-    });
-  }
+  // Epilogue: bias added in float32, then one rounding to x's dtype.
+  if (bias_c.defined()) y = y.add(bias_c.to(at::kFloat));
+  if (!y.is_same(out_rows)) out_rows.copy_(y);
   return out;
 }
 
