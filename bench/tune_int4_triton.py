@@ -103,7 +103,7 @@ def dumps(configs: dict) -> str:
     return "{\n" + "\n".join(lines) + "\n}\n"
 
 
-def measure(dtype: torch.dtype, quick: bool) -> dict[str, dict[int, dict[str, float]]]:
+def measure(dtype: torch.dtype, quick: bool, shapes=SHAPES, row_counts=ROW_COUNTS) -> dict[str, dict[int, dict[str, float]]]:
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
     from triton.testing import do_bench
@@ -114,11 +114,11 @@ def measure(dtype: torch.dtype, quick: bool) -> dict[str, dict[int, dict[str, fl
 
     gen = torch.Generator().manual_seed(0)
     times = {}
-    for n, k in SHAPES:
+    for n, k in shapes:
         packed, scales, zeros = (t.cuda() for t in reference.quantize_int4(torch.randn(n, k, generator=gen),
                                                                             GROUP_SIZE))
         times[f"{n}x{k}"] = {}
-        for m in ROW_COUNTS:
+        for m in row_counts:
             x = torch.randn(m, k, generator=gen).to("cuda", dtype)
             ref64 = reference.int4_matmul(x.double(), packed, scales, zeros, GROUP_SIZE)
             ref_lowp = reference.int4_matmul(x, packed, scales, zeros, GROUP_SIZE)
@@ -133,7 +133,8 @@ def measure(dtype: torch.dtype, quick: bool) -> dict[str, dict[int, dict[str, fl
             if not per_config:
                 raise RuntimeError(f"no candidate config ran correctly for {n}x{k} M={m}")
             times[f"{n}x{k}"][m] = per_config
-            print(f"{n}x{k} M={m}: {len(per_config)} configs, fastest {min(per_config, key=per_config.get)}",
+            best = min(per_config, key=per_config.get)
+            print(f"{n}x{k} M={m}: {len(per_config)} configs, fastest {best} at {per_config[best] * 1e6:.1f} us",
                   flush=True)
     return times
 
@@ -144,6 +145,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a small candidate grid (see QUICK)")
     parser.add_argument("--raw", type=Path, help="also save every measured time (seconds) here")
     parser.add_argument("--out", type=Path, help="config file to write (default: the package's)")
+    parser.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in SHAPES], metavar="NxK",
+                        help="weight shapes to tune (default: %(default)s)")
+    parser.add_argument("--rows", nargs="+", type=int, default=ROW_COUNTS, metavar="M",
+                        help="row counts to tune (default: %(default)s)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to tune", file=sys.stderr)
@@ -151,7 +156,8 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from climbq_kernels.triton._int4_configs import CONFIG_PATH, validate_configs
 
-    times = measure(DTYPES[args.dtype], args.quick)
+    shapes = [tuple(int(side) for side in shape.split("x")) for shape in args.shapes]
+    times = measure(DTYPES[args.dtype], args.quick, shapes, args.rows)
     if args.raw:
         args.raw.write_text(json.dumps(times, indent=1))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")

@@ -94,8 +94,11 @@ def _label_error(num_classes: int, detail: str) -> ValueError:
 def raise_pending_label_errors(wait: bool = False) -> None:
     """Raise ValueError if a finished device-side label check found a label out of range.
 
-    `wait=True` waits for every pending check first (a sync), for a definite answer.
+    `wait=True` waits for every pending check first (a sync), for a definite answer. Nothing
+    happens while torch.compile traces: the pending checks are host state, read in eager calls.
     """
+    if torch.compiler.is_compiling():
+        return
     still_running = []
     failed = None
     for event, flag, num_classes in _pending_label_checks:

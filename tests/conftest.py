@@ -22,6 +22,14 @@ interpreted on CPU tensors, CUDA on the GPU. Absent hardware removes a pair; the
 is the oracle they are compared with."""
 
 
+@pytest.fixture(autouse=True)
+def no_pending_label_checks():
+    """A deferred CUDA label check belongs to the test that made it: none leaks into the next."""
+    yield
+    from climbq_kernels import checks
+    checks._pending_label_checks.clear()
+
+
 @pytest.fixture
 def gen():
     """A fresh, seeded generator per test: random inputs, reproducible failures."""

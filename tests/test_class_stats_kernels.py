@@ -109,6 +109,7 @@ def test_bad_labels_raise_on_every_backend(backend, device, labels, error, match
     x = torch.randn(4, 6, generator=gen).to(device)
     with cq.use_backend(backend), pytest.raises(error, match=match):
         cq.class_stats(x, torch.tensor(labels, device=device), 3)
+        cq.raise_pending_label_errors(wait=True)  # CUDA labels are range-checked without a sync
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)

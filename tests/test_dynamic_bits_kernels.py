@@ -143,7 +143,7 @@ class _DynamicQuantBlock(torch.nn.Module):
 
     def forward(self, x, bits):
         h = cq.fake_quant_per_sample_bits(self.bn(self.conv1(x)).relu(), bits, self.clip)
-        w = cq.fake_quant(self.conv2.weight, self.step, torch.zeros(4, dtype=torch.int32), -8, 7, axis=0)
+        w = cq.fake_quant(self.conv2.weight, self.step, torch.zeros(4, dtype=torch.int32, device=x.device), -8, 7, axis=0)
         return torch.nn.functional.conv2d(h, w, self.conv2.bias, padding=1).mean(dim=(2, 3))
 
 

@@ -9,7 +9,8 @@ BLOCK_N) bytes into the weights of the even and the odd features, rounds them to
     acc += x[:, 0::2] @ W[:, 0::2]^T + x[:, 1::2] @ W[:, 1::2]^T
 
 so the nibbles never need interleaving. float32 x multiplies with input_precision "ieee"
-(TF32 would break the error rule). The epilogue adds bias and rounds once to x's dtype.
+(TF32 would break the error rule) and sums each K step apart before adding it to acc. The
+epilogue adds bias and rounds once to x's dtype.
 
 Under TRITON_INTERPRET bfloat16 is stored as raw bits: a bfloat16 tl.dot multiplies the bit
 patterns (triton-lang/triton#11584, not supported there yet) and the float32 -> bfloat16 cast
@@ -69,8 +70,15 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
         x_mask = row_mask & k_mask[None, :]
         x_even = tl.load(x_rows + 2 * kb[None, :], mask=x_mask, other=0.0)
         x_odd = tl.load(x_rows + 2 * kb[None, :] + 1, mask=x_mask, other=0.0)
-        acc = _accumulate(acc, x_even, w_even, x_dtype, EMULATE_BF16)
-        acc = _accumulate(acc, x_odd, w_odd, x_dtype, EMULATE_BF16)
+        if x_dtype == tl.float32:
+            # Each step's products are summed apart, then added to acc: float32's IEEE dot is a
+            # chain of FMAs, and one chain over all of K breaks the error rule at K = 512.
+            # (acc + tl.dot(x, w) would be folded back into one chain by Triton's combiner.)
+            step = tl.dot(x_even, w_even, input_precision="ieee")
+            acc += tl.dot(x_odd, w_odd, step, input_precision="ieee")
+        else:
+            acc = _accumulate(acc, x_even, w_even, x_dtype, EMULATE_BF16)
+            acc = _accumulate(acc, x_odd, w_odd, x_dtype, EMULATE_BF16)
     store_output(out_ptr, acc, bias_ptr, rows, cols, M, N, HAS_BIAS)
 
 

@@ -180,7 +180,7 @@ void dispatch_zp_mode(ZeroPointMode mode, const F& f) {
 at::Tensor reduce_partials(const at::Tensor& partials, const RowLayout& layout, double factor) {
   if (layout.pieces() == 0) return at::zeros({layout.channels}, partials.options());
   return partials.view({layout.rows / layout.channels, layout.channels, layout.chunks_per_row()})
-      .to(at::kDouble).sum({0, 2}).mul(factor).to(at::kFloat);
+      .to(at::kDouble).sum(at::IntArrayRef{0, 2}).mul(factor).to(at::kFloat);
 }
 
 at::Tensor affine_forward_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
