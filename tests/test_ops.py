@@ -156,3 +156,20 @@ def test_climbq_backend_environment_variable_sets_the_default():
     env["CLIMBQ_BACKEND"] = "nonsense"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "backend must be one of" in bad.stderr
+
+
+def test_int4_matmul_prefers_cuda_on_gpus_and_other_ops_prefer_triton(monkeypatch):
+    """Automatic order on CUDA tensors when every backend is available: the measured faster one."""
+    from climbq_kernels import dispatch
+
+    everything = {name: dispatch.BackendStatus(True, "test") for name in dispatch.BACKEND_NAMES}
+    monkeypatch.setattr(dispatch, "_statuses", lambda: everything)
+    dispatch._resolve.cache_clear()
+    try:
+        gpu = torch.device("cuda")
+        assert dispatch.resolve("int4_matmul", gpu, frozenset(dispatch.BACKEND_NAMES)) == "cuda"
+        assert dispatch.resolve("int4_matmul", gpu, frozenset({"reference", "triton"})) == "triton"
+        assert dispatch.resolve("climbq_act_quant", gpu, frozenset(dispatch.BACKEND_NAMES)) == "triton"
+        assert dispatch.resolve("int4_matmul", torch.device("cpu"), frozenset(dispatch.BACKEND_NAMES)) == "cpu"
+    finally:
+        dispatch._resolve.cache_clear()
