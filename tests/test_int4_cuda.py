@@ -1,6 +1,7 @@
 """The CUDA INT4 matmul (csrc/cuda/int4_matmul.cu, SPEC 6) against the float64 reference, by the
 error rule: the GEMV for M <= 8 (its 16-byte loop and its bytewise loop for rows that are not
-16-byte aligned) and dequantize + cuBLAS for M > 8; plus its argument checks and registration.
+16-byte aligned) and dequantize + cuBLAS for M > 8 (block by block); plus its argument checks
+and registration.
 
 Tests that run the kernel need a CUDA device and skip only where there is none; the
 registration test runs on the CPU.
@@ -63,6 +64,30 @@ def test_matches_float64_reference(m, n, k, group_size, dtype, with_bias, gen):
     x = _x((m,), k, dtype, gen)
     bias = torch.randn(n, generator=gen).to("cuda", dtype) if with_bias else None
     assert_matches_reference(_run_cuda(x, qw, bias), x, qw, bias)
+
+
+@needs_gpu
+@pytest.mark.parametrize("block_bytes,n", [(1, 200), (256 * 256 * 4, 4097), (10**12, 300)],
+                         ids=["64-row blocks", "256-or-512-row blocks", "one block"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_m_path_dequantizes_block_by_block(block_bytes, n, dtype, monkeypatch, gen):
+    """M > 8: W dequantized a block of output features at a time, each GEMM into its columns of
+    y: blocks of 64 rows (the smallest), of 256 (float32) or 512 rows (a remainder of 1 row at
+    N = 4097), and one block."""
+    monkeypatch.setenv("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", str(block_bytes))
+    qw = _weight(n, 256, 64, gen)
+    x = _x((33,), 256, dtype, gen)
+    bias = torch.randn(n, generator=gen).to("cuda", dtype)
+    for b in (None, bias):
+        assert_matches_reference(OPS.int4_matmul(x, qw.packed, qw.scales, qw.zeros, 64, b), x, qw, b)
+
+
+@needs_gpu
+def test_dequantize_block_size_override_is_checked(monkeypatch, gen):
+    monkeypatch.setenv("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", "lots")
+    qw = _weight(8, 64, 32, gen)
+    with pytest.raises(ValueError, match="CLIMBQ_INT4_DEQUANT_BLOCK_BYTES must be a positive byte count"):
+        OPS.int4_matmul(_x((9,), 64, torch.float32, gen), qw.packed, qw.scales, qw.zeros, 32, None)
 
 
 @needs_gpu

@@ -19,8 +19,12 @@
 //     * bytewise: otherwise (one group per row with K % 32 != 0, e.g. K = 18 or 4094, whose
 //       rows start at any byte; or misaligned storage), a thread takes one byte (two features)
 //       at a time with scalar loads, re-reading scale and zero only when its group changes.
-// - M > 8: dequantize W into an (N, K) buffer of x's dtype with an elementwise kernel, then one
-//   cuBLAS GEMM through at::mm / at::addmm (bias fused as the GEMM's C). For float32 x that
+// - M > 8: dequantize W, a block of output features at a time, into a buffer of x's dtype with an
+//   elementwise kernel, then one cuBLAS GEMM per block through at::mm_out / at::addmm_out into
+//   the block's columns of y (bias fused as the GEMM's C). The buffer (at most
+//   kDequantBlockBytes, 64-row multiples) is reused block after block, so a large weight (a
+//   128k x 4k head) never needs a whole dequantized copy; CLIMBQ_INT4_DEQUANT_BLOCK_BYTES
+//   overrides the size (bench/int4_cuda_block_sweep.py). For float32 x that
 //   GEMM follows torch's global TF32 setting (torch.backends.cuda.matmul.allow_tf32 /
 //   torch.set_float32_matmul_precision), exactly as x @ W.T in PyTorch does: off by default, so
 //   the default is full float32.
@@ -52,6 +56,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <type_traits>
@@ -69,6 +74,11 @@ constexpr int kWordFeatures = 8;       // features per 32-bit word of codes
 constexpr int kChunkWords = kChunkBytes / 4;
 constexpr int kDequantThreads = 256;
 constexpr int64_t kMaxGridY = 65535;   // CUDA's limit on gridDim.y
+// Large-M buffer: bounds the memory, not a speed-up. Blocks small enough to stay in L2 were slower
+// (H100, 11008x4096 bf16: 16 MiB blocks +13-28%, whole W fastest; bench/results/
+// NVIDIA-H100-80GB-HBM3-2026-11-22/int4_cuda_block_sweep.md), so one block covers most layers.
+constexpr int64_t kDequantBlockBytes = int64_t{256} << 20;
+constexpr int64_t kDequantBlockRowMultiple = 64;  // keeps each block's columns of y 128-byte aligned
 constexpr uint32_t kNibbleMask = 0xFu;
 constexpr int kNibbleBits = 4;
 // OR-ing a code q < 2^23 into the mantissa of 2^23 gives the float 2^23 + q exactly; subtracting
@@ -335,6 +345,20 @@ void launch_gemv(const GemvArgs<T>& args, int64_t rows, cudaStream_t stream) {
   });
 }
 
+// Output features per dequantized block on the large-M path: kDequantBlockBytes of weights (or
+// CLIMBQ_INT4_DEQUANT_BLOCK_BYTES), rounded down to a multiple of 64 rows, at least 64, at most N.
+int64_t dequant_block_rows(int64_t n_out, int64_t in_features, int64_t element_bytes) {
+  int64_t budget = kDequantBlockBytes;
+  if (const char* env = std::getenv("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES")) {
+    const long long parsed = std::atoll(env);
+    TORCH_CHECK_VALUE(parsed > 0, "CLIMBQ_INT4_DEQUANT_BLOCK_BYTES must be a positive byte count, got '", env, "'");
+    budget = parsed;
+  }
+  const int64_t row_bytes = std::max<int64_t>(1, in_features * element_bytes);
+  const int64_t rows = budget / row_bytes / kDequantBlockRowMultiple * kDequantBlockRowMultiple;
+  return std::min(n_out, std::max(rows, kDequantBlockRowMultiple));
+}
+
 at::Tensor int4_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                             const at::Tensor& zeros, int64_t group_size,
                             const std::optional<at::Tensor>& bias) {
@@ -368,21 +392,33 @@ at::Tensor int4_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const
     return out.view(out_shape);
   }
 
-  at::Tensor weight = at::empty({n_out, in_features}, x.options());
+  at::Tensor out = at::empty({rows, n_out}, x.options());
   const int64_t row_bytes = in_features / 2;
-  if (row_bytes > 0) {
-    const dim3 grid(static_cast<unsigned>((row_bytes + kDequantThreads - 1) / kDequantThreads),
-                    static_cast<unsigned>(std::min(n_out, kMaxGridY)));
-    CLIMBQ_DISPATCH_INT4_DTYPES(x2d.scalar_type(), "int4_matmul_dequantize", [&] {
-      dequantize_kernel<scalar_t><<<grid, kDequantThreads, 0, stream>>>(
-          packed_c.const_data_ptr<uint8_t>(), scales_c.const_data_ptr<float>(), zeros_c.const_data_ptr<float>(),
-          weight.mutable_data_ptr<scalar_t>(), n_out, static_cast<int>(row_bytes),
-          static_cast<int>(group_size / 2), groups);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  const int64_t block_rows = dequant_block_rows(n_out, in_features, x.element_size());
+  at::Tensor buffer = at::empty({block_rows, in_features}, x.options());
+  for (int64_t n0 = 0; n0 < n_out; n0 += block_rows) {
+    const int64_t n = std::min(block_rows, n_out - n0);
+    const at::Tensor weight = buffer.narrow(0, 0, n);
+    if (row_bytes > 0) {
+      const dim3 grid(static_cast<unsigned>((row_bytes + kDequantThreads - 1) / kDequantThreads),
+                      static_cast<unsigned>(std::min(n, kMaxGridY)));
+      CLIMBQ_DISPATCH_INT4_DTYPES(x2d.scalar_type(), "int4_matmul_dequantize", [&] {
+        dequantize_kernel<scalar_t><<<grid, kDequantThreads, 0, stream>>>(
+            packed_c.const_data_ptr<uint8_t>() + n0 * row_bytes, scales_c.const_data_ptr<float>() + n0 * groups,
+            zeros_c.const_data_ptr<float>() + n0 * groups, weight.mutable_data_ptr<scalar_t>(), n,
+            static_cast<int>(row_bytes), static_cast<int>(group_size / 2), groups);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
+    // cuBLAS on the current stream, into y's columns n0 .. n0 + n (row stride n_out, no copy);
+    // float32 follows torch's TF32 setting (see the header comment).
+    at::Tensor columns = out.narrow(1, n0, n);
+    if (bias_c.has_value()) {
+      at::addmm_out(columns, bias_c->narrow(0, n0, n), x2d, weight.t());
+    } else {
+      at::mm_out(columns, x2d, weight.t());
+    }
   }
-  // cuBLAS on the current stream; float32 follows torch's TF32 setting (see the header comment).
-  const at::Tensor out = bias_c.has_value() ? at::addmm(*bias_c, x2d, weight.t()) : at::mm(x2d, weight.t());
   return out.view(out_shape);
 }
 
