@@ -1,4 +1,5 @@
-"""The `climbq` command: `climbq info` (versions, backends, devices)."""
+"""The `climbq` command: `climbq demo` (the main job end to end: ClimbQ QAT on a long-tailed
+task, INT4 serving) and `climbq info` (versions, backends, devices)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="climbq", description="climbq-kernels: ClimbQ quantization kernels")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print versions, backends (with reasons) and devices")
+    demo = commands.add_parser("demo", help="ClimbQ QAT on a long-tailed task, then INT4 serving (about a minute)")
+    demo.add_argument("--steps", type=int, default=400, help="training steps per model (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
+    if args.command == "demo":
+        if args.steps < 1:
+            parser.error(f"--steps must be >= 1, got {args.steps}")
+        from .demo import run
+        return run(args.steps, args.seed)
     return 2
 
 
