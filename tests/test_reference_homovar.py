@@ -180,6 +180,26 @@ def test_loss_gradient_reaches_logits_only():
     assert loss.shape == () and loss.dtype == torch.float64
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_saturated_softmax_keeps_the_loss_clamped_and_its_gradient_finite(dtype):
+    """A logit 40-400 above the rest rounds p to exactly 1 and the others to 0: BCE's -100
+    clamp holds the loss (as torch's binary_cross_entropy), and the gradient stays finite."""
+    labels = torch.tensor(HAND_LABELS)
+    logits = torch.zeros(10, 3, dtype=torch.float64)
+    logits[torch.arange(10), labels] = torch.linspace(40, 400, 10, dtype=torch.float64)
+    logits[0, (labels[0] + 1) % 3] = 1000.0  # one row confidently wrong: log p = -1000 -> -100
+    logits = logits.to(dtype).requires_grad_()
+    F = torch.tensor(HAND_F, dtype=torch.float64)
+    loss = homovar_loss(F.to(dtype), logits, labels, [500, 3, 5])
+    loss.backward()
+    assert bool(torch.isfinite(logits.grad).all())
+    w = homovar_weights(F, labels, [500, 3, 5])
+    weights = w[labels].unsqueeze(1).expand(-1, 3)
+    expected = torch.nn.functional.binary_cross_entropy(torch.softmax(logits.detach().double(), 1),
+                                                        torch.eye(3, dtype=torch.float64)[labels], weight=weights)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-2 if dtype == torch.bfloat16 else 1e-6)
+
+
 def test_large_batch_is_fast_and_finite():
     """B=4096, K=1000, D=512 in seconds: steps 1-3 are segmented reductions, no (B, K, D)."""
     gen = make_gen(10)

@@ -209,7 +209,12 @@ def homovar_bce(w: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
     num_classes = logits.shape[1]
     w = w.to(logits.dtype)
     index = labels.to(torch.int64)
-    p = torch.softmax(logits, dim=1)
+    log_p = torch.log_softmax(logits, dim=1)
+    # log(1 - p) as log(-expm1(log p)), accurate as p -> 1. Where p rounds to 1 it is -inf, which
+    # BCE clamps to -100; computing the log there on a stand-in value keeps its gradient finite
+    # (0 times an infinite derivative would be NaN, and saturated logits are common in training).
+    saturated = log_p >= 0
+    log_not_p = torch.where(saturated, -100.0, torch.log(-torch.expm1(torch.where(saturated, -1.0, log_p))))
     target = torch.nn.functional.one_hot(index, num_classes).to(logits.dtype)
-    bce = -(target * torch.log(p).clamp_min(-100) + (1 - target) * torch.log1p(-p).clamp_min(-100))
+    bce = -(target * log_p.clamp_min(-100) + (1 - target) * log_not_p.clamp_min(-100))
     return (w[index].unsqueeze(1) * bce).mean()
