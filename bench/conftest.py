@@ -1,24 +1,14 @@
 """CPU benchmark session: collects each candidate's median and prints the side-by-side table."""
 
-import time
 from pathlib import Path
 
 import pytest
 
+from climbq_kernels.testing import median_seconds
 from report import copy_bandwidth_bytes_per_s, environment, markdown, rows, save
 
 MEDIANS: dict[str, dict[str, float]] = {}
 CASES: dict[str, object] = {}
-
-
-def median_seconds(fn, repeats: int = 7) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return sorted(samples)[len(samples) // 2]
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 import climbq_kernels as cq
+from climbq_kernels.testing import median_seconds
 
 CLASSES, FEATURES, HIDDEN, BITS = 10, 32, 256, 4
 
@@ -93,17 +94,6 @@ def accuracy_by_group(predictions, labels) -> list[float]:
     return [100 * (predictions == labels)[torch.isin(labels, g)].float().mean().item() for g in groups]
 
 
-def median_ms(fn, repeats: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * sorted(times)[len(times) // 2]
-
-
 def run(steps: int = 400, seed: int = 0) -> int:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -141,8 +131,8 @@ def run(steps: int = 400, seed: int = 0) -> int:
     int4_layer = cq.nn.Int4Linear.from_linear(layer, group_size=128)
     one_row = torch.randn(1, 4096)
     with torch.no_grad():
-        dense_ms = median_ms(lambda: layer(one_row))
-        int4_ms = median_ms(lambda: int4_layer(one_row))
+        dense_ms = 1e3 * median_seconds(lambda: layer(one_row), repeats=30, warmup=3)
+        int4_ms = 1e3 * median_seconds(lambda: int4_layer(one_row), repeats=30, warmup=3)
     print(f"\nserving one 4096x4096 layer at batch 1 on the CPU: INT4 {int4_ms:.2f} ms, dense float32 "
           f"{dense_ms:.2f} ms ({dense_ms / int4_ms:.1f}x)")
     return 0 if agreement >= 99.0 else 1

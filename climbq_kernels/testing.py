@@ -9,11 +9,27 @@ Outputs that are quantized (levels `step` apart) may differ from the float64 ans
 whole levels where the input sits on a rounding boundary to within the compute precision;
 `step` turns on that check: every mismatch must be exactly one level, and a budget of
 `flip_fraction` of the elements (plus one) is allowed beyond the 2x rule.
+
+Also here: `median_seconds`, the wall-clock median the CPU benchmarks and `climbq demo` time with.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
+
+
+def median_seconds(fn, repeats: int = 7, warmup: int = 1) -> float:
+    """Median wall-clock seconds of `repeats` calls of fn() after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return sorted(samples)[len(samples) // 2]
 
 
 def mean_abs_error(got: torch.Tensor, ref64: torch.Tensor) -> float:
