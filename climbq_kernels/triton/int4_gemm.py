@@ -43,9 +43,19 @@ def _dot_operand(t, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
-def _accumulate(acc, x, w, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """acc + x @ w in float32, operands in x's `dtype` (float32: exact products, no TF32)."""
-    return tl.dot(_dot_operand(x, dtype, EMULATE_BF16), _dot_operand(w, dtype, EMULATE_BF16), acc,
+def _accumulate_step(acc, x_even, w_even, x_odd, w_odd, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """acc + x_even @ w_even + x_odd @ w_odd in float32, operands in x's `dtype`.
+
+    float32 multiplies exactly (IEEE, no TF32) and sums the step apart before adding it to acc:
+    its dot is a chain of FMAs, and one chain over all of K breaks the error rule at K = 512
+    (acc + tl.dot(x, w) would be folded back into that one chain by Triton's combiner). Other
+    dtypes accumulate into acc on the tensor cores."""
+    if dtype == tl.float32:
+        step = tl.dot(x_even, w_even, input_precision="ieee")
+        return acc + tl.dot(x_odd, w_odd, step, input_precision="ieee")
+    acc = tl.dot(_dot_operand(x_even, dtype, EMULATE_BF16), _dot_operand(w_even, dtype, EMULATE_BF16), acc,
+                 input_precision="ieee")
+    return tl.dot(_dot_operand(x_odd, dtype, EMULATE_BF16), _dot_operand(w_odd, dtype, EMULATE_BF16), acc,
                   input_precision="ieee")
 
 
@@ -70,15 +80,7 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
         x_mask = row_mask & k_mask[None, :]
         x_even = tl.load(x_rows + 2 * kb[None, :], mask=x_mask, other=0.0)
         x_odd = tl.load(x_rows + 2 * kb[None, :] + 1, mask=x_mask, other=0.0)
-        if x_dtype == tl.float32:
-            # Each step's products are summed apart, then added to acc: float32's IEEE dot is a
-            # chain of FMAs, and one chain over all of K breaks the error rule at K = 512.
-            # (acc + tl.dot(x, w) would be folded back into one chain by Triton's combiner.)
-            step = tl.dot(x_even, w_even, input_precision="ieee")
-            acc += tl.dot(x_odd, w_odd, step, input_precision="ieee")
-        else:
-            acc = _accumulate(acc, x_even, w_even, x_dtype, EMULATE_BF16)
-            acc = _accumulate(acc, x_odd, w_odd, x_dtype, EMULATE_BF16)
+        acc = _accumulate_step(acc, x_even, w_even, x_odd, w_odd, x_dtype, EMULATE_BF16)
     store_output(out_ptr, acc, bias_ptr, rows, cols, M, N, HAS_BIAS)
 
 
