@@ -239,8 +239,9 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
     """INT4 packed-weight matmul y = x @ W^T (SPEC 6), x (batch, K) in `dtype`, W (N, K) = `shape`.
 
     Competitors: the dense F.linear a user would otherwise serve with (float32 on the CPU, x's
-    dtype on a GPU), and PyTorch's own int4 kernel on the same codes (`_weight_int4pack_mm_for_cpu`;
-    on CUDA `_weight_int4pack_mm`, which takes bfloat16 only).
+    dtype on a GPU), PyTorch's own int4 kernel on the same codes (`_weight_int4pack_mm_for_cpu`;
+    on CUDA `_weight_int4pack_mm`, which takes bfloat16 only), and, where it is installed,
+    bitsandbytes' 4-bit matmul (NF4 codes of the same weight, one absmax per group).
     """
     from climbq_kernels.int4_interop import to_torch_int4pack, to_torch_int4pack_cuda
 
@@ -261,6 +262,8 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
         candidates["torch _weight_int4pack_mm"] = (
             lambda: torch.ops.aten._weight_int4pack_mm(x, packed, g, scales_and_zeros))
 
+    candidates.update(_bitsandbytes_candidate(w.to(device, dtype), x, group_size))
+
     def ours(backend: str) -> Callable[[], object]:
         def run():
             with cq.use_backend(backend), torch.no_grad():
@@ -273,3 +276,17 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
                + (batch * in_features + batch * out_features) * x.element_size())
     return Case(f"int4_matmul {out_features}x{in_features} g={group_size} M={batch} {str(dtype)[6:]}", candidates,
                 floor_bytes=traffic)
+
+
+def _bitsandbytes_candidate(w: torch.Tensor, x: torch.Tensor, group_size: int) -> dict[str, Callable[[], object]]:
+    """{"bitsandbytes nf4 matmul_4bit": call} where bitsandbytes is installed, else {}.
+
+    Not a dependency: bench/gpu_run.sh installs it from wheels carried to the GPU machine
+    (.whl/), and on the CPU it is timed wherever it is importable."""
+    try:
+        import bitsandbytes
+        from bitsandbytes.functional import quantize_4bit
+    except ImportError:
+        return {}
+    packed, state = quantize_4bit(w, blocksize=group_size, quant_type="nf4")
+    return {"bitsandbytes nf4 matmul_4bit": lambda: bitsandbytes.matmul_4bit(x, packed.t(), quant_state=state)}

@@ -24,6 +24,14 @@ mkdir -p "$results"
   python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 } > "$results/environment.txt" 2>&1
 status=""
+
+# Peers that are no dependency of ours travel as wheels: here, `python3 -m pip download --no-deps
+# --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_24_x86_64
+# -d .whl bitsandbytes`, then carry `.whl` in the device call; they are installed for this call only.
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 # DEADLINE (seconds from start): each phase's timeout is cut so the whole call ends before it.
 budget() { local left=$(( ${DEADLINE:-100000} - SECONDS - 20 )); echo $(( left < $1 ? (left > 1 ? left : 1) : $1 )); }
 
