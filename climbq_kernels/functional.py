@@ -149,7 +149,7 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
         scale = torch.ones_like(shift)
     elif shift is None and scale is not None:
         shift = torch.zeros_like(scale)
-    return ops.climbq_act_fused(x, sigma_s, mu_s, _thresholds(x, bits, inference), scale, shift, bits, act_range,
+    return ops.climbq_act_fused_eager(x, sigma_s, mu_s, _thresholds(x, bits, inference), scale, shift, bits, act_range,
                                 relu)
 
 
@@ -169,7 +169,7 @@ def climbq_act_codes(x: Tensor, labels: Tensor | None = None, *, num_classes: in
     if bits > MAX_CODE_BITS:
         raise ValueError(f"bits must be in [1, {MAX_CODE_BITS}] for uint8 codes, got {bits}")
     sigma_s, mu_s, inference = _act_tables(x, labels, num_classes, sigma, mu)
-    return ops.climbq_act_codes(x, sigma_s, mu_s, _thresholds(x, bits, inference), bits)
+    return ops.climbq_act_codes_eager(x, sigma_s, mu_s, _thresholds(x, bits, inference), bits)
 
 
 def climbq_weight_quant(w: Tensor, bits: int = DEFAULT_BITS) -> Tensor:
@@ -189,7 +189,7 @@ def climbq_weight_quant(w: Tensor, bits: int = DEFAULT_BITS) -> Tensor:
         raise ValueError(f"w must have at least 2 elements (its std is taken), got {w.numel()}")
     if bits == IDENTITY_BITS:
         return w
-    return ops.climbq_weight_quant(w, bits)
+    return ops.climbq_weight_quant_eager(w, bits)
 
 
 def _as_qparam(name: str, value, like: Tensor, dtype: torch.dtype) -> Tensor:
@@ -239,7 +239,7 @@ def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axi
         raise ValueError("scale must be > 0")
     if can_sync(zero_point) and not bool(((zero_point >= quant_min) & (zero_point <= quant_max)).all()):
         raise ValueError(f"zero_point must lie in [quant_min, quant_max] = [{quant_min}, {quant_max}]")
-    return ops.fake_quant_affine(x, scale, zero_point, quant_min, quant_max, axis)
+    return ops.fake_quant_affine_eager(x, scale, zero_point, quant_min, quant_max, axis)
 
 
 def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -256,7 +256,7 @@ def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Te
     raise_pending_label_errors()
     labels = check_labels(labels, x.shape[0], num_classes)
     check_same_device(x=x, labels=labels)
-    mean, var, counts = ops.class_stats(x, labels.long(), num_classes)
+    mean, var, counts = ops.class_stats_eager(x, labels.long(), num_classes)
     return counts, mean, var
 
 
@@ -284,4 +284,4 @@ def fake_quant_per_sample_bits(x: Tensor, bits: Tensor, clip) -> Tensor:
     else:
         clip = torch.tensor(check_positive_float("clip", clip), dtype=_table_dtype(x), device=x.device)
     check_positive("clip", clip)
-    return ops.fake_quant_per_sample_bits(x, bits, clip)
+    return ops.fake_quant_per_sample_bits_eager(x, bits, clip)

@@ -45,8 +45,8 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts:
     with torch.no_grad():
         dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
         f = features.detach().to(dtype)
-        xbar, _, _ = ops.class_stats(f, labels, num_classes)  # 1. class means (K, D)
+        xbar, _, _ = ops.class_stats_eager(f, labels, num_classes)  # 1. class means (K, D)
         z = reference.levene_deviations(f, labels, xbar)  # 2. (B,)
-        zbar_c, _, batch_counts = ops.class_stats(z, labels, num_classes)  # 3. class means of z
+        zbar_c, _, batch_counts = ops.class_stats_eager(z, labels, num_classes)  # 3. class means of z
         w = reference.homovar_weights_from_levene(z, labels, zbar_c, batch_counts, class_counts, alpha, beta0)
     return reference.homovar_bce(w, logits, labels)

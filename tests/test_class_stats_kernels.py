@@ -156,16 +156,17 @@ def test_homovar_loss_matches_reference_float64(backend, device, gen):
 
 
 def test_homovar_loss_builds_no_batch_by_class_by_dim_tensor(gen, monkeypatch):
-    """Steps 1-3 go through ops.class_stats; nothing of size B*K*D is allocated on the way."""
+    """Steps 1-3 go through the class_stats op (its eager entry point, ops.class_stats_eager);
+    nothing of size B*K*D is allocated on the way."""
     features, labels, logits, class_counts = _homovar_case(gen, "cpu", batch=40, dim=50, num_classes=7)
     calls = []
-    original = ops.class_stats
+    original = ops.class_stats_eager
 
     def spy(x, labels_, num_classes):
         calls.append(tuple(x.shape))
         return original(x, labels_, num_classes)
 
-    monkeypatch.setattr(ops, "class_stats", spy)
+    monkeypatch.setattr(ops, "class_stats_eager", spy)
     with torch.profiler.profile(profile_memory=True, record_shapes=True) as prof:
         cq.homovar_loss(features, logits, labels, class_counts)
     assert calls == [(40, 50), (40,)]

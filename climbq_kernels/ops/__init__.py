@@ -4,19 +4,24 @@ One module per op family: each declares its ops (`torch.library.custom_op`) with
 (meta) kernel for `torch.compile`, an autograd formula where the op is differentiable, and a
 table of backend implementations in `KERNELS`; at run time `dispatch.resolve` picks the
 backend. The public, argument-checking functions live in `functional.py`, `losses.py` and
-`int4.py`; they call these ops.
+`int4.py`; they call each op's `*_eager` twin (`_eager.py`), which is the op itself under
+torch.compile and skips torch.library's dispatch layers in plain eager mode.
 """
 
 from ._dispatch import KERNELS
-from .class_stats import class_stats
-from .climbq_act import (climbq_act_codes, climbq_act_fused, climbq_act_fused_backward, climbq_act_quant,
-                         climbq_act_quant_backward)
-from .climbq_weight import climbq_weight_quant, climbq_weight_quant_backward
-from .dynamic_bits import fake_quant_per_sample_bits, fake_quant_per_sample_bits_backward
-from .fake_quant import fake_quant_affine, fake_quant_affine_backward
+from .class_stats import class_stats, class_stats_eager
+from .climbq_act import (climbq_act_codes, climbq_act_codes_eager, climbq_act_fused, climbq_act_fused_backward,
+                         climbq_act_fused_eager, climbq_act_quant, climbq_act_quant_backward, climbq_act_quant_eager)
+from .climbq_weight import climbq_weight_quant, climbq_weight_quant_backward, climbq_weight_quant_eager
+from .dynamic_bits import (fake_quant_per_sample_bits, fake_quant_per_sample_bits_backward,
+                           fake_quant_per_sample_bits_eager)
+from .fake_quant import fake_quant_affine, fake_quant_affine_backward, fake_quant_affine_eager
 from .int4 import int4_matmul, int4_matmul_fast, quantize_int4
 
-__all__ = ["KERNELS", "class_stats", "climbq_act_codes", "climbq_act_fused", "climbq_act_fused_backward",
-           "climbq_act_quant", "climbq_act_quant_backward", "climbq_weight_quant",
-           "climbq_weight_quant_backward", "fake_quant_affine", "fake_quant_affine_backward", "int4_matmul", "int4_matmul_fast",
-           "quantize_int4", "fake_quant_per_sample_bits", "fake_quant_per_sample_bits_backward"]
+__all__ = ["KERNELS", "class_stats", "class_stats_eager", "climbq_act_codes", "climbq_act_codes_eager",
+           "climbq_act_fused", "climbq_act_fused_backward", "climbq_act_fused_eager", "climbq_act_quant",
+           "climbq_act_quant_backward", "climbq_act_quant_eager", "climbq_weight_quant",
+           "climbq_weight_quant_backward", "climbq_weight_quant_eager", "fake_quant_affine",
+           "fake_quant_affine_backward", "fake_quant_affine_eager", "fake_quant_per_sample_bits",
+           "fake_quant_per_sample_bits_backward", "fake_quant_per_sample_bits_eager", "int4_matmul",
+           "int4_matmul_fast", "quantize_int4"]

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import reference
 from ._dispatch import native, register_kernels, run, triton_launcher
+from ._eager import custom_op, eager
 
 register_kernels({
     "class_stats": {
@@ -18,7 +19,7 @@ register_kernels({
 })
 
 
-@torch.library.custom_op("climbq::class_stats", mutates_args=())
+@custom_op("climbq::class_stats")
 def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
     """(mean (K, F), biased var (K, F), counts (K,) int64) by label; F = D for (B, D), C for (B, C, ...).
 
@@ -58,4 +59,4 @@ def _class_stats_backward(ctx, grad_mean, grad_var, _grad_counts):
     return dx.expand_as(x).contiguous(), None, None
 
 
-class_stats.register_autograd(_class_stats_backward, setup_context=_class_stats_setup)
+class_stats_eager = eager(class_stats, _class_stats_setup, _class_stats_backward)

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import reference
 from ._dispatch import native, per_sample, register_kernels, run, trailing_sum, triton_launcher
+from ._eager import custom_op, eager
 
 register_kernels({
     "climbq_act_quant": {
@@ -24,13 +25,13 @@ register_kernels({
 })
 
 
-@torch.library.custom_op("climbq::climbq_act_quant", mutates_args=())
+@custom_op("climbq::climbq_act_quant")
 def climbq_act_quant(x: Tensor, sigma: Tensor, mu: Tensor, bits: int, act_range: float) -> Tensor:
     """out = A*(2*rint(Phi((x - mu_i)/sigma_i)*N)/N - 1); sigma, mu per sample (B,)."""
     return run("climbq_act_quant", x, x, sigma, mu, bits, act_range)
 
 
-@torch.library.custom_op("climbq::climbq_act_quant_backward", mutates_args=())
+@custom_op("climbq::climbq_act_quant_backward")
 def climbq_act_quant_backward(grad_out: Tensor, x: Tensor, sigma: Tensor, mu: Tensor, bits: int,
                               act_range: float) -> Tensor:
     """dx = dout * 2A*phi(z)/sigma_i (straight-through on rint only)."""
@@ -55,7 +56,7 @@ def _climbq_act_setup(ctx, inputs, output):
 
 def _climbq_act_backward(ctx, grad_out):
     x, sigma, mu = ctx.saved_tensors
-    dx = climbq_act_quant_backward(grad_out.contiguous(), x, sigma, mu, ctx.bits, ctx.act_range)
+    dx = climbq_act_quant_backward_eager(grad_out.contiguous(), x, sigma, mu, ctx.bits, ctx.act_range)
     dsigma = dmu = None
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         # d out/d mu = -d out/d x and d out/d sigma = -z * d out/d x, summed over each sample.
@@ -65,7 +66,8 @@ def _climbq_act_backward(ctx, grad_out):
     return dx, dsigma, dmu, None, None
 
 
-climbq_act_quant.register_autograd(_climbq_act_backward, setup_context=_climbq_act_setup)
+climbq_act_quant_eager = eager(climbq_act_quant, _climbq_act_setup, _climbq_act_backward)
+climbq_act_quant_backward_eager = eager(climbq_act_quant_backward)
 
 
 # --- the fused variants: folded BN before, ReLU after, threshold bucketing, uint8 codes -------
@@ -154,7 +156,7 @@ def _like_x(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return torch.empty_like(x, dtype=dtype, memory_format=fmt)
 
 
-@torch.library.custom_op("climbq::climbq_act_fused", mutates_args=())
+@custom_op("climbq::climbq_act_fused")
 def climbq_act_fused(x: Tensor, sigma: Tensor, mu: Tensor, thresholds: Tensor | None, bn_scale: Tensor | None,
                      bn_shift: Tensor | None, bits: int, act_range: float, relu: bool) -> Tensor:
     """out = [relu] A*(2q/N - 1) of y = x*bn_scale[c] + bn_shift[c] (SPEC 1a; math in csrc/climbq_act.h).
@@ -170,7 +172,7 @@ def climbq_act_fused(x: Tensor, sigma: Tensor, mu: Tensor, thresholds: Tensor | 
     return _from_kernel_view(out, cl)
 
 
-@torch.library.custom_op("climbq::climbq_act_fused_backward", mutates_args=())
+@custom_op("climbq::climbq_act_fused_backward")
 def climbq_act_fused_backward(grad_out: Tensor, x: Tensor, sigma: Tensor, mu: Tensor, thresholds: Tensor | None,
                               bn_scale: Tensor | None, bn_shift: Tensor | None, bits: int, act_range: float,
                               relu: bool, chain_scale: bool) -> Tensor:
@@ -183,7 +185,7 @@ def climbq_act_fused_backward(grad_out: Tensor, x: Tensor, sigma: Tensor, mu: Te
     return _from_kernel_view(d, cl)
 
 
-@torch.library.custom_op("climbq::climbq_act_codes", mutates_args=())
+@custom_op("climbq::climbq_act_codes")
 def climbq_act_codes(x: Tensor, sigma: Tensor, mu: Tensor, thresholds: Tensor | None, bits: int) -> Tensor:
     """Integer codes q in [0, N] as uint8 (bits <= 8), of x (B, ...) as in `climbq_act_fused`."""
     cl = _channels_last(x)
@@ -226,9 +228,9 @@ def _climbq_act_fused_backward(ctx, grad_out):
     need_x, need_sigma, need_mu, _, need_scale, need_shift = ctx.needs_input_grad[:6]
     args = (x, sigma, mu, thresholds, bn_scale, bn_shift, ctx.bits, ctx.act_range, ctx.relu)
     if not (need_sigma or need_mu or need_scale or need_shift):
-        return climbq_act_fused_backward(grad_out, *args, True), None, None, None, None, None, None, None, None
+        return climbq_act_fused_backward_eager(grad_out, *args, True), None, None, None, None, None, None, None, None
     # The table gradients need dy, the gradient at y: one kernel pass for it, the rest in torch.
-    dy = climbq_act_fused_backward(grad_out, *args, False)
+    dy = climbq_act_fused_backward_eager(grad_out, *args, False)
     dx = dsigma = dmu = dscale = dshift = None
     if need_x:
         dx = dy * bn_scale.reshape(1, -1, *([1] * (x.dim() - 2))) if bn_scale is not None else dy
@@ -244,4 +246,6 @@ def _climbq_act_fused_backward(ctx, grad_out):
     return dx, dsigma, dmu, None, dscale, dshift, None, None, None
 
 
-climbq_act_fused.register_autograd(_climbq_act_fused_backward, setup_context=_climbq_act_fused_setup)
+climbq_act_fused_eager = eager(climbq_act_fused, _climbq_act_fused_setup, _climbq_act_fused_backward)
+climbq_act_fused_backward_eager = eager(climbq_act_fused_backward)
+climbq_act_codes_eager = eager(climbq_act_codes)

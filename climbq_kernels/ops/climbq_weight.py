@@ -18,6 +18,7 @@ from torch import Tensor
 from .. import reference
 from ..checks import can_sync
 from ._dispatch import native, register_kernels, run, triton_launcher
+from ._eager import custom_op, eager
 
 
 def _reject_zero_spread(kernel: Callable) -> Callable:
@@ -48,13 +49,13 @@ register_kernels({
 })
 
 
-@torch.library.custom_op("climbq::climbq_weight_quant", mutates_args=())
+@custom_op("climbq::climbq_weight_quant")
 def climbq_weight_quant(w: Tensor, bits: int) -> Tensor:
     """Wq = 2*rint(Phi((w - mean)/std)*N)/N - 1 over the whole tensor."""
     return run("climbq_weight_quant", w, w, bits)
 
 
-@torch.library.custom_op("climbq::climbq_weight_quant_backward", mutates_args=())
+@custom_op("climbq::climbq_weight_quant_backward")
 def climbq_weight_quant_backward(grad_out: Tensor, w: Tensor, bits: int) -> Tensor:
     """dL/dw through the projection, the mean and the std (SPEC 1b)."""
     return run("climbq_weight_quant_backward", w, grad_out, w, bits)
@@ -78,7 +79,8 @@ def _climbq_weight_setup(ctx, inputs, output):
 
 def _climbq_weight_backward(ctx, grad_out):
     (w,) = ctx.saved_tensors
-    return climbq_weight_quant_backward(grad_out.contiguous(), w, ctx.bits), None
+    return climbq_weight_quant_backward_eager(grad_out.contiguous(), w, ctx.bits), None
 
 
-climbq_weight_quant.register_autograd(_climbq_weight_backward, setup_context=_climbq_weight_setup)
+climbq_weight_quant_eager = eager(climbq_weight_quant, _climbq_weight_setup, _climbq_weight_backward)
+climbq_weight_quant_backward_eager = eager(climbq_weight_quant_backward)

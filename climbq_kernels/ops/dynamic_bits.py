@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import reference
 from ._dispatch import native, register_kernels, run, triton_launcher
+from ._eager import custom_op, eager
 
 register_kernels({
     "fake_quant_per_sample_bits": {
@@ -24,13 +25,13 @@ register_kernels({
 })
 
 
-@torch.library.custom_op("climbq::fake_quant_per_sample_bits", mutates_args=())
+@custom_op("climbq::fake_quant_per_sample_bits")
 def fake_quant_per_sample_bits(x: Tensor, bits: Tensor, clip: Tensor) -> Tensor:
     """rint(clamp(x, 0, clip) / s_i) * s_i with s_i = clip / (2**bits_i - 1); bits (B,), clip 0-d."""
     return run("fake_quant_per_sample_bits", x, x, bits, clip)
 
 
-@torch.library.custom_op("climbq::fake_quant_per_sample_bits_backward", mutates_args=())
+@custom_op("climbq::fake_quant_per_sample_bits_backward")
 def fake_quant_per_sample_bits_backward(grad_out: Tensor, x: Tensor, bits: Tensor,
                                         clip: Tensor) -> tuple[Tensor, Tensor]:
     """(dx, dclip): straight-through on rint; dclip shaped and typed like clip."""
@@ -55,8 +56,9 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, bits, clip = ctx.saved_tensors
-    dx, dclip = fake_quant_per_sample_bits_backward(grad_out.contiguous(), x, bits, clip)
+    dx, dclip = fake_quant_per_sample_bits_backward_eager(grad_out.contiguous(), x, bits, clip)
     return dx, None, dclip if ctx.needs_input_grad[2] else None
 
 
-fake_quant_per_sample_bits.register_autograd(_backward, setup_context=_setup)
+fake_quant_per_sample_bits_eager = eager(fake_quant_per_sample_bits, _setup, _backward)
+fake_quant_per_sample_bits_backward_eager = eager(fake_quant_per_sample_bits_backward)

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import reference
 from ._dispatch import native, register_kernels, run, triton_launcher
+from ._eager import custom_op, eager
 
 register_kernels({
     "fake_quant_affine": {
@@ -24,14 +25,14 @@ register_kernels({
 })
 
 
-@torch.library.custom_op("climbq::fake_quant_affine", mutates_args=())
+@custom_op("climbq::fake_quant_affine")
 def fake_quant_affine(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
                       axis: int | None) -> Tensor:
     """(clamp(rint(x/scale) + zp, qmin, qmax) - zp) * scale, bit-identical to torch's fake quant."""
     return run("fake_quant_affine", x, x, scale, zero_point, quant_min, quant_max, axis)
 
 
-@torch.library.custom_op("climbq::fake_quant_affine_backward", mutates_args=())
+@custom_op("climbq::fake_quant_affine_backward")
 def fake_quant_affine_backward(grad_out: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor,
                                quant_min: int, quant_max: int, axis: int | None, scale_grad: bool,
                                zero_point_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -63,9 +64,10 @@ def _fake_quant_setup(ctx, inputs, output):
 def _fake_quant_backward(ctx, grad_out):
     x, scale, zero_point = ctx.saved_tensors
     scale_grad, zp_grad = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-    dx, dscale, dzp = fake_quant_affine_backward(grad_out.contiguous(), x, scale, zero_point, *ctx.args,
+    dx, dscale, dzp = fake_quant_affine_backward_eager(grad_out.contiguous(), x, scale, zero_point, *ctx.args,
                                                  scale_grad, zp_grad)
     return dx, dscale if scale_grad else None, dzp if zp_grad else None, None, None, None
 
 
-fake_quant_affine.register_autograd(_fake_quant_backward, setup_context=_fake_quant_setup)
+fake_quant_affine_eager = eager(fake_quant_affine, _fake_quant_setup, _fake_quant_backward)
+fake_quant_affine_backward_eager = eager(fake_quant_affine_backward)
