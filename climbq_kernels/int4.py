@@ -104,4 +104,4 @@ def int4_matmul(x: Tensor, qweight: Int4Weight, bias: Tensor | None = None) -> T
         if bias.shape != (qweight.shape[0],):
             raise ValueError(f"bias must have shape ({qweight.shape[0]},), got {tuple(bias.shape)}")
     check_same_device(x=x, qweight=qweight.packed, bias=bias)
-    return ops.int4_matmul_fast(x, qweight.packed, qweight.scales, qweight.zeros, qweight.group_size, bias)
+    return ops.int4_matmul_eager(x, qweight.packed, qweight.scales, qweight.zeros, qweight.group_size, bias)

@@ -13,6 +13,11 @@ from .conftest import KERNEL_BACKENDS
 ALL_BACKENDS = [("reference", "cpu"), *KERNEL_BACKENDS]
 
 
+def _int4_tables(device, gen):
+    qweight = cq.quantize_int4(torch.randn(9, 64, generator=gen), 32).to(device)
+    return qweight.packed, qweight.scales, qweight.zeros
+
+
 def _cases(device, gen):
     """(op, eager twin, args) with fresh random floating inputs that require grad."""
     def leaf(*shape, scale=1.0):
@@ -31,6 +36,7 @@ def _cases(device, gen):
         "fake_quant_per_sample_bits": (ops.fake_quant_per_sample_bits, ops.fake_quant_per_sample_bits_eager,
                                        (leaf(3, 8), torch.tensor([2, 4, 8], device=device),
                                         torch.tensor(1.5, device=device).requires_grad_())),
+        "int4_matmul": (ops.int4_matmul, ops.int4_matmul_eager, (leaf(3, 64), *_int4_tables(device, gen), 32, leaf(9))),
     }
 
 
@@ -45,7 +51,7 @@ def _outputs_and_grads(fn, args, gen):
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("name", ["class_stats", "climbq_act_fused", "climbq_weight_quant", "fake_quant_affine",
-                                  "fake_quant_per_sample_bits"])
+                                  "fake_quant_per_sample_bits", "int4_matmul"])
 def test_eager_twin_matches_the_custom_op(name, backend, device, gen):
     op, twin, args = _cases(device, gen)[name]
     with cq.use_backend(backend):

@@ -168,8 +168,8 @@ def test_native_op_rejects_bad_arguments(backend, device, change, match):
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_serving_path_matches_the_op_and_keeps_gradients(backend, device, gen):
-    """Eager calls without autograd skip the custom-op layer: same result, bit for bit; with a
-    gradient needed they go through the op and its autograd formula."""
+    """Eager calls skip the custom-op layer (ops/_eager.py): without autograd the same result as
+    the op, bit for bit; with a gradient needed, the op's autograd formula."""
     from climbq_kernels import ops
     qw = _weight(21, 128, 32, gen, device)
     x = torch.randn(3, 128, generator=gen).to(device)

@@ -89,7 +89,7 @@ class Int4Module(nn.Module):
             x = nn.functional.pad(x, (0, 1))  # the zero that meets the weight's pad column
         bias = None if self.bias is None else self.bias.to(x.dtype)
         # The buffers were checked when set or loaded; x by the caller.
-        return ops.int4_matmul_fast(x, self.packed, self.scales, self.zeros, self.group_size, bias)
+        return ops.int4_matmul_eager(x, self.packed, self.scales, self.zeros, self.group_size, bias)
 
     # --- state dict -----------------------------------------------------------------------
 

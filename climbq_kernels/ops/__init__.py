@@ -16,7 +16,7 @@ from .climbq_weight import climbq_weight_quant, climbq_weight_quant_backward, cl
 from .dynamic_bits import (fake_quant_per_sample_bits, fake_quant_per_sample_bits_backward,
                            fake_quant_per_sample_bits_eager)
 from .fake_quant import fake_quant_affine, fake_quant_affine_backward, fake_quant_affine_eager
-from .int4 import int4_matmul, int4_matmul_fast, quantize_int4
+from .int4 import int4_matmul, int4_matmul_eager, quantize_int4
 
 __all__ = ["KERNELS", "class_stats", "class_stats_eager", "climbq_act_codes", "climbq_act_codes_eager",
            "climbq_act_fused", "climbq_act_fused_backward", "climbq_act_fused_eager", "climbq_act_quant",
@@ -24,4 +24,4 @@ __all__ = ["KERNELS", "class_stats", "class_stats_eager", "climbq_act_codes", "c
            "climbq_weight_quant_backward", "climbq_weight_quant_eager", "fake_quant_affine",
            "fake_quant_affine_backward", "fake_quant_affine_eager", "fake_quant_per_sample_bits",
            "fake_quant_per_sample_bits_backward", "fake_quant_per_sample_bits_eager", "int4_matmul",
-           "int4_matmul_fast", "quantize_int4"]
+           "int4_matmul_eager", "quantize_int4"]

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import reference
 from ._dispatch import native, register_kernels, run, triton_launcher
+from ._eager import custom_op, eager
 
 register_kernels({
     "quantize_int4": {"reference": reference.quantize_int4},
@@ -33,7 +34,7 @@ def _(w, group_size):
             w.new_empty(rows, groups, dtype=torch.float32))
 
 
-@torch.library.custom_op("climbq::int4_matmul", mutates_args=())
+@custom_op("climbq::int4_matmul")
 def int4_matmul(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int,
                 bias: Tensor | None) -> Tensor:
     """x @ dequant(W)^T + bias in x's dtype; x (..., K)."""
@@ -59,19 +60,6 @@ def _int4_matmul_backward(ctx, grad_out):
     return dx, None, None, None, None, dbias
 
 
-int4_matmul.register_autograd(_int4_matmul_backward, setup_context=_int4_matmul_setup)
-
-
-def int4_matmul_fast(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int,
-                     bias: Tensor | None) -> Tensor:
-    """`int4_matmul`, skipping the custom-op layer (~30 us a call) where nothing needs it.
-
-    Serving calls are small: at batch 1 the custom op's dispatch costs as much as the kernel.
-    The op itself runs wherever autograd, torch.compile or a tensor subclass (fake tensors) may
-    need its fake kernel and autograd formula; elsewhere the backend kernel is called directly,
-    with the same arguments and the same result.
-    """
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
-    if needs_grad or torch.compiler.is_compiling() or type(x) is not Tensor:
-        return int4_matmul(x, packed, scales, zeros, group_size, bias)
-    return run("int4_matmul", x, x, packed, scales, zeros, group_size, bias)
+# Serving calls are small: at batch 1 the custom op's dispatch costs as much as the kernel, and
+# the eager twin (plain function call without grad) skips it.
+int4_matmul_eager = eager(int4_matmul, _int4_matmul_setup, _int4_matmul_backward)
