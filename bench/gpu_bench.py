@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 BENCH_DIR = Path(__file__).parent
 sys.path.insert(0, str(BENCH_DIR))
-from report import copy_bandwidth_bytes_per_s, environment, markdown, rows, save  # noqa: E402
+from report import do_bench_seconds, environment, gpu_copy_bandwidth, markdown, rows, save  # noqa: E402
 
 import climbq_kernels as cq  # noqa: E402
 
@@ -29,11 +29,6 @@ def gpu_case_builders() -> list:
     for path in sorted(BENCH_DIR.glob("bench_*.py")):
         builders += getattr(importlib.import_module(path.stem), "GPU_CASES", [])
     return builders
-
-
-def do_bench_seconds(fn) -> float:
-    from triton.testing import do_bench
-    return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
 
 
 def bf16_matmul_tflops(n: int = 8192) -> float:
@@ -60,16 +55,18 @@ def plot(all_rows: list[dict], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to benchmark", file=sys.stderr)
+    bandwidth = gpu_copy_bandwidth("benchmark")
+    if bandwidth is None:
         return 1
     gpu_backends = tuple(name for name in ("triton", "cuda") if cq.backends()[name].available)
-    bandwidth = copy_bandwidth_bytes_per_s("cuda", do_bench_seconds, size_bytes=1 << 30)
     env = {**environment("cuda", bandwidth), "bf16_matmul_TFLOPs": bf16_matmul_tflops()}
     all_rows = []
     for build in tqdm(gpu_case_builders(), desc="cases"):
         case = build(gpu_backends)
+        if args.only not in case.name:
+            continue
         timings = {label: do_bench_seconds(fn) for label, fn in tqdm(case.candidates.items(), desc=case.name, leave=False)}
         all_rows += rows(case, timings, bandwidth)
     path = save(args.out, "gpu", env, all_rows)

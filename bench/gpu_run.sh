@@ -9,7 +9,8 @@
 # Device calls are capped at 10 minutes, so the phases can run in separate calls. `build` also
 # leaves a stripped copy of the extension in $OUT/prebuilt/; carried back as .gpu_prebuilt/
 # it replaces the build in a later call (source changes since then need a fresh build).
-# DEADLINE=570 keeps a call under the device tool's 600 s limit.
+# DEADLINE=570 keeps a call under the device tool's 600 s limit. BENCH_ONLY=text runs only the
+# benchmark cases whose name contains it (e.g. int4).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -79,7 +80,7 @@ fi
 
 if wants bench; then
   echo "== benchmarks"
-  timeout "$(budget "${BENCH_TIMEOUT:-1800}")" python3 bench/gpu_bench.py --out "$results" 2>&1 \
+  timeout "$(budget "${BENCH_TIMEOUT:-1800}")" python3 bench/gpu_bench.py --out "$results" --only "${BENCH_ONLY:-}" 2>&1 \
     | tee "$results/bench.log" | tail -n 40
   bench=${PIPESTATUS[0]}
   status+=" bench=$bench"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +21,21 @@ def copy_bandwidth_bytes_per_s(device: str, timer, size_bytes: int = 256 * 2**20
     dst = torch.empty_like(src)
     seconds = timer(lambda: dst.copy_(src))
     return 2 * size_bytes / seconds
+
+
+def do_bench_seconds(fn) -> float:
+    """GPU time of fn in seconds: triton.testing.do_bench's median, L2 flushed between calls."""
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+
+
+def gpu_copy_bandwidth(task: str) -> float | None:
+    """The GPU's measured copy bandwidth (bytes/s, 1 GiB copied), or None with a message saying
+    there is nothing to `task` where there is no CUDA device."""
+    if not torch.cuda.is_available():
+        print(f"no CUDA device: nothing to {task}", file=sys.stderr)
+        return None
+    return copy_bandwidth_bytes_per_s("cuda", do_bench_seconds, size_bytes=1 << 30)
 
 
 def rows(case, timings: dict[str, float], bandwidth: float) -> list[dict]:

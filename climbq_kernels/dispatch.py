@@ -31,8 +31,9 @@ from . import _native
 BACKEND_NAMES = ("reference", "cpu", "triton", "cuda")
 _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
 _AUTO_ORDER_BY_OP = {
-    # H100, 2026-11-22 (bench/results/NVIDIA-H100-80GB-HBM3-2026-11-22/gpu.md): the CUDA INT4
-    # kernels ran 4-19x faster than the Triton ones at every batch size measured (1 to 1024).
+    # H100, 2026-11-22 (bench/results/NVIDIA-H100-80GB-HBM3-2026-11-22/gpu.md, int4-gpu.md): the
+    # CUDA INT4 kernels ran 4-19x, then (GEMV offset codes, MMA kernel) 5-28x faster than the
+    # Triton ones at every batch size measured (1 to 1024).
     ("int4_matmul", "cuda"): ("cuda", "triton", "reference"),
 }
 

@@ -3,7 +3,9 @@
 TRITON_INTERPRET must be set before triton is first imported, hence here, at collection.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +36,12 @@ def no_pending_label_checks():
 def gen():
     """A fresh, seeded generator per test: random inputs, reproducible failures."""
     return torch.Generator().manual_seed(20261122)
+
+
+def load_bench_script(stem: str):
+    """bench/<stem>.py as a module (bench/ is no package; its scripts import their neighbours)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

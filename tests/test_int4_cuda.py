@@ -1,7 +1,9 @@
-"""The CUDA INT4 matmul (csrc/cuda/int4_matmul.cu, SPEC 6) against the float64 reference, by the
-error rule: the GEMV for M <= 8 (its 16-byte loop and its bytewise loop for rows that are not
-16-byte aligned) and dequantize + cuBLAS for M > 8 (block by block); plus its argument checks
-and registration.
+"""The CUDA INT4 matmul (csrc/cuda/int4_*.cu, SPEC 6) against the float64 reference, by the error
+rule: the GEMV for M <= 8 (its 16-byte loop, exact for float32 and with offset codes for 16-bit x,
+and its bytewise loop for rows that are not 16-byte aligned), the tensor-core kernel for 16-bit x
+up to M = 64 (every split of K), and dequantize + cuBLAS beyond (block by block; word and byte
+dequantization); each path also forced over the others' batch sizes; plus argument checks and
+registration.
 
 Tests that run the kernel need a CUDA device and skip only where there is none; the
 registration test runs on the CPU.
@@ -75,6 +77,7 @@ def test_large_m_path_dequantizes_block_by_block(block_bytes, n, dtype, monkeypa
     y: blocks of 64 rows (the smallest), of 256 (float32) or 512 rows (a remainder of 1 row at
     N = 4097), and one block."""
     monkeypatch.setenv("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", str(block_bytes))
+    monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", "dequantize")  # 16-bit x at M = 33 would take the MMA
     qw = _weight(n, 256, 64, gen)
     x = _x((33,), 256, dtype, gen)
     bias = torch.randn(n, generator=gen).to("cuda", dtype)
@@ -82,12 +85,67 @@ def test_large_m_path_dequantizes_block_by_block(block_bytes, n, dtype, monkeypa
         assert_matches_reference(OPS.int4_matmul(x, qw.packed, qw.scales, qw.zeros, 64, b), x, qw, b)
 
 
+# (N, K, group_size) for the forced-path tests: K = 96 and 160 end in a partial 128-feature k-block
+# of the MMA kernel; N = 45, 70 and 4097 end in a partial tile of output features.
+PATH_WEIGHTS = [(45, 96, 32), (70, 160, 32), (45, 4096, 128), (4097, 256, 64), (45, 256, None), (45, 512, 256)]
+PATH_ROWS = {"gemv": [1, 3, 8], "mma": [1, 2, 7, 8, 9, 16, 33, 57, 64], "dequantize": [1, 9, 70]}
+
+
 @needs_gpu
-def test_dequantize_block_size_override_is_checked(monkeypatch, gen):
-    monkeypatch.setenv("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", "lots")
+@pytest.mark.parametrize("offset", [0.0, 30.0], ids=["centred", "offset"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n,k,group_size", PATH_WEIGHTS, ids=str)
+@pytest.mark.parametrize("path,m", [(p, m) for p, rows in PATH_ROWS.items() for m in rows])
+def test_each_path_matches_float64_reference(path, m, n, k, group_size, dtype, offset, monkeypatch, gen):
+    """CLIMBQ_INT4_CUDA_PATH forces a path over every batch size it takes; "offset" weights sit far
+    from zero (zero points near -100), where the 16-bit paths' offset codes cancel the most."""
+    monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", path)
+    qw = cq.quantize_int4(torch.randn(n, k, generator=gen) + offset, group_size).to("cuda")
+    x = _x((m,), k, dtype, gen)
+    bias = torch.randn(n, generator=gen).to("cuda", dtype)
+    assert_matches_reference(_run_cuda(x, qw, bias), x, qw, bias)
+
+
+@needs_gpu
+@pytest.mark.parametrize("split_k", [1, 2, 3, 5, 32, 1000])
+@pytest.mark.parametrize("m", [4, 33])
+def test_mma_split_k(split_k, m, monkeypatch, gen):
+    """Every split of K's 32 k-blocks (1000: clamped to 32), deterministic run to run."""
+    monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", "mma")
+    monkeypatch.setenv("CLIMBQ_INT4_MMA_SPLIT_K", str(split_k))
+    qw = _weight(200, 4096, 64, gen)
+    x = _x((m,), 4096, torch.bfloat16, gen)
+    bias = torch.randn(200, generator=gen).to("cuda", torch.bfloat16)
+    got = _run_cuda(x, qw, bias)
+    assert_matches_reference(got, x, qw, bias)
+    assert torch.equal(got, _run_cuda(x, qw, bias))
+
+
+@needs_gpu
+@pytest.mark.parametrize("path,m,dtype,k", [
+    ("gemv", 9, torch.float16, 64),         # past the GEMV's 8 rows
+    ("mma", 4, torch.float32, 64),          # float32 x
+    ("mma", 65, torch.bfloat16, 64),        # past the MMA's 64 rows
+    ("mma", 4, torch.bfloat16, 18),         # K % 32 != 0
+    ("tensor-cores", 4, torch.bfloat16, 64),
+])
+def test_forced_path_that_does_not_apply_is_an_error(path, m, dtype, k, monkeypatch, gen):
+    monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", path)
+    qw = _weight(8, k, None, gen)
+    with pytest.raises(ValueError, match=f"CLIMBQ_INT4_CUDA_PATH={path} does not apply"):
+        OPS.int4_matmul(_x((m,), k, dtype, gen), qw.packed, qw.scales, qw.zeros, k, None)
+
+
+@needs_gpu
+@pytest.mark.parametrize("name,value,m,dtype,message", [
+    ("CLIMBQ_INT4_MMA_SPLIT_K", "-2", 16, torch.bfloat16, "must be a non-negative integer"),
+    ("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", "lots", 9, torch.float32, "must be a positive byte count"),
+])
+def test_tuning_overrides_are_checked(name, value, m, dtype, message, monkeypatch, gen):
+    monkeypatch.setenv(name, value)
     qw = _weight(8, 64, 32, gen)
-    with pytest.raises(ValueError, match="CLIMBQ_INT4_DEQUANT_BLOCK_BYTES must be a positive byte count"):
-        OPS.int4_matmul(_x((9,), 64, torch.float32, gen), qw.packed, qw.scales, qw.zeros, 32, None)
+    with pytest.raises(ValueError, match=f"{name} {message}"):
+        OPS.int4_matmul(_x((m,), 64, dtype, gen), qw.packed, qw.scales, qw.zeros, 32, None)
 
 
 @needs_gpu
@@ -116,9 +174,11 @@ def _misaligned_copy(t, offset_bytes):
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("m", [1, 4, 8])
+@pytest.mark.parametrize("m", [1, 4, 8, 16, 40])
 def test_misaligned_storage_takes_the_bytewise_loop(m, dtype, gen):
-    """K % 32 == 0 but x or packed not 16-byte aligned: the error rule still holds."""
+    """K % 32 == 0 but x or packed not 16-byte aligned: the GEMV's bytewise loop (M <= 8), else
+    dequantize + cuBLAS with byte-wise dequantization (packed) instead of the MMA kernel; the error
+    rule still holds."""
     qw = _weight(45, 256, 32, gen)
     x = _x((m,), 256, dtype, gen)
     bias = torch.randn(45, generator=gen).to("cuda", dtype)

@@ -5,9 +5,7 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 (set in conftest) on CPU 
 shapes stay small; tests/test_triton_registry.py compiles the same kernels for sm_80 / sm_90.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +19,7 @@ from climbq_kernels.triton._int4_configs import (CONFIG_PATH, load_configs, pick
 from climbq_kernels.triton.int4_gemv import split_plan
 from climbq_kernels.triton.int4_matmul import int4_matmul
 
-from .conftest import GPU
+from .conftest import GPU, load_bench_script
 
 DEVICE = "cuda" if GPU else "cpu"
 needs_triton = pytest.mark.skipif(not backends()["triton"].available, reason="no GPU and no TRITON_INTERPRET")
@@ -171,11 +169,7 @@ def test_validate_configs_rejects_unordered_buckets():
 
 
 def _tuner():
-    path = Path(__file__).resolve().parent.parent / "bench" / "tune_int4_triton.py"
-    spec = importlib.util.spec_from_file_location("tune_int4_triton", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("tune_int4_triton")
 
 
 def test_tuner_candidates_and_output_are_valid_configs():

@@ -1,0 +1,97 @@
+"""Time each path of the CUDA INT4 matmul (GEMV, tensor-core MMA, dequantize + cuBLAS) at every
+batch size it takes, and the MMA kernel's splits of K, beside the peers of bench/cases.py (dense
+F.linear, torch's _weight_int4pack_mm, bitsandbytes where installed), in one run.
+
+Each path is forced with CLIMBQ_INT4_CUDA_PATH (csrc/cuda/int4_matmul.cu), the split with
+CLIMBQ_INT4_MMA_SPLIT_K; "climbq cuda" is the automatic choice. Timed with
+triton.testing.do_bench (median, L2 flushed). What it shows is what int4_matmul.cu's thresholds
+are set from.
+
+Run on a GPU machine:  python3 bench/int4_cuda_paths.py --out DIR [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(BENCH_DIR.parent))
+from cases import int4_matmul_case  # noqa: E402
+from report import do_bench_seconds, environment, gpu_copy_bandwidth, markdown, rows  # noqa: E402
+
+PATHS = ("gemv", "mma", "dequantize")
+SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
+# (dtype, (N, K), batch sizes, batch sizes that also sweep the MMA's split of K)
+PLAN = [
+    (torch.bfloat16, (16384, 16384), (1, 4, 16, 64), (16,)),
+    (torch.bfloat16, (11008, 4096), (1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 1024), (8, 16, 32, 64)),
+    (torch.bfloat16, (4096, 4096), (1, 16, 64), (16,)),
+    (torch.float16, (4096, 4096), (1, 16), ()),
+]
+QUICK_PLAN = [(torch.bfloat16, (11008, 4096), (1, 8, 16, 64, 256), (16,))]
+
+
+def timed_with_env(fn, **env: str) -> float | None:
+    """fn's median time with the environment variables set; None where the forced path does not
+    apply (the kernel raises ValueError)."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        try:
+            fn()
+        except ValueError:
+            return None
+        return do_bench_seconds(fn)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="one shape, five batch sizes")
+    args = parser.parse_args()
+    bandwidth = gpu_copy_bandwidth("time")
+    if bandwidth is None:
+        return 1
+    env = environment("cuda", bandwidth)
+    all_rows = []
+    plan = QUICK_PLAN if args.quick else PLAN
+    for dtype, shape, batches, split_batches in tqdm(plan, desc="shapes"):
+        for batch in tqdm(batches, desc=f"{shape}", leave=False):
+            case = int4_matmul_case("cuda", dtype, shape, batch, backends=("cuda",))
+            ours = case.candidates["climbq cuda"]
+            timings = {label: do_bench_seconds(fn) for label, fn in case.candidates.items()}
+            for path in PATHS:
+                seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH=path)
+                if seconds is not None:
+                    timings[f"climbq cuda path={path}"] = seconds
+            if batch in split_batches:
+                for split in SPLITS:
+                    seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH="mma", CLIMBQ_INT4_MMA_SPLIT_K=str(split))
+                    if seconds is not None:
+                        timings[f"climbq cuda mma split_k={split}"] = seconds
+            case_rows = rows(case, timings, bandwidth)
+            all_rows += case_rows
+            print(markdown(case_rows, case.name), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "int4_cuda_paths.json").write_text(json.dumps({"environment": env, "rows": all_rows}, indent=1))
+    (args.out / "int4_cuda_paths.md").write_text(markdown(all_rows, f"CUDA INT4 paths: {env}"))
+    print(f"saved to {args.out / 'int4_cuda_paths.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
