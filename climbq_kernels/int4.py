@@ -95,13 +95,17 @@ def int4_matmul(x: Tensor, qweight: Int4Weight, bias: Tensor | None = None) -> T
     check_tensor("x", x, floating=True)
     if not isinstance(qweight, Int4Weight):
         raise TypeError(f"qweight must be an Int4Weight (from quantize_int4), got {type(qweight).__name__}")
-    if x.dim() < 1 or x.shape[-1] != qweight.shape[1]:
-        raise ValueError(f"x's last dimension must equal in_features {qweight.shape[1]}, got shape {tuple(x.shape)}")
+    packed = qweight.packed
+    out_features, in_features = packed.shape[0], 2 * packed.shape[1]
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x's last dimension must equal in_features {in_features}, got shape {tuple(x.shape)}")
+    device = x.device
     if bias is not None:
         check_tensor("bias", bias, floating=True)
         if bias.dtype != x.dtype:
             raise TypeError(f"bias must have x's dtype {x.dtype}, got {bias.dtype}")
-        if bias.shape != (qweight.shape[0],):
-            raise ValueError(f"bias must have shape ({qweight.shape[0]},), got {tuple(bias.shape)}")
-    check_same_device(x=x, qweight=qweight.packed, bias=bias)
-    return ops.int4_matmul_eager(x, qweight.packed, qweight.scales, qweight.zeros, qweight.group_size, bias)
+        if bias.shape != (out_features,):
+            raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+    if packed.device != device or (bias is not None and bias.device != device):
+        check_same_device(x=x, qweight=packed, bias=bias)  # raises, naming each tensor's device
+    return ops.int4_matmul_eager(x, packed, qweight.scales, qweight.zeros, qweight.group_size, bias)

@@ -76,6 +76,31 @@ def test_leading_batch_dims_and_bias(backend, device, lead, gen):
     _check(backend, x, qw, torch.randn(33, generator=gen).to(device))
 
 
+def _strided(t, gen):
+    """t's values in a non-contiguous view: every other column of a tensor twice as wide."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    wide[..., 1::2] = torch.randint(0, 255, wide[..., 1::2].shape, generator=gen).to(t.dtype)  # never read
+    view = wide[..., ::2]
+    view.copy_(t)
+    assert not view.is_contiguous()
+    return view
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batch", [1, 3, 40])
+def test_non_contiguous_operands(backend, device, dtype, batch, gen):
+    """Strided x, packed codes, scales, zeros and bias (the op passes them on as they are: every
+    backend makes its own contiguous copies), and a transposed x."""
+    qw = _weight(45, 256, 64, gen, device)
+    x = torch.randn(batch, 256, generator=gen).to(device, dtype)
+    bias = torch.randn(45, generator=gen).to(device, dtype)
+    strided = cq.Int4Weight(_strided(qw.packed, gen), _strided(qw.scales, gen), _strided(qw.zeros, gen),
+                            qw.group_size)
+    _check(backend, _strided(x, gen), strided, _strided(bias, gen))
+    _check(backend, x.t().contiguous().t(), qw, None)
+
+
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_empty_batch(backend, device, gen):
     qw = _weight(9, 64, 32, gen, device)

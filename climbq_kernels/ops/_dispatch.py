@@ -23,14 +23,21 @@ kernel for it yet: automatic dispatch skips it, an explicit `use_backend` raises
 
 _IMPLEMENTED: dict[str, frozenset[str]] = {}
 _REFERENCE_ONLY = frozenset({"reference"})
+_ANY_STRIDES: set[str] = set()
+"""Ops whose every backend takes tensors of any strides: `run` passes them on as they are."""
 
 
-def register_kernels(tables: dict[str, dict[str, Callable]]) -> None:
+def register_kernels(tables: dict[str, dict[str, Callable]], *, any_strides: bool = False) -> None:
+    """Add ops' backend tables. `any_strides`: every backend makes its own contiguous copies where
+    it needs them, so `run` skips its `.contiguous()` pass (a few microseconds a call, which
+    counts for serving calls whose kernels take little more)."""
     for op, table in tables.items():
         if "reference" not in table:
             raise ValueError(f"op {op} needs a reference implementation")
         KERNELS[op] = table
         _IMPLEMENTED[op] = frozenset(table)
+        if any_strides:
+            _ANY_STRIDES.add(op)
 
 
 def native(name: str) -> Callable:
@@ -62,7 +69,8 @@ def run(op: str, like: Tensor, *args):
             raise TypeError(f"{op}: the '{forced}' backend takes float32, float16 or bfloat16 tensors, "
                             f"got {like.dtype}; {like.dtype} runs on the 'reference' backend")
         implemented = _REFERENCE_ONLY
-    args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
+    if op not in _ANY_STRIDES:
+        args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
     return table[dispatch.resolve(op, like.device, implemented)](*args)
 
 

@@ -9,15 +9,18 @@ from .. import reference
 from ._dispatch import native, register_kernels, run, triton_launcher
 from ._eager import custom_op, eager
 
+register_kernels({"quantize_int4": {"reference": reference.quantize_int4}})
+# Every int4_matmul backend copies to contiguous itself where it needs to (the native op in C++,
+# the Triton launcher, the reference through torch ops): a serving call, whose kernel can take
+# ~10 us on a GPU, skips the Python pass over its five tensors.
 register_kernels({
-    "quantize_int4": {"reference": reference.quantize_int4},
     "int4_matmul": {
         "reference": reference.int4_matmul,
         "cpu": native("int4_matmul"),
         "triton": triton_launcher("int4_matmul", "int4_matmul"),
         "cuda": native("int4_matmul"),
     },
-})
+}, any_strides=True)
 
 
 @torch.library.custom_op("climbq::quantize_int4", mutates_args=())
