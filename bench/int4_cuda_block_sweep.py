@@ -3,7 +3,8 @@ few block sizes, beside dense F.linear, on a GPU.
 
 The block size is the kernel's CLIMBQ_INT4_DEQUANT_BLOCK_BYTES; "whole W" is one block (the
 path before blocks). The path is forced (CLIMBQ_INT4_CUDA_PATH=dequantize): bf16 x up to M = 64
-would otherwise take the tensor-core kernel. Timed with triton.testing.do_bench (median, L2 flushed between calls).
+would otherwise take the tensor-core kernel. Timed with triton.testing.do_bench (median, L2
+flushed between calls).
 
 Run on a GPU machine:  python3 bench/int4_cuda_block_sweep.py [--shape 11008x4096] [--rows 16 64 256 1024]
 """

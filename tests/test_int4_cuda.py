@@ -98,7 +98,7 @@ PATH_ROWS = {"gemv": [1, 3, 8], "mma": [1, 2, 7, 8, 9, 16, 33, 57, 64], "dequant
 @pytest.mark.parametrize("path,m", [(p, m) for p, rows in PATH_ROWS.items() for m in rows])
 def test_each_path_matches_float64_reference(path, m, n, k, group_size, dtype, offset, monkeypatch, gen):
     """CLIMBQ_INT4_CUDA_PATH forces a path over every batch size it takes; "offset" weights sit far
-    from zero (zero points near -100), where the 16-bit paths' offset codes cancel the most."""
+    from zero (zero points from about -50 to -170), where the 16-bit paths' offset codes cancel the most."""
     monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", path)
     qw = cq.quantize_int4(torch.randn(n, k, generator=gen) + offset, group_size).to("cuda")
     x = _x((m,), k, dtype, gen)
