@@ -24,8 +24,9 @@
 //   * 16-bit x: offset codes (int4_codes.cuh): per 8 features and row, sum x v over the codes'
 //     v = 0.5 + q/256 (one byte permute and one FMA per weight), then S (that - b sum x). Measured
 //     the same way: 4.0 instructions per weight in all, DRAM 69% (66 us against 106 us). Its
-//     float32 cancellation (~2^-14 relative) stays far below the 16-bit output's rounding. The factored form is not used for float32 outputs: s (sum x q -
-//     z sum x) exceeded the error rule there, emulated on the CPU at K = 256.
+//     float32 cancellation (~2^-14 relative) stays far below the 16-bit output's rounding. The
+//     factored form is not used for float32 outputs: s (sum x q - z sum x) exceeded the error
+//     rule there, emulated on the CPU at K = 256.
 #include "int4_codes.cuh"
 #include "int4_kernels.h"
 #include "reduce.cuh"
@@ -211,7 +212,9 @@ __global__ void __launch_bounds__(kMaxThreads) gemv_aligned_kernel(const GemvArg
           for (int t = 1; t < kWordFeatures; ++t) x_sum[m] += xs[m][t];
         }
 #pragma unroll
-        for (int i = 0; i < kRows; ++i) accumulate_word_offset<kM>(word_of(codes[i], w), zero[i], scale[i], xs, x_sum, acc[i]);
+        for (int i = 0; i < kRows; ++i) {
+          accumulate_word_offset<kM>(word_of(codes[i], w), zero[i], scale[i], xs, x_sum, acc[i]);
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < kRows; ++i) accumulate_word_exact<kM>(word_of(codes[i], w), zero[i], scale[i], xs, acc[i]);

@@ -9,13 +9,14 @@
 //   on CUDA cores that reads the weight once (int4_gemv.cu);
 // - otherwise (float32 x past M = 8; 16-bit x past M = 64, or past M = 8 where the MMA kernel
 //   does not apply): dequantize W, a block of output features at a time, into a buffer of x's
-//   dtype (int4_dequantize.cu), then one cuBLAS GEMM per block through at::mm_out / at::addmm_out into the block's columns
-//   of y (bias fused as the GEMM's C). The buffer (at most kDequantBlockBytes, 64-row multiples)
-//   is reused block after block, so a large weight (a 128k x 4k head) never needs a whole
-//   dequantized copy; CLIMBQ_INT4_DEQUANT_BLOCK_BYTES overrides the size
-//   (bench/int4_cuda_block_sweep.py). For float32 x that GEMM follows torch's global TF32 setting
-//   (torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision), exactly as
-//   x @ W.T in PyTorch does: off by default, so the default is full float32.
+//   dtype (int4_dequantize.cu), then one cuBLAS GEMM per block through at::mm_out /
+//   at::addmm_out into the block's columns of y (bias fused as the GEMM's C). The buffer (at most
+//   kDequantBlockBytes, 64-row multiples) is reused block after block, so a large weight (a
+//   128k x 4k head) never needs a whole dequantized copy; CLIMBQ_INT4_DEQUANT_BLOCK_BYTES
+//   overrides the size (bench/int4_cuda_block_sweep.py). For float32 x that GEMM follows torch's
+//   global TF32 setting (torch.backends.cuda.matmul.allow_tf32 /
+//   torch.set_float32_matmul_precision), exactly as x @ W.T in PyTorch does: off by default, so
+//   the default is full float32.
 //
 // For benchmarks, CLIMBQ_INT4_CUDA_PATH = gemv | mma | dequantize forces a path (an error where
 // it does not apply) and CLIMBQ_INT4_MMA_SPLIT_K the MMA kernel's split of K.

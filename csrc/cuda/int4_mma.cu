@@ -278,7 +278,8 @@ void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, cudaStream_
                         splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, a.rows, a.out_features,
                         a.in_features, a.in_features / a.group_size,
                         static_cast<int>(a.group_size / kChunkFeatures), k_blocks, per_split};
-  int4_mma_kernel<T, kNT><<<dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), kThreads, 0, stream>>>(args);
+  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits));
+  int4_mma_kernel<T, kNT><<<grid, kThreads, 0, stream>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (splits > 1) {
     constexpr int kSumThreads = 256;
