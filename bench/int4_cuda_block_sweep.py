@@ -31,7 +31,8 @@ def main() -> int:
         print("no CUDA device: nothing to time", file=sys.stderr)
         return 1
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from triton.testing import do_bench
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import do_bench_seconds
 
     import climbq_kernels as cq
 
@@ -46,12 +47,11 @@ def main() -> int:
     print("|---|---|" + "---|" * len(BLOCKS_MIB))
     for m in args.rows:
         x = torch.randn(m, k, generator=gen).to("cuda", torch.bfloat16)
-        times = [do_bench(lambda: torch.nn.functional.linear(x, dense), return_mode="median")]
+        times = [do_bench_seconds(lambda: torch.nn.functional.linear(x, dense))]
         for mib in BLOCKS_MIB.values():
             os.environ["CLIMBQ_INT4_DEQUANT_BLOCK_BYTES"] = str(mib << 20)
-            times.append(do_bench(lambda: op(x, qw.packed, qw.scales, qw.zeros, args.group_size, None),
-                                  return_mode="median"))
-        print(f"| M={m} | " + " | ".join(f"{t * 1e3:.1f} us" for t in times) + " |", flush=True)
+            times.append(do_bench_seconds(lambda: op(x, qw.packed, qw.scales, qw.zeros, args.group_size, None)))
+        print(f"| M={m} | " + " | ".join(f"{t * 1e6:.1f} us" for t in times) + " |", flush=True)
     return 0
 
 
