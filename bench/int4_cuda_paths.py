@@ -1,11 +1,12 @@
 """Time each path of the CUDA INT4 matmul (GEMV, tensor-core MMA, dequantize + cuBLAS) at every
-batch size it takes, and the MMA kernel's splits of K, beside the peers of bench/cases.py (dense
-F.linear, torch's _weight_int4pack_mm, bitsandbytes where installed), in one run.
+batch size it takes, the MMA path's two kernels and its splits of K, beside the peers of
+bench/cases.py (dense F.linear, torch's _weight_int4pack_mm, bitsandbytes where installed), in
+one run.
 
-Each path is forced with CLIMBQ_INT4_CUDA_PATH (csrc/cuda/int4_matmul.cu), the split with
-CLIMBQ_INT4_MMA_SPLIT_K; "climbq cuda" is the automatic choice. Timed with
-triton.testing.do_bench (median, L2 flushed). What it shows is what int4_matmul.cu's thresholds
-are set from.
+Each path is forced with CLIMBQ_INT4_CUDA_PATH (csrc/cuda/int4_matmul.cu), the MMA path's kernel
+with CLIMBQ_INT4_MMA_KERNEL, the split with CLIMBQ_INT4_MMA_SPLIT_K; "climbq cuda" is the
+automatic choice. Timed with triton.testing.do_bench (median, L2 flushed). What it shows is what
+int4_matmul.cu's thresholds and int4_mma.cu's kernel choice are set from.
 
 Run on a GPU machine:  python3 bench/int4_cuda_paths.py --out DIR [--quick]
 """
@@ -29,6 +30,7 @@ from report import do_bench_seconds, environment, gpu_copy_bandwidth, markdown, 
 
 PATHS = ("gemv", "mma", "dequantize")
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
+MMA_KERNELS = ("registers", "pipelined")
 # (dtype, (N, K), batch sizes, batch sizes that also sweep the MMA's split of K)
 PLAN = [
     (torch.bfloat16, (16384, 16384), (1, 4, 16, 64), (16,)),
@@ -78,6 +80,10 @@ def main() -> int:
                 seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH=path)
                 if seconds is not None:
                     timings[f"climbq cuda path={path}"] = seconds
+            for kernel in MMA_KERNELS:
+                seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH="mma", CLIMBQ_INT4_MMA_KERNEL=kernel)
+                if seconds is not None:
+                    timings[f"climbq cuda mma kernel={kernel}"] = seconds
             if batch in split_batches:
                 for split in SPLITS:
                     seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH="mma", CLIMBQ_INT4_MMA_SPLIT_K=str(split))

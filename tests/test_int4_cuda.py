@@ -89,17 +89,24 @@ def test_large_m_path_dequantizes_block_by_block(block_bytes, n, dtype, monkeypa
 # of the MMA kernel; N = 45, 70 and 4097 end in a partial tile of output features.
 PATH_WEIGHTS = [(45, 96, 32), (70, 160, 32), (45, 4096, 128), (4097, 256, 64), (45, 256, None), (45, 512, 256)]
 PATH_ROWS = {"gemv": [1, 3, 8], "mma": [1, 2, 7, 8, 9, 16, 33, 57, 64], "dequantize": [1, 9, 70]}
+# Each MMA kernel forced over every batch size (by default: registers up to M = 16, pipelined beyond).
+MMA_KERNELS = ["registers", "pipelined"]
+PATH_CASES = [(path, kernel, m) for path, rows in PATH_ROWS.items()
+              for kernel in (MMA_KERNELS if path == "mma" else [None]) for m in rows]
 
 
 @needs_gpu
 @pytest.mark.parametrize("offset", [0.0, 30.0], ids=["centred", "offset"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n,k,group_size", PATH_WEIGHTS, ids=str)
-@pytest.mark.parametrize("path,m", [(p, m) for p, rows in PATH_ROWS.items() for m in rows])
-def test_each_path_matches_float64_reference(path, m, n, k, group_size, dtype, offset, monkeypatch, gen):
-    """CLIMBQ_INT4_CUDA_PATH forces a path over every batch size it takes; "offset" weights sit far
-    from zero (zero points from about -50 to -170), where the 16-bit paths' offset codes cancel the most."""
+@pytest.mark.parametrize("path,kernel,m", PATH_CASES)
+def test_each_path_matches_float64_reference(path, kernel, m, n, k, group_size, dtype, offset, monkeypatch, gen):
+    """CLIMBQ_INT4_CUDA_PATH forces a path over every batch size it takes (CLIMBQ_INT4_MMA_KERNEL
+    the MMA path's kernel); "offset" weights sit far from zero (zero points from about -50 to -170),
+    where the 16-bit paths' offset codes cancel the most."""
     monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", path)
+    if kernel is not None:
+        monkeypatch.setenv("CLIMBQ_INT4_MMA_KERNEL", kernel)
     qw = cq.quantize_int4(torch.randn(n, k, generator=gen) + offset, group_size).to("cuda")
     x = _x((m,), k, dtype, gen)
     bias = torch.randn(n, generator=gen).to("cuda", dtype)
@@ -107,11 +114,13 @@ def test_each_path_matches_float64_reference(path, m, n, k, group_size, dtype, o
 
 
 @needs_gpu
+@pytest.mark.parametrize("kernel", MMA_KERNELS)
 @pytest.mark.parametrize("split_k", [1, 2, 3, 5, 32, 1000])
 @pytest.mark.parametrize("m", [4, 33])
-def test_mma_split_k(split_k, m, monkeypatch, gen):
+def test_mma_split_k(split_k, m, kernel, monkeypatch, gen):
     """Every split of K's 32 k-blocks (1000: clamped to 32), deterministic run to run."""
     monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", "mma")
+    monkeypatch.setenv("CLIMBQ_INT4_MMA_KERNEL", kernel)
     monkeypatch.setenv("CLIMBQ_INT4_MMA_SPLIT_K", str(split_k))
     qw = _weight(200, 4096, 64, gen)
     x = _x((m,), 4096, torch.bfloat16, gen)
@@ -139,6 +148,7 @@ def test_forced_path_that_does_not_apply_is_an_error(path, m, dtype, k, monkeypa
 @needs_gpu
 @pytest.mark.parametrize("name,value,m,dtype,message", [
     ("CLIMBQ_INT4_MMA_SPLIT_K", "-2", 16, torch.bfloat16, "must be a non-negative integer"),
+    ("CLIMBQ_INT4_MMA_KERNEL", "fastest", 16, torch.bfloat16, "must be 'registers' or 'pipelined'"),
     ("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", "lots", 9, torch.float32, "must be a positive byte count"),
 ])
 def test_tuning_overrides_are_checked(name, value, m, dtype, message, monkeypatch, gen):

@@ -38,10 +38,12 @@ constexpr int kGemvMaxRows = 8;
 void int4_gemv(const Int4Operands& a, at::Tensor& out, cudaStream_t stream);
 
 // Tensor-core MMA for small batches (int4_mma.cu): 16-bit x, rows <= kMmaMaxRows, K a multiple
-// of 32, x and packed 16-byte aligned (`int4_mma_supports`). `split_k` <= 0 picks the split.
+// of 32, x and packed 16-byte aligned (`int4_mma_supports`). `split_k` <= 0 picks the split;
+// `kernel` picks one of its two kernels (kAuto: by the number of rows).
 constexpr int kMmaMaxRows = 64;
+enum class MmaKernel { kAuto, kRegisters, kPipelined };
 bool int4_mma_supports(const Int4Operands& a);
-void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, cudaStream_t stream);
+void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel, cudaStream_t stream);
 
 // W rows [first_row, first_row + weight.size(0)) dequantized into weight (rows, K) in x's dtype,
 // bit for bit the reference's dequantize_int4 (int4_dequantize.cu).

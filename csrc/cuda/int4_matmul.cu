@@ -19,7 +19,8 @@
 //   the default is full float32.
 //
 // For benchmarks, CLIMBQ_INT4_CUDA_PATH = gemv | mma | dequantize forces a path (an error where
-// it does not apply) and CLIMBQ_INT4_MMA_SPLIT_K the MMA kernel's split of K.
+// it does not apply), CLIMBQ_INT4_MMA_KERNEL = registers | pipelined the MMA path's kernel and
+// CLIMBQ_INT4_MMA_SPLIT_K its split of K.
 //
 // Arguments are validated by the Python layer (climbq_kernels/int4.py) first; ../int4_args.h
 // (shared with the CPU op) is the second line of defence for direct torch.ops.climbq_native
@@ -97,6 +98,16 @@ int64_t env_int(const char* name, int64_t fallback) {
   return parsed;
 }
 
+// CLIMBQ_INT4_MMA_KERNEL = registers | pipelined forces one of the MMA path's kernels.
+MmaKernel forced_mma_kernel() {
+  const char* env = std::getenv("CLIMBQ_INT4_MMA_KERNEL");
+  if (env == nullptr || *env == '\0') return MmaKernel::kAuto;
+  const std::string_view name(env);
+  if (name == "registers") return MmaKernel::kRegisters;
+  if (name == "pipelined") return MmaKernel::kPipelined;
+  TORCH_CHECK_VALUE(false, "CLIMBQ_INT4_MMA_KERNEL must be 'registers' or 'pipelined', got '", name, "'");
+}
+
 enum class Path { kGemv, kMma, kDequantize };
 
 Path choose_path(const Int4Operands& a) {
@@ -146,7 +157,7 @@ at::Tensor int4_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const
       int4_gemv(a, out, stream);
       break;
     case Path::kMma:
-      int4_mma(a, out, env_int("CLIMBQ_INT4_MMA_SPLIT_K", 0), stream);
+      int4_mma(a, out, env_int("CLIMBQ_INT4_MMA_SPLIT_K", 0), forced_mma_kernel(), stream);
       break;
     case Path::kDequantize:
       dequantize_then_gemm(a, out, stream);

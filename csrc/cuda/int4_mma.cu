@@ -25,9 +25,15 @@
 // gets blocks (kTargetBlocksPerSm). With more than one split, each writes float32 partial sums
 // and a second kernel adds them in split order (deterministic), adds the bias and rounds once.
 //
-// Where it stands (H100, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-22/int4-ncu.md): warps wait
-// on global loads (x fragments, the next k-block's codes) with one k-block in flight; a
-// shared-memory, multi-stage cp.async pipeline is the next step.
+// Two kernels share that scheme. The registers kernel loads each lane's codes, scales and zeros
+// straight into registers one k-block ahead and reads x through L1; it is the faster one for
+// M <= 16. The pipelined kernel streams the block's codes, group tables and x through kStages
+// shared-memory buffers with cp.async (x once per block instead of once per warp), which pays
+// from M = 17 on; below, its per-k-block copies and barrier cost more than they hide.
+//
+// Where it stands (H100, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-22/int4-ncu.md): both are
+// latency-bound, far from the weight's read time (7.5 us at 11008x4096); ncu on the pipelined
+// kernel at M = 8 showed 0.37 instructions issued per scheduler cycle, L1 74% busy with the copies.
 #include "int4_codes.cuh"
 #include "int4_kernels.h"
 #include "reduce.cuh"
@@ -111,19 +117,213 @@ struct MmaArgs {
   int k_blocks_per_split;
 };
 
+// Asynchronous global-to-shared copies (sm_80+): `bytes` of `src` to `dst`, or zeros when `valid`
+// is false (no global read then). 16-byte copies bypass L1 (codes are read once; x is shared
+// through shared memory instead).
+__device__ __forceinline__ void copy_async_16(void* dst, const void* src, bool valid) {
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool valid) {
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(address), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void wait_copies() {  // until at most kPending committed groups are in flight
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// One k-block of the block's operands in shared memory: codes (row r, lane t's 16 bytes),
+// the scale and zero of each (r, t) chunk's group, and x: 8 kNT rows of 128 features, 16 16-byte
+// chunks a row.
+constexpr int kXChunks = kBlockFeatures * 2 / kChunkBytes;  // 16-bit x: 16 chunks of 8 features
+template <int kNT>
+struct StageLayout {
+  static constexpr int kCodeBytes = kBlockRows * kLanesPerRow * kChunkBytes;
+  static constexpr int kTableBytes = kBlockRows * kLanesPerRow * int(sizeof(float));
+  static constexpr int kXBytes = kNT * kNTile * kXChunks * kChunkBytes;
+  static constexpr int kBytes = kCodeBytes + 2 * kTableBytes + kXBytes;
+};
+
+// Where x's chunk c (features 8c .. 8c + 7 of the k-block) of row m sits in its row of shared
+// memory. Lanes read 16 bytes each, 8 lanes at a time: lanes (g, t) for two rows g and all four t,
+// at chunk c = 4t + w. Unswizzled, chunks c and c + 8 share banks and every row starts on the same
+// bank; flipping bit 1 in the upper half of a row and bit 0 in odd rows puts the 8 lanes on 8
+// distinct 16-byte bank groups.
+__device__ __forceinline__ int x_slot(int m, int c) { return c ^ ((c >> 3) << 1) ^ (m & 1); }
+
+// The pipelined kernel (M = 17..64). kNT n-tiles: up to 8 kNT rows of x. Operands stream through
+// kStages shared-memory buffers with cp.async, kStages - 1 k-blocks ahead of the one computed.
+template <typename T, int kNT, int kStages>
+__global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) {
+  using Layout = StageLayout<kNT>;
+  extern __shared__ __align__(16) uint8_t shared[];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
+  const int64_t block_row = int64_t(blockIdx.x) * kBlockRows;
+  const int64_t row_bytes = a.in_features / 2;
+  const int chunks = static_cast<int>(a.in_features / kChunkFeatures);
+  const int kb_begin = blockIdx.y * a.k_blocks_per_split;
+  const int kb_count = std::min(kb_begin + a.k_blocks_per_split, a.k_blocks) - kb_begin;
+
+  // Each thread copies the same pieces of every k-block: codes and group tables of rows
+  // r = tid / 4 + 32 i, lane t = tid % 4 (i < kCodeCopies); x chunk c = tid % 16 of rows
+  // m = tid / 16 + 8 i (i < kNT). Pointers are set once; past N, M or K the copies write zeros.
+  constexpr int kCodeCopies = kBlockRows * kLanesPerRow / kThreads;
+  constexpr int kRowsPerCopy = kThreads / kLanesPerRow;
+  constexpr int kXRowsPerCopy = kThreads / kXChunks;
+  static_assert(kCodeCopies * kThreads == kBlockRows * kLanesPerRow && kXRowsPerCopy == kNTile);
+  const int copy_t = threadIdx.x % kLanesPerRow;
+  const int copy_c = threadIdx.x % kXChunks;
+  const uint8_t* code_src[kCodeCopies];
+  const float* scale_src[kCodeCopies];
+  const float* zero_src[kCodeCopies];
+  bool row_valid[kCodeCopies];
+#pragma unroll
+  for (int i = 0; i < kCodeCopies; ++i) {
+    const int64_t row = block_row + threadIdx.x / kLanesPerRow + i * kRowsPerCopy;
+    row_valid[i] = row < a.n_out;
+    const int64_t safe_row = row_valid[i] ? row : 0;
+    code_src[i] = a.packed + safe_row * row_bytes + copy_t * kChunkBytes;
+    scale_src[i] = a.scales + safe_row * a.groups;
+    zero_src[i] = a.zeros + safe_row * a.groups;
+  }
+  const T* x_src[kNT];
+  bool x_valid[kNT];
+#pragma unroll
+  for (int i = 0; i < kNT; ++i) {
+    const int m = threadIdx.x / kXChunks + i * kXRowsPerCopy;
+    x_valid[i] = m < a.rows;
+    x_src[i] = a.x + (x_valid[i] ? int64_t(m) * a.in_features : 0) + copy_c * kWordFeatures;
+  }
+  auto load = [&](int kb, int slot) {
+    uint8_t* stage = shared + slot * Layout::kBytes;
+    auto* codes = reinterpret_cast<uint4*>(stage);
+    auto* scales = reinterpret_cast<float*>(stage + Layout::kCodeBytes);
+    auto* zeros = reinterpret_cast<float*>(stage + Layout::kCodeBytes + Layout::kTableBytes);
+    auto* xs = reinterpret_cast<uint4*>(stage + Layout::kCodeBytes + 2 * Layout::kTableBytes);
+    const int chunk = kb * kLanesPerRow + copy_t;
+    const bool chunk_valid = chunk < chunks;
+    const int group = chunk_valid ? chunk / a.chunks_per_group : 0;
+#pragma unroll
+    for (int i = 0; i < kCodeCopies; ++i) {
+      const bool valid = row_valid[i] && chunk_valid;
+      const int slot_index = threadIdx.x + i * kThreads;
+      copy_async_16(codes + slot_index, code_src[i] + (valid ? int64_t(kb) * kBlockFeatures / 2 : 0), valid);
+      copy_async_4(scales + slot_index, scale_src[i] + group, valid);
+      copy_async_4(zeros + slot_index, zero_src[i] + group, valid);
+    }
+    const bool x_chunk_valid = kb * kLanesPerRow + copy_c / kChunkWords < chunks;
+#pragma unroll
+    for (int i = 0; i < kNT; ++i) {
+      const int m = threadIdx.x / kXChunks + i * kXRowsPerCopy;
+      const bool valid = x_valid[i] && x_chunk_valid;
+      copy_async_16(xs + m * kXChunks + x_slot(m, copy_c), x_src[i] + (valid ? int64_t(kb) * kBlockFeatures : 0),
+                    valid);
+    }
+  };
+
+  float acc[kNT][4] = {};
+  const int r0 = warp * kTileRows + g;  // the lane's rows in the block: r0 and r0 + 8
+  auto compute = [&](int slot) {
+    const uint8_t* stage = shared + slot * Layout::kBytes;
+    const auto* codes = reinterpret_cast<const uint4*>(stage);
+    const auto* scales = reinterpret_cast<const float*>(stage + Layout::kCodeBytes);
+    const auto* zeros = reinterpret_cast<const float*>(stage + Layout::kCodeBytes + Layout::kTableBytes);
+    const auto* xs = reinterpret_cast<const uint4*>(stage + Layout::kCodeBytes + 2 * Layout::kTableBytes);
+    uint4 code[2];
+    float big_scale[2], bias[2];  // S = 256 s, B = -(128 + z) s (int4_codes.cuh)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = (r0 + 8 * r) * kLanesPerRow + t;
+      code[r] = codes[i];
+      big_scale[r] = scales[i] * kOffsetCodeScale;
+      bias[r] = -(kOffsetCodeBias + zeros[i]) * scales[i];
+    }
+#pragma unroll
+    for (int w = 0; w < kChunkWords; ++w) {
+      uint4 xw[kNT];  // x[8j + g], features 32t + 8w .. + 8: steps 2w (.x, .y) and 2w + 1 (.z, .w)
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        const int m = j * kNTile + g;
+        xw[j] = xs[m * kXChunks + x_slot(m, kChunkWords * t + w)];
+      }
+      uint32_t even[2], odd[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const uint32_t word = word_of(code[r], w);
+        even[r] = even_codes(word);
+        odd[r] = odd_codes(word);
+      }
+#pragma unroll
+      for (int h = 0; h < kStepsPerWord; ++h) {
+        // Features 8w + 4h + {0, 1, 2, 3}: even byte 2h, odd byte 2h, even byte 2h+1, odd byte 2h+1.
+        float wt[2][4];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          wt[r][0] = fmaf(offset_code(even[r], 2 * h), big_scale[r], bias[r]);
+          wt[r][1] = fmaf(offset_code(odd[r], 2 * h), big_scale[r], bias[r]);
+          wt[r][2] = fmaf(offset_code(even[r], 2 * h + 1), big_scale[r], bias[r]);
+          wt[r][3] = fmaf(offset_code(odd[r], 2 * h + 1), big_scale[r], bias[r]);
+        }
+        // A: {row g, k 2t..2t+1}, {row g+8, same}, {row g, k 2t+8..}, {row g+8, k 2t+8..}.
+        const uint32_t frag[4] = {pack_pair<T>(wt[0][0], wt[0][1]), pack_pair<T>(wt[1][0], wt[1][1]),
+                                  pack_pair<T>(wt[0][2], wt[0][3]), pack_pair<T>(wt[1][2], wt[1][3])};
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          mma_16816<T>(acc[j], frag, h == 0 ? xw[j].x : xw[j].z, h == 0 ? xw[j].y : xw[j].w);
+        }
+      }
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < kb_count) load(kb_begin + s, s);
+    commit_copies();  // possibly empty: every thread commits the same number of groups
+  }
+  for (int i = 0; i < kb_count; ++i) {
+    wait_copies<kStages - 2>();  // k-block i has landed (this thread's copies) ...
+    __syncthreads();             // ... everyone's, and buffer (i - 1) % kStages is free to refill
+    if (i + kStages - 1 < kb_count) load(kb_begin + i + kStages - 1, (i + kStages - 1) % kStages);
+    commit_copies();
+    compute(i % kStages);
+  }
+
+  // acc[j]: {row g, x rows 8j + 2t, 8j + 2t + 1}, {row g + 8, the same}.
+#pragma unroll
+  for (int j = 0; j < kNT; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = block_row + r0 + (e >= 2 ? 8 : 0);
+      const int64_t m = int64_t(j) * kNTile + 2 * t + (e & 1);
+      if (row >= a.n_out || m >= a.rows) continue;
+      if (a.partial != nullptr) {
+        a.partial[(int64_t(blockIdx.y) * a.rows + m) * a.n_out + row] = acc[j][e];
+      } else {
+        float y = acc[j][e];
+        if (a.bias != nullptr) y += static_cast<float>(a.bias[row]);
+        a.out[m * a.n_out + row] = static_cast<T>(y);
+      }
+    }
+  }
+}
+
 // A lane's share of one k-block of W: 16 bytes of codes for each of its rows with their group's
 // scale and zero. Only loads: nothing uses them until the k-block is computed, so the prefetch of
 // the next k-block never stalls the warp.
-struct Stage {
+struct RegisterStage {
   uint4 codes[2];
   float scale[2];
   float zero[2];
 };
 
-// kNT n-tiles: up to 8 kNT rows of x (x is read word by word as a k-block computes; staging it a
+// The registers kernel (M <= 16): operands straight from global memory into registers, one
+// k-block ahead. kNT n-tiles: up to 8 kNT rows of x (x is read word by word as a k-block computes; staging it a
 // k-block ahead with the codes measured no faster at M = 16 and slower at M <= 8).
 template <typename T, int kNT>
-__global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) {
+__global__ void __launch_bounds__(kThreads) int4_mma_registers_kernel(const MmaArgs<T> a) {
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
   const int64_t tile_row = int64_t(blockIdx.x) * kBlockRows + warp * kTileRows;
@@ -149,7 +349,7 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
     return __ldg(reinterpret_cast<const uint4*>(x_rows[j] + int64_t(chunk) * kChunkFeatures) + w);
   };
   auto fetch = [&](int kb) {
-    Stage st;
+    RegisterStage st;
     const int chunk = kb * kLanesPerRow + t;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -167,9 +367,9 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
   };
 
   float acc[kNT][4] = {};
-  Stage current = fetch(kb_begin);
+  RegisterStage current = fetch(kb_begin);
   for (int kb = kb_begin; kb < kb_end; ++kb) {
-    Stage next = current;
+    RegisterStage next = current;
     if (kb + 1 < kb_end) next = fetch(kb + 1);  // in flight while this k-block computes
     const int chunk = kb * kLanesPerRow + t;
     float big_scale[2], bias[2];  // S = 256 s, B = -(128 + z) s (int4_codes.cuh)
@@ -256,13 +456,32 @@ void with_n_tiles(int64_t rows, const F& f) {
 
 bool is_aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
+// Shared-memory buffers of the pipelined kernel: k-blocks in flight while one computes. Three
+// measured faster at M = 32 on 11008x4096 (36 against 41 us) and slower at M = 64 (58 against 51).
+constexpr int kStages = 4;
+// The registers kernel up to this many n-tiles (M <= 16), the pipelined one beyond. H100, bf16,
+// 11008x4096 (bench/int4_cuda_paths.py): registers / pipelined 26 / 35 us at M = 1..8, 30 / 38 at
+// 16, 57 / 41 at 32, 80 / 51 at 64; 16384x16384: 131 / 159 us at M = 16, 402 / 237 at 64.
+constexpr int kRegistersMaxNTiles = 2;
+
+// Lets the kernel use its shared memory (above the default 48 KiB at large kNT); once per device.
 template <typename T, int kNT>
-void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, cudaStream_t stream) {
+void allow_shared_memory(int device) {
+  static bool done[64] = {};  // a race only repeats the same idempotent call
+  if (device >= 0 && device < 64 && done[device]) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(int4_mma_kernel<T, kNT, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      kStages * StageLayout<kNT>::kBytes));
+  if (device >= 0 && device < 64) done[device] = true;
+}
+
+template <typename T, int kNT>
+void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel, cudaStream_t stream) {
   const int64_t row_blocks = (a.out_features + kBlockRows - 1) / kBlockRows;
   const int k_blocks = static_cast<int>((a.in_features + kBlockFeatures - 1) / kBlockFeatures);
+  const int device = a.x.get_device();
   int64_t splits = split_k;
   if (splits <= 0) {  // as many as keep the grid within kTargetBlocksPerSm blocks per SM
-    const int64_t target = int64_t(kTargetBlocksPerSm) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    const int64_t target = int64_t(kTargetBlocksPerSm) * at::cuda::getDeviceProperties(device)->multiProcessorCount;
     splits = std::min<int64_t>(target / row_blocks, kMaxSplits);
   }
   splits = std::clamp<int64_t>(splits, 1, std::min<int64_t>(k_blocks, kMaxGridY));
@@ -279,7 +498,13 @@ void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, cudaStream_
                         a.in_features, a.in_features / a.group_size,
                         static_cast<int>(a.group_size / kChunkFeatures), k_blocks, per_split};
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits));
-  int4_mma_kernel<T, kNT><<<grid, kThreads, 0, stream>>>(args);
+  if (kernel == MmaKernel::kAuto) kernel = kNT <= kRegistersMaxNTiles ? MmaKernel::kRegisters : MmaKernel::kPipelined;
+  if (kernel == MmaKernel::kRegisters) {
+    int4_mma_registers_kernel<T, kNT><<<grid, kThreads, 0, stream>>>(args);
+  } else {
+    allow_shared_memory<T, kNT>(device);
+    int4_mma_kernel<T, kNT, kStages><<<grid, kThreads, kStages * StageLayout<kNT>::kBytes, stream>>>(args);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (splits > 1) {
     constexpr int kSumThreads = 256;
@@ -302,11 +527,11 @@ bool int4_mma_supports(const Int4Operands& a) {
          at::cuda::getCurrentDeviceProperties()->major >= 8;  // mma.sync m16n8k16 with bf16: sm_80+
 }
 
-void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, cudaStream_t stream) {
+void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel, cudaStream_t stream) {
   TORCH_CHECK(int4_mma_supports(a), "int4_mma: unsupported operands (see int4_mma_supports)");
   const auto run = [&](auto type_tag) {
     with_n_tiles(a.rows, [&](auto n_tiles) {
-      launch<decltype(type_tag), decltype(n_tiles)::value>(a, out, split_k, stream);
+      launch<decltype(type_tag), decltype(n_tiles)::value>(a, out, split_k, kernel, stream);
     });
   };
   if (a.x.scalar_type() == at::kHalf) {
