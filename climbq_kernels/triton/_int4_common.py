@@ -21,6 +21,8 @@ ONE_GROUP_PER_ROW = tl.constexpr(0)
 (one group per row) costs no integer division and no recompile per K."""
 LOW_NIBBLE = tl.constexpr(0xF)
 NIBBLE_BITS = tl.constexpr(4)
+TWO_POW_23_BITS = tl.constexpr(0x4B000000)
+TWO_POW_23 = tl.constexpr(8388608.0)
 
 
 def group_constexpr(group_size: int, in_features: int) -> int:
@@ -29,21 +31,51 @@ def group_constexpr(group_size: int, in_features: int) -> int:
 
 
 @triton.jit
-def dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, n, kb, mask, k_bytes, groups,
-                     GROUP_SIZE: tl.constexpr):
+def nibble_to_float(nibble):
+    """An int32 tensor of codes 0..15 as exact float32: OR-ing q into the mantissa of 2^23 gives
+    the float 2^23 + q, and subtracting 2^23 leaves q; two full-rate instructions where an
+    integer-to-float conversion runs at a quarter of the rate."""
+    return (nibble | TWO_POW_23_BITS).to(tl.float32, bitcast=True) - TWO_POW_23
+
+
+@triton.jit
+def dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, n, kb, start, row_mask, mask, k_bytes, groups,
+                     GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
     """(W[n, 2 kb], W[n, 2 kb + 1]) in float32 for broadcastable row indices n and byte indices
-    kb; 0 where `mask` is false. W = (q - zero) * scale, as `reference.dequantize_int4` does."""
+    kb, the bytes of one K step of BLOCK_K features from packed byte `start` (a multiple of
+    BLOCK_K / 2). W = (q - zero) * scale, as `reference.dequantize_int4` does. `mask` (rows and
+    bytes) guards the loads and `row_mask` its rows' part, shaped like n: rows outside it come
+    out 0; bytes past K inside a row may come out as -zero * scale (finite), so callers must
+    zero the x they meet.
+
+    A step no longer than a group lies inside one (both are powers of two and steps start at
+    multiples of BLOCK_K): its scale and zero are loaded once per row, not once per byte."""
     rows = n.to(tl.int64)
     byte = tl.load(packed_ptr + rows * k_bytes + kb, mask=mask, other=0)
     if GROUP_SIZE == ONE_GROUP_PER_ROW:
         table = rows * groups
+        table_mask = row_mask
+    elif BLOCK_K <= GROUP_SIZE:
+        table = rows * groups + (2 * start) // GROUP_SIZE
+        table_mask = row_mask
     else:
         table = rows * groups + (2 * kb) // GROUP_SIZE
-    scale = tl.load(scales_ptr + table, mask=mask, other=0.0)
-    zero = tl.load(zeros_ptr + table, mask=mask, other=0.0)
-    low = ((byte & LOW_NIBBLE).to(tl.float32) - zero) * scale
-    high = ((byte >> NIBBLE_BITS).to(tl.float32) - zero) * scale
+        table_mask = mask
+    scale = tl.load(scales_ptr + table, mask=table_mask, other=0.0)
+    zero = tl.load(zeros_ptr + table, mask=table_mask, other=0.0)
+    low = (nibble_to_float((byte & LOW_NIBBLE).to(tl.int32)) - zero) * scale
+    high = (nibble_to_float((byte >> NIBBLE_BITS).to(tl.int32)) - zero) * scale
     return low, high
+
+
+@triton.jit
+def load_x_pairs(x_rows, start, row_mask, k_end, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(x[:, 2 kb], x[:, 2 kb + 1]) for the step's bytes kb = start + arange(BLOCK_K / 2), bytes
+    from k_end on read as 0: one contiguous load of BLOCK_K features split into the even and
+    odd ones (two stride-2 loads cost one instruction per element)."""
+    features = 2 * start + tl.arange(0, BLOCK_K)
+    x = tl.load(x_rows + features[None, :], mask=row_mask & (features < 2 * k_end)[None, :], other=0.0)
+    return tl.split(tl.reshape(x, [BLOCK_M, BLOCK_K // 2, 2]))
 
 
 @triton.jit

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..dispatch import triton_interpret
-from ._int4_common import dequantize_bytes, group_constexpr, kernel_example, store_output
+from ._int4_common import dequantize_bytes, group_constexpr, kernel_example, load_x_pairs, store_output
 from .math import cast_rne
 from .registry import KernelEntry, register
 
@@ -75,11 +75,9 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
     for start in range(0, k_bytes, BLOCK_K // 2):
         kb = start + tl.arange(0, BLOCK_K // 2)
         k_mask = kb < k_bytes
-        w_even, w_odd = dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, cols[None, :], kb[:, None],
-                                         col_mask & k_mask[:, None], k_bytes, groups, GROUP_SIZE)
-        x_mask = row_mask & k_mask[None, :]
-        x_even = tl.load(x_rows + 2 * kb[None, :], mask=x_mask, other=0.0)
-        x_odd = tl.load(x_rows + 2 * kb[None, :] + 1, mask=x_mask, other=0.0)
+        w_even, w_odd = dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, cols[None, :], kb[:, None], start,
+                                         col_mask, col_mask & k_mask[:, None], k_bytes, groups, GROUP_SIZE, BLOCK_K)
+        x_even, x_odd = load_x_pairs(x_rows, start, row_mask, k_bytes, BLOCK_M, BLOCK_K)
         acc = _accumulate_step(acc, x_even, w_even, x_odd, w_odd, x_dtype, EMULATE_BF16)
     store_output(out_ptr, acc, bias_ptr, rows, cols, M, N, HAS_BIAS)
 

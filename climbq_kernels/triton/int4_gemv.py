@@ -3,12 +3,14 @@
 y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program
 (mn, s) takes BLOCK_M rows of x, BLOCK_N rows of W and K slice s (`bytes_per_split` packed
 bytes, a whole number of BLOCK_K / 2 byte steps). Per step it loads the bytes once, splits the
-nibbles into the float32 weights of the even and odd features, and adds
+nibbles into the float32 weights of the even and odd features (one scale and zero per row when
+the step lies inside a group), and adds
 
-    acc[m, n] += sum_j x[m, 2j] * W[n, 2j] + x[m, 2j + 1] * W[n, 2j + 1]
+    lanes[m, n, j] += x[m, 2j] * W[n, 2j] + x[m, 2j + 1] * W[n, 2j + 1]
 
-as a (BLOCK_M, BLOCK_N, BLOCK_K / 2) broadcast product reduced over j, in float32. With one
-slice the program writes acc + bias to the output directly; otherwise it writes float32
+in float32, one sum per byte lane j; the lanes are added once after the loop (a sum over j per
+step would cost cross-thread shuffles every step: bench/int4_triton_sass.py counts them). With
+one slice the program writes the sum + bias to the output directly; otherwise it writes float32
 partials (S, M, N), and `int4_splitk_reduce_kernel` adds the S partials of each output in
 slice order, adds bias and rounds once: no atomics, so results are bitwise reproducible.
 """
@@ -19,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._int4_common import ONE_GROUP_PER_ROW, dequantize_bytes, group_constexpr, kernel_example, store_output
+from ._int4_common import (ONE_GROUP_PER_ROW, dequantize_bytes, group_constexpr, kernel_example, load_x_pairs,
+                           store_output)
 from .math import cast_rne
 from .registry import KernelEntry, register
 
@@ -41,17 +44,18 @@ def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
     row_mask = (rows < M)[:, None]
     w_row_mask = (cols < N)[:, None]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # One float32 sum per (x row, W row, byte lane), reduced over the lanes once after the loop:
+    # a reduction per step would cost cross-thread shuffles every step.
+    lanes = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
     for start in range(k_begin, k_end, BLOCK_K // 2):
         kb = start + tl.arange(0, BLOCK_K // 2)
         k_mask = (kb < k_end)[None, :]
-        w_even, w_odd = dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, cols[:, None], kb[None, :],
-                                         w_row_mask & k_mask, k_bytes, groups, GROUP_SIZE)
-        x_mask = row_mask & k_mask
-        x_even = tl.load(x_rows + 2 * kb[None, :], mask=x_mask, other=0.0).to(tl.float32)
-        x_odd = tl.load(x_rows + 2 * kb[None, :] + 1, mask=x_mask, other=0.0).to(tl.float32)
-        products = x_even[:, None, :] * w_even[None, :, :] + x_odd[:, None, :] * w_odd[None, :, :]
-        acc += tl.sum(products, axis=2)
+        w_even, w_odd = dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, cols[:, None], kb[None, :], start,
+                                         w_row_mask, w_row_mask & k_mask, k_bytes, groups, GROUP_SIZE, BLOCK_K)
+        x_even, x_odd = load_x_pairs(x_rows, start, row_mask, k_end, BLOCK_M, BLOCK_K)
+        lanes += x_even.to(tl.float32)[:, None, :] * w_even[None, :, :]  # two FMAs a byte
+        lanes += x_odd.to(tl.float32)[:, None, :] * w_odd[None, :, :]
+    acc = tl.sum(lanes, axis=2)
     if SPLIT_K == 1:
         store_output(out_ptr, acc, bias_ptr, rows, cols, M, N, HAS_BIAS)
     else:

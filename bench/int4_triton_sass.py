@@ -1,0 +1,120 @@
+"""Count the SASS instructions of the Triton INT4 kernels' K loop, compiled for sm_90 without a
+GPU: what each thread issues per K step, and how many of those are global loads.
+
+A static count, not a timing: it shows where a kernel spends instructions (per-byte scale
+loads, per-step cross-thread reductions, integer-to-float conversions) before a GPU is at hand
+to time it. Integer arguments that are multiples of 16 at run time (pointers, N, K, the group
+count, the split's byte count) get Triton's divisibility hint, as its JIT would give them.
+
+    python3 bench/int4_triton_sass.py [--out DIR]     (no GPU needed; TRITON_INTERPRET unset)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))
+
+# (kernel, x dtype, constexprs, num_warps, num_stages): the tuned H100 configs of
+# climbq_kernels/triton/int4_configs.json at M = 1 and 8 (GEMV) and 64 (GEMM), g = 128, and g = 32
+# where a K step spans several groups.
+PLAN = [
+    ("gemv", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=1, BLOCK_N=64, BLOCK_K=64), 4, 2),
+    ("gemv", "bf16", dict(GROUP_SIZE=32, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=1, BLOCK_N=64, BLOCK_K=64), 4, 2),
+    ("gemv", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=8, BLOCK_N=16, BLOCK_K=64), 4, 2),
+    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
+     4, 3),
+]
+HINTED = {"x_ptr", "packed_ptr", "scales_ptr", "zeros_ptr", "bias_ptr", "out_ptr", "partial_ptr", "N", "K", "groups",
+          "bytes_per_split"}
+INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+LABEL = re.compile(r"\s*(\.L_x_\d+):")
+BRANCH = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
+
+
+def sass_of(kernel_name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int) -> str:
+    """The kernel compiled for sm_90, disassembled with the nvdisasm that ships with Triton."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from climbq_kernels.triton import int4_gemm, int4_gemv
+
+    module = {"gemv": int4_gemv, "gemm": int4_gemm}[kernel_name]
+    kernel = getattr(module, f"int4_{kernel_name}_kernel")
+    by_name = module._signature(dtype)
+    names = kernel.arg_names
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name in HINTED}
+    source = ASTSource(fn=kernel, signature={name: by_name[name] for name in names}, constexprs=constexprs,
+                       attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        return subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
+
+
+def k_loop(sass: str) -> list[str]:
+    """The opcodes of the longest backward branch's body: the K loop in these kernels."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := LABEL.match(line))}
+    loop = (0, -1)
+    for i, line in enumerate(lines):
+        m = BRANCH.search(line)
+        if m and labels.get(m.group(1), i) < i and i - labels[m.group(1)] > loop[1] - loop[0]:
+            loop = (labels[m.group(1)], i)
+    return [m.group(1) for line in lines[loop[0]:loop[1] + 1] if (m := INSTRUCTION.search(line))]
+
+
+def count(kernel_name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int) -> dict:
+    body = k_loop(sass_of(kernel_name, dtype, constexprs, num_warps, num_stages))
+    loads = [op for op in body if op.startswith(("LDG", "LDGSTS"))]
+    weights = constexprs["BLOCK_N"] * constexprs["BLOCK_K"] // (32 * num_warps)
+    return {"kernel": kernel_name, "dtype": dtype, **constexprs, "num_warps": num_warps, "num_stages": num_stages,
+            "instructions_per_step": len(body), "weights_per_thread_per_step": weights,
+            "global_loads_per_step": len(loads), "loads": dict(collections.Counter(loads)),
+            "top": dict(collections.Counter(op.split(".")[0] for op in body).most_common(8))}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| kernel | config | instructions / K step | weights / thread / step | global loads / step | "
+             "most frequent |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        config = (f"g={r['GROUP_SIZE']} M{r['BLOCK_M']} N{r['BLOCK_N']} K{r['BLOCK_K']} "
+                  f"w{r['num_warps']} s{r['num_stages']}")
+        top = ", ".join(f"{op} {n}" for op, n in r["top"].items())
+        lines.append(f"| {r['kernel']} {r['dtype']} | {config} | {r['instructions_per_step']} | "
+                     f"{r['weights_per_thread_per_step']} | {r['global_loads_per_step']} | {top} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="write int4_triton_sass.md and .json here")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
+    rows = [count(*entry) for entry in PLAN]
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "int4_triton_sass.md").write_text("# Triton INT4 kernels: SASS of the K loop (sm_90, static)\n\n"
+                                                      + table)
+        (args.out / "int4_triton_sass.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
