@@ -76,6 +76,16 @@ def test_every_group_size(kernel, group_size, dtype, gen):
 
 
 @needs_triton
+@pytest.mark.parametrize("k", [96, 160, 288])
+@pytest.mark.parametrize("kernel", sorted(FORCED))
+def test_k_step_spanning_groups_and_ending_past_k(kernel, k, gen):
+    """BLOCK_K = 128 over groups of 32: a step holds four groups' tables, and the last step ends
+    inside a group run (K = 96: three of four, 160 and 288: one of four)."""
+    x, packed, scales, zeros, bias = random_case(torch.bfloat16, gen, DEVICE, 3, 19, k, 32, with_bias=True)
+    _check(x, packed, scales, zeros, 32, bias, dict(FORCED[kernel], BLOCK_K=128))
+
+
+@needs_triton
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("leading", [(2, 3), (5, 7)], ids=["gemv-rows", "gemm-rows"])
 def test_op_on_triton_backend_picks_kernel_by_shape(dtype, leading, gen):

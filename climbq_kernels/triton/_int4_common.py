@@ -48,21 +48,26 @@ def dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, n, kb, start, row_mask, 
     out 0; bytes past K inside a row may come out as -zero * scale (finite), so callers must
     zero the x they meet.
 
-    A step no longer than a group lies inside one (both are powers of two and steps start at
-    multiples of BLOCK_K): its scale and zero are loaded once per row, not once per byte."""
+    Group tables are loaded once per row and group of the step, not once per byte: a step no
+    longer than a group lies inside one (both are powers of two and steps start at multiples of
+    BLOCK_K); a longer one spans BLOCK_K / GROUP_SIZE whole groups."""
     rows = n.to(tl.int64)
     byte = tl.load(packed_ptr + rows * k_bytes + kb, mask=mask, other=0)
     if GROUP_SIZE == ONE_GROUP_PER_ROW:
         table = rows * groups
-        table_mask = row_mask
-    elif BLOCK_K <= GROUP_SIZE:
-        table = rows * groups + (2 * start) // GROUP_SIZE
-        table_mask = row_mask
     else:
-        table = rows * groups + (2 * kb) // GROUP_SIZE
-        table_mask = mask
-    scale = tl.load(scales_ptr + table, mask=table_mask, other=0.0)
-    zero = tl.load(zeros_ptr + table, mask=table_mask, other=0.0)
+        table = rows * groups + (2 * start) // GROUP_SIZE  # the step's first group
+    scale = tl.load(scales_ptr + table, mask=row_mask, other=0.0)
+    zero = tl.load(zeros_ptr + table, mask=row_mask, other=0.0)
+    if GROUP_SIZE != ONE_GROUP_PER_ROW and BLOCK_K > GROUP_SIZE:
+        # A step of several groups: one table load per row and group, picked per byte by select.
+        group_in_step = (2 * (kb - start)) // GROUP_SIZE
+        scale += tl.zeros(byte.shape, tl.float32)
+        zero += tl.zeros(byte.shape, tl.float32)
+        for i in tl.static_range(1, BLOCK_K // GROUP_SIZE):
+            next_mask = row_mask & ((2 * start) // GROUP_SIZE + i < groups)
+            scale = tl.where(group_in_step == i, tl.load(scales_ptr + table + i, mask=next_mask, other=0.0), scale)
+            zero = tl.where(group_in_step == i, tl.load(zeros_ptr + table + i, mask=next_mask, other=0.0), zero)
     low = (nibble_to_float((byte & LOW_NIBBLE).to(tl.int32)) - zero) * scale
     high = (nibble_to_float((byte >> NIBBLE_BITS).to(tl.int32)) - zero) * scale
     return low, high
