@@ -117,6 +117,75 @@ struct MmaArgs {
   int k_blocks_per_split;
 };
 
+// acc += this lane's share of W x^T over one k-block: its 16 bytes of codes for each of its two
+// rows (with their group's scale and zero) times x; x_word(j, w) is x[8j + g], features
+// 32t + 8w .. + 8 of the k-block, as a uint4 (steps 2w: .x, .y; 2w + 1: .z, .w).
+template <typename T, int kNT, typename XWord>
+__device__ __forceinline__ void mma_k_block(float (&acc)[kNT][4], const uint4 (&codes)[2], const float (&scale)[2],
+                                            const float (&zero)[2], const XWord& x_word) {
+  float big_scale[2], bias[2];  // S = 256 s, B = -(128 + z) s (int4_codes.cuh)
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    big_scale[r] = scale[r] * kOffsetCodeScale;
+    bias[r] = -(kOffsetCodeBias + zero[r]) * scale[r];
+  }
+#pragma unroll
+  for (int w = 0; w < kChunkWords; ++w) {
+    uint4 xw[kNT];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) xw[j] = x_word(j, w);
+    uint32_t even[2], odd[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const uint32_t word = word_of(codes[r], w);
+      even[r] = even_codes(word);
+      odd[r] = odd_codes(word);
+    }
+#pragma unroll
+    for (int h = 0; h < kStepsPerWord; ++h) {
+      // Features 8w + 4h + {0, 1, 2, 3}: even byte 2h, odd byte 2h, even byte 2h+1, odd byte 2h+1.
+      float wt[2][4];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        wt[r][0] = fmaf(offset_code(even[r], 2 * h), big_scale[r], bias[r]);
+        wt[r][1] = fmaf(offset_code(odd[r], 2 * h), big_scale[r], bias[r]);
+        wt[r][2] = fmaf(offset_code(even[r], 2 * h + 1), big_scale[r], bias[r]);
+        wt[r][3] = fmaf(offset_code(odd[r], 2 * h + 1), big_scale[r], bias[r]);
+      }
+      // A: {row g, k 2t..2t+1}, {row g+8, same}, {row g, k 2t+8..}, {row g+8, k 2t+8..}.
+      const uint32_t frag[4] = {pack_pair<T>(wt[0][0], wt[0][1]), pack_pair<T>(wt[1][0], wt[1][1]),
+                                pack_pair<T>(wt[0][2], wt[0][3]), pack_pair<T>(wt[1][2], wt[1][3])};
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        mma_16816<T>(acc[j], frag, h == 0 ? xw[j].x : xw[j].z, h == 0 ? xw[j].y : xw[j].w);
+      }
+    }
+  }
+}
+
+// Stores a warp's tile: acc[j] holds {row g, x rows 8j + 2t, 8j + 2t + 1}, {row g + 8, the same}
+// for the rows from tile_row; into the split's float32 partial sums, or into out with the bias.
+template <typename T, int kNT>
+__device__ __forceinline__ void store_tile(const MmaArgs<T>& a, const float (&acc)[kNT][4], int64_t tile_row, int g,
+                                           int t) {
+#pragma unroll
+  for (int j = 0; j < kNT; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = tile_row + g + (e >= 2 ? 8 : 0);
+      const int64_t m = int64_t(j) * kNTile + 2 * t + (e & 1);
+      if (row >= a.n_out || m >= a.rows) continue;
+      if (a.partial != nullptr) {
+        a.partial[(int64_t(blockIdx.y) * a.rows + m) * a.n_out + row] = acc[j][e];
+      } else {
+        float y = acc[j][e];
+        if (a.bias != nullptr) y += static_cast<float>(a.bias[row]);
+        a.out[m * a.n_out + row] = static_cast<T>(y);
+      }
+    }
+  }
+}
+
 // Asynchronous global-to-shared copies (sm_80+): `bytes` of `src` to `dst`, or zeros when `valid`
 // is false (no global read then). 16-byte copies bypass L1 (codes are read once; x is shared
 // through shared memory instead).
@@ -233,49 +302,18 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
     const auto* zeros = reinterpret_cast<const float*>(stage + Layout::kCodeBytes + Layout::kTableBytes);
     const auto* xs = reinterpret_cast<const uint4*>(stage + Layout::kCodeBytes + 2 * Layout::kTableBytes);
     uint4 code[2];
-    float big_scale[2], bias[2];  // S = 256 s, B = -(128 + z) s (int4_codes.cuh)
+    float scale[2], zero[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int i = (r0 + 8 * r) * kLanesPerRow + t;
       code[r] = codes[i];
-      big_scale[r] = scales[i] * kOffsetCodeScale;
-      bias[r] = -(kOffsetCodeBias + zeros[i]) * scales[i];
+      scale[r] = scales[i];
+      zero[r] = zeros[i];
     }
-#pragma unroll
-    for (int w = 0; w < kChunkWords; ++w) {
-      uint4 xw[kNT];  // x[8j + g], features 32t + 8w .. + 8: steps 2w (.x, .y) and 2w + 1 (.z, .w)
-#pragma unroll
-      for (int j = 0; j < kNT; ++j) {
-        const int m = j * kNTile + g;
-        xw[j] = xs[m * kXChunks + x_slot(m, kChunkWords * t + w)];
-      }
-      uint32_t even[2], odd[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const uint32_t word = word_of(code[r], w);
-        even[r] = even_codes(word);
-        odd[r] = odd_codes(word);
-      }
-#pragma unroll
-      for (int h = 0; h < kStepsPerWord; ++h) {
-        // Features 8w + 4h + {0, 1, 2, 3}: even byte 2h, odd byte 2h, even byte 2h+1, odd byte 2h+1.
-        float wt[2][4];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          wt[r][0] = fmaf(offset_code(even[r], 2 * h), big_scale[r], bias[r]);
-          wt[r][1] = fmaf(offset_code(odd[r], 2 * h), big_scale[r], bias[r]);
-          wt[r][2] = fmaf(offset_code(even[r], 2 * h + 1), big_scale[r], bias[r]);
-          wt[r][3] = fmaf(offset_code(odd[r], 2 * h + 1), big_scale[r], bias[r]);
-        }
-        // A: {row g, k 2t..2t+1}, {row g+8, same}, {row g, k 2t+8..}, {row g+8, k 2t+8..}.
-        const uint32_t frag[4] = {pack_pair<T>(wt[0][0], wt[0][1]), pack_pair<T>(wt[1][0], wt[1][1]),
-                                  pack_pair<T>(wt[0][2], wt[0][3]), pack_pair<T>(wt[1][2], wt[1][3])};
-#pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          mma_16816<T>(acc[j], frag, h == 0 ? xw[j].x : xw[j].z, h == 0 ? xw[j].y : xw[j].w);
-        }
-      }
-    }
+    mma_k_block<T, kNT>(acc, code, scale, zero, [&](int j, int w) {
+      const int m = j * kNTile + g;
+      return xs[m * kXChunks + x_slot(m, kChunkWords * t + w)];
+    });
   };
 
 #pragma unroll
@@ -291,23 +329,7 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
     compute(i % kStages);
   }
 
-  // acc[j]: {row g, x rows 8j + 2t, 8j + 2t + 1}, {row g + 8, the same}.
-#pragma unroll
-  for (int j = 0; j < kNT; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t row = block_row + r0 + (e >= 2 ? 8 : 0);
-      const int64_t m = int64_t(j) * kNTile + 2 * t + (e & 1);
-      if (row >= a.n_out || m >= a.rows) continue;
-      if (a.partial != nullptr) {
-        a.partial[(int64_t(blockIdx.y) * a.rows + m) * a.n_out + row] = acc[j][e];
-      } else {
-        float y = acc[j][e];
-        if (a.bias != nullptr) y += static_cast<float>(a.bias[row]);
-        a.out[m * a.n_out + row] = static_cast<T>(y);
-      }
-    }
-  }
+  store_tile(a, acc, block_row + warp * kTileRows, g, t);
 }
 
 // A lane's share of one k-block of W: 16 bytes of codes for each of its rows with their group's
@@ -372,64 +394,12 @@ __global__ void __launch_bounds__(kThreads) int4_mma_registers_kernel(const MmaA
     RegisterStage next = current;
     if (kb + 1 < kb_end) next = fetch(kb + 1);  // in flight while this k-block computes
     const int chunk = kb * kLanesPerRow + t;
-    float big_scale[2], bias[2];  // S = 256 s, B = -(128 + z) s (int4_codes.cuh)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      big_scale[r] = current.scale[r] * kOffsetCodeScale;
-      bias[r] = -(kOffsetCodeBias + current.zero[r]) * current.scale[r];
-    }
-#pragma unroll
-    for (int w = 0; w < kChunkWords; ++w) {
-      uint4 xw[kNT];
-#pragma unroll
-      for (int j = 0; j < kNT; ++j) xw[j] = load_x(j, chunk, w);
-      uint32_t even[2], odd[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const uint32_t word = word_of(current.codes[r], w);
-        even[r] = even_codes(word);
-        odd[r] = odd_codes(word);
-      }
-#pragma unroll
-      for (int h = 0; h < kStepsPerWord; ++h) {
-        // Features 8w + 4h + {0, 1, 2, 3}: even byte 2h, odd byte 2h, even byte 2h+1, odd byte 2h+1.
-        float wt[2][4];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          wt[r][0] = fmaf(offset_code(even[r], 2 * h), big_scale[r], bias[r]);
-          wt[r][1] = fmaf(offset_code(odd[r], 2 * h), big_scale[r], bias[r]);
-          wt[r][2] = fmaf(offset_code(even[r], 2 * h + 1), big_scale[r], bias[r]);
-          wt[r][3] = fmaf(offset_code(odd[r], 2 * h + 1), big_scale[r], bias[r]);
-        }
-        // A: {row g, k 2t..2t+1}, {row g+8, same}, {row g, k 2t+8..}, {row g+8, k 2t+8..}.
-        const uint32_t frag[4] = {pack_pair<T>(wt[0][0], wt[0][1]), pack_pair<T>(wt[1][0], wt[1][1]),
-                                  pack_pair<T>(wt[0][2], wt[0][3]), pack_pair<T>(wt[1][2], wt[1][3])};
-#pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          mma_16816<T>(acc[j], frag, h == 0 ? xw[j].x : xw[j].z, h == 0 ? xw[j].y : xw[j].w);
-        }
-      }
-    }
+    mma_k_block<T, kNT>(acc, current.codes, current.scale, current.zero,
+                        [&](int j, int w) { return load_x(j, chunk, w); });
     current = next;
   }
 
-  // acc[j]: {row g, x rows 8j + 2t, 8j + 2t + 1}, {row g + 8, the same}.
-#pragma unroll
-  for (int j = 0; j < kNT; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t row = tile_row + g + (e >= 2 ? 8 : 0);
-      const int64_t m = int64_t(j) * kNTile + 2 * t + (e & 1);
-      if (row >= a.n_out || m >= a.rows) continue;
-      if (a.partial != nullptr) {
-        a.partial[(int64_t(blockIdx.y) * a.rows + m) * a.n_out + row] = acc[j][e];
-      } else {
-        float y = acc[j][e];
-        if (a.bias != nullptr) y += static_cast<float>(a.bias[row]);
-        a.out[m * a.n_out + row] = static_cast<T>(y);
-      }
-    }
-  }
+  store_tile(a, acc, tile_row, g, t);
 }
 
 // out[m, n] = sum over splits (in order) of partial[split, m, n] + bias[n], rounded once to T.
