@@ -20,6 +20,7 @@ wants() { [[ "$phases" == *" $1 "* ]]; }
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | tr ' ' '-' | tr -cd 'A-Za-z0-9_.-')
 results="bench/results/${device:-gpu}-$(date -u +%Y-%m-%d)"
 mkdir -p "$results"
+started=$(mktemp)  # what this call writes is newer: only that goes to $OUT (the folder may hold earlier runs' files)
 {
   nvidia-smi
   python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
@@ -86,6 +87,6 @@ if wants bench; then
   status+=" bench=$bench"
 fi
 
-[ -n "${OUT:-}" ] && cp "$results"/* "$OUT"/ 2>/dev/null
+[ -n "${OUT:-}" ] && find "$results" -maxdepth 1 -type f -newer "$started" -exec cp {} "$OUT"/ \;
 echo "${status# }; results in $results"
 [[ "$status" != *=[1-9]* ]]
