@@ -3,8 +3,8 @@
 y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program
 (mn, s) takes BLOCK_M rows of x, BLOCK_N rows of W and K slice s (`bytes_per_split` packed
 bytes, a whole number of BLOCK_K / 2 byte steps). Per step it loads the bytes once, splits the
-nibbles into the float32 weights of the even and odd features (one scale and zero per row when
-the step lies inside a group), and adds
+nibbles into the float32 weights of the even and odd features (group tables loaded once per row
+and group of the step), and adds
 
     lanes[m, n, j] += x[m, 2j] * W[n, 2j] + x[m, 2j + 1] * W[n, 2j + 1]
 
