@@ -47,11 +47,10 @@ def sass_of(kernel_name: str, dtype: str, constexprs: dict, num_warps: int, num_
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from climbq_kernels.triton import int4_gemm, int4_gemv
+    from climbq_kernels.triton.registry import all_kernels
 
-    module = {"gemv": int4_gemv, "gemm": int4_gemm}[kernel_name]
-    kernel = getattr(module, f"int4_{kernel_name}_kernel")
-    by_name = module._signature(dtype)
+    entry = all_kernels()[f"int4_{kernel_name}"]
+    kernel, by_name = entry.kernel, entry.signature(dtype)
     names = kernel.arg_names
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name in HINTED}
     source = ASTSource(fn=kernel, signature={name: by_name[name] for name in names}, constexprs=constexprs,
