@@ -31,9 +31,9 @@ def custom_op(name: str) -> Callable:
 
 
 def _eager_route(args) -> str:
-    """"op" where the custom op must run (torch.compile tracing, a tensor subclass), else "grad"
-    when a tensor argument requires grad, else "plain". One pass over the arguments: at batch 1
-    a serving call's host time is what this adds to the kernel's."""
+    """Where an eager call goes: to the custom op ("op") under torch.compile tracing or with a
+    tensor subclass, else "grad" when a tensor argument requires grad, else "plain". One pass
+    over the arguments: at batch 1 a serving call's host time is what this adds to the kernel's."""
     if torch.compiler.is_compiling():
         return "op"
     route = "plain"
