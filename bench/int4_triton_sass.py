@@ -26,13 +26,15 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 # (kernel, x dtype, constexprs, num_warps, num_stages): the tuned H100 configs of
 # climbq_kernels/triton/int4_configs.json at M = 1 and 8 (GEMV) and 64 (GEMM), g = 128, and g = 32
-# where a K step spans several groups.
+# where a K step spans several groups; and a GEMM tile for M >= 256 (K a multiple of BLOCK_K).
 PLAN = [
     ("gemv", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=1, BLOCK_N=64, BLOCK_K=64), 4, 2),
     ("gemv", "bf16", dict(GROUP_SIZE=32, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=1, BLOCK_N=64, BLOCK_K=64), 4, 2),
     ("gemv", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=8, BLOCK_N=16, BLOCK_K=64), 4, 2),
-    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
-     4, 3),
+    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, EVEN_K=True, BLOCK_M=64, BLOCK_N=64,
+                          BLOCK_K=128), 4, 3),
+    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, EVEN_K=True, BLOCK_M=128,
+                          BLOCK_N=128, BLOCK_K=128), 8, 4),
 ]
 HINTED = {"x_ptr", "packed_ptr", "scales_ptr", "zeros_ptr", "bias_ptr", "out_ptr", "partial_ptr", "N", "K", "groups",
           "bytes_per_split"}
@@ -79,22 +81,26 @@ def k_loop(sass: str) -> list[str]:
 def count(kernel_name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int) -> dict:
     body = k_loop(sass_of(kernel_name, dtype, constexprs, num_warps, num_stages))
     loads = [op for op in body if op.startswith(("LDG", "LDGSTS"))]
+    opcodes = collections.Counter(op.split(".")[0] for op in body)
     weights = constexprs["BLOCK_N"] * constexprs["BLOCK_K"] // (32 * num_warps)
     return {"kernel": kernel_name, "dtype": dtype, **constexprs, "num_warps": num_warps, "num_stages": num_stages,
             "instructions_per_step": len(body), "weights_per_thread_per_step": weights,
             "global_loads_per_step": len(loads), "loads": dict(collections.Counter(loads)),
-            "top": dict(collections.Counter(op.split(".")[0] for op in body).most_common(8))}
+            "shuffles": opcodes["SHFL"], "shared_stores": opcodes["STS"],
+            "tensor_core_ops": opcodes["HGMMA"] + opcodes["HMMA"],
+            "top": dict(opcodes.most_common(8))}
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| kernel | config | instructions / K step | weights / thread / step | global loads / step | "
-             "most frequent |", "|---|---|---|---|---|---|"]
+             "shared stores / step | tensor-core ops / step | most frequent |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         config = (f"g={r['GROUP_SIZE']} M{r['BLOCK_M']} N{r['BLOCK_N']} K{r['BLOCK_K']} "
                   f"w{r['num_warps']} s{r['num_stages']}")
         top = ", ".join(f"{op} {n}" for op, n in r["top"].items())
         lines.append(f"| {r['kernel']} {r['dtype']} | {config} | {r['instructions_per_step']} | "
-                     f"{r['weights_per_thread_per_step']} | {r['global_loads_per_step']} | {top} |")
+                     f"{r['weights_per_thread_per_step']} | {r['global_loads_per_step']} | {r['shared_stores']} | "
+                     f"{r['tensor_core_ops']} | {top} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """bench/int4_triton_sass.py compiles the Triton INT4 kernels for sm_90 without a GPU and finds
-their K loop; on the GEMV at g = 128 that loop holds what the kernel was shaped for: one scale
-and zero per row per step (not per byte) and no cross-thread reduction."""
+their K loop, which holds what each kernel was shaped for: in the GEMV at g = 128, one scale and
+zero per row per step (not per byte) and no cross-thread reduction; in the GEMM, Hopper tensor-core
+instructions fed the dequantized tile from registers (no shared-memory stores in the loop)."""
 
 import json
 import os
@@ -13,21 +14,35 @@ SCRIPT = """
 import json, sys
 sys.path.insert(0, "bench")
 import int4_triton_sass as sass
-kernel, dtype, constexprs, warps, stages = sass.PLAN[0]
-row = sass.count(kernel, dtype, constexprs, warps, stages)
-body = sass.k_loop(sass.sass_of(kernel, dtype, constexprs, warps, stages))
-print(json.dumps({**row, "shuffles": sum(op.startswith("SHFL") for op in body)}))
+print(json.dumps(sass.count(*sass.PLAN[int(sys.argv[1])])))
 """
 
 
-def test_gemv_k_loop_loads_group_tables_per_row_and_never_shuffles():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiler, not the interpreter
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+def _count(plan_index: int) -> dict:
+    """bench/int4_triton_sass.py's row for PLAN[plan_index], compiled in a process without
+    TRITON_INTERPRET (the compiler, not the interpreter)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(plan_index)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_gemv_k_loop_loads_group_tables_per_row_and_never_shuffles():
+    row = _count(0)
     assert row["kernel"] == "gemv" and row["GROUP_SIZE"] == 128
     # 32 weights per thread per step: per-byte tables would be 2 loads each (the old loop had 36).
     assert 0 < row["global_loads_per_step"] <= 8
     assert row["shuffles"] == 0
     assert 100 < row["instructions_per_step"] < 661
+
+
+def test_gemm_k_loop_feeds_tensor_cores_from_registers():
+    row = _count(3)
+    assert row["kernel"] == "gemm" and row["BLOCK_M"] == 64
+    assert row["tensor_core_ops"] > 0
+    # The dequantized tile is the MMA's left operand, read from registers: nothing is stored to
+    # shared memory in the loop (as the right operand it was stored there every step).
+    assert row["shared_stores"] == 0
+    # 64 weights per thread: one FMA each to dequantize, not the exact form's three operations.
+    assert row["instructions_per_step"] < 600

@@ -23,6 +23,10 @@ LOW_NIBBLE = tl.constexpr(0xF)
 NIBBLE_BITS = tl.constexpr(4)
 TWO_POW_23_BITS = tl.constexpr(0x4B000000)
 TWO_POW_23 = tl.constexpr(8388608.0)
+OFFSET_CODE_BITS = tl.constexpr(0x3F000000)
+OFFSET_CODE_SHIFT = tl.constexpr(16)
+OFFSET_CODE_SCALE = tl.constexpr(256.0)
+OFFSET_CODE_BIAS = tl.constexpr(128.0)
 
 
 def group_constexpr(group_size: int, in_features: int) -> int:
@@ -39,14 +43,29 @@ def nibble_to_float(nibble):
 
 
 @triton.jit
+def offset_code_weights(codes, scale, zero):
+    """(codes - zero) * scale for int32 codes 0..15 in one FMA a weight, to within about 2^-17
+    scale: for 16-bit operands, whose own rounding of the weight is far coarser.
+
+    With q in bits 16..19 of the float 0.5 the value is v = 0.5 + q / 256 exactly, and
+    (q - z) s = v (256 s) - (128 + z) s; only the constant's rounding enters. The CUDA kernels
+    use the same offset codes (csrc/cuda/int4_codes.cuh)."""
+    v = ((codes << OFFSET_CODE_SHIFT) | OFFSET_CODE_BITS).to(tl.float32, bitcast=True)
+    big_scale = tl.broadcast_to(scale * OFFSET_CODE_SCALE, v.shape)
+    bias = tl.broadcast_to((zero + OFFSET_CODE_BIAS) * scale, v.shape)
+    return tl.fma(v, big_scale, -bias)
+
+
+@triton.jit
 def dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, n, kb, start, row_mask, mask, k_bytes, groups,
-                     GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):
+                     GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, OFFSET_CODES: tl.constexpr):
     """(W[n, 2 kb], W[n, 2 kb + 1]) in float32 for broadcastable row indices n and byte indices
     kb, the bytes of one K step of BLOCK_K features from packed byte `start` (a multiple of
     BLOCK_K / 2). W = (q - zero) * scale, as `reference.dequantize_int4` does. `mask` (rows and
     bytes) guards the loads and `row_mask` its rows' part, shaped like n: rows outside it come
     out 0; bytes past K inside a row may come out as -zero * scale (finite), so callers must
-    zero the x they meet.
+    zero the x they meet. OFFSET_CODES forms each weight with one FMA (`offset_code_weights`),
+    within about 2^-17 scale of the reference's: for 16-bit x only.
 
     Group tables are loaded once per row and group of the step, not once per byte: a step no
     longer than a group lies inside one (both are powers of two and steps start at multiples of
@@ -68,9 +87,11 @@ def dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, n, kb, start, row_mask, 
             next_mask = row_mask & ((2 * start) // GROUP_SIZE + i < groups)
             scale = tl.where(group_in_step == i, tl.load(scales_ptr + table + i, mask=next_mask, other=0.0), scale)
             zero = tl.where(group_in_step == i, tl.load(zeros_ptr + table + i, mask=next_mask, other=0.0), zero)
-    low = (nibble_to_float((byte & LOW_NIBBLE).to(tl.int32)) - zero) * scale
-    high = (nibble_to_float((byte >> NIBBLE_BITS).to(tl.int32)) - zero) * scale
-    return low, high
+    low_codes = (byte & LOW_NIBBLE).to(tl.int32)
+    high_codes = (byte >> NIBBLE_BITS).to(tl.int32)
+    if OFFSET_CODES:
+        return offset_code_weights(low_codes, scale, zero), offset_code_weights(high_codes, scale, zero)
+    return (nibble_to_float(low_codes) - zero) * scale, (nibble_to_float(high_codes) - zero) * scale
 
 
 @triton.jit

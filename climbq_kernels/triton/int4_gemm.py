@@ -1,16 +1,23 @@
 """INT4 matmul for many rows in Triton: tiled GEMM on packed weights (SPEC 6).
 
-y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program p owns
-the (BLOCK_M, BLOCK_N) output tile (p // n_blocks, p % n_blocks) and walks K in steps of
-BLOCK_K features (BLOCK_K / 2 packed bytes). Per step it dequantizes the (BLOCK_K / 2,
-BLOCK_N) bytes into the weights of the even and the odd features, rounds them to x's dtype
-(as the reference does) and accumulates two tl.dot products in float32:
+y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program p owns the
+(BLOCK_M, BLOCK_N) output tile of M block / N block picked by `_tile_of` and walks K in steps
+of BLOCK_K features (BLOCK_K / 2 packed bytes). Per step it splits each byte's nibbles and
+interleaves them back into natural feature order, dequantizes the (BLOCK_N, BLOCK_K) weight
+tile with the step's one scale and zero per row, and accumulates one product
 
-    acc += x[:, 0::2] @ W[:, 0::2]^T + x[:, 1::2] @ W[:, 1::2]^T
+    acc^T (BLOCK_N, BLOCK_M) += W_tile @ x_tile^T
 
-so the nibbles never need interleaving. float32 x multiplies with input_precision "ieee"
-(TF32 would break the error rule) and sums each K step apart before adding it to acc. The
-epilogue adds bias and rounds once to x's dtype.
+in float32: W is the left operand so that on Hopper the dequantized tile feeds the tensor cores
+from registers (as the right operand it took a round trip through shared memory: 563 against 492
+SASS instructions a step at 128x128x128, bench/int4_triton_sass.py). A step never spans two
+groups: the launcher caps BLOCK_K at the group size.
+
+Dequantization follows the reference's float32 (q - zero) * scale where x is float32. For 16-bit
+x the weight is rounded to x's dtype before the product anyway, so it is formed with one FMA
+from an offset code (climbq_kernels/triton/_int4_common.py, `offset_code_weights`), as the CUDA
+tensor-core kernel does. float32 x multiplies with input_precision "ieee" (TF32 would break the
+error rule) and sums each K step apart before adding it to acc.
 
 Under TRITON_INTERPRET bfloat16 is stored as raw bits: a bfloat16 tl.dot multiplies the bit
 patterns (triton-lang/triton#11584, not supported there yet) and the float32 -> bfloat16 cast
@@ -26,9 +33,14 @@ import triton
 import triton.language as tl
 
 from ..dispatch import triton_interpret
-from ._int4_common import dequantize_bytes, group_constexpr, kernel_example, load_x_pairs, store_output
+from ._int4_common import (LOW_NIBBLE, NIBBLE_BITS, ONE_GROUP_PER_ROW, group_constexpr, kernel_example, nibble_to_float,
+                           offset_code_weights, store_output)
 from .math import cast_rne
 from .registry import KernelEntry, register
+
+SWIZZLE_ROWS = tl.constexpr(8)
+"""M blocks that take turns over the same N blocks, so a band of W tiles is read from L2 by
+SWIZZLE_ROWS programs instead of once from memory per M block."""
 
 
 @triton.jit
@@ -43,55 +55,77 @@ def _dot_operand(t, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
-def _accumulate_step(acc, x_even, w_even, x_odd, w_odd, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """acc + x_even @ w_even + x_odd @ w_odd in float32, operands in x's `dtype`.
-
-    float32 multiplies exactly (IEEE, no TF32) and sums the step apart before adding it to acc:
-    its dot is a chain of FMAs, and one chain over all of K breaks the error rule at K = 512
-    (acc + tl.dot(x, w) would be folded back into that one chain by Triton's combiner). Other
-    dtypes accumulate into acc on the tensor cores."""
-    if dtype == tl.float32:
-        step = tl.dot(x_even, w_even, input_precision="ieee")
-        return acc + tl.dot(x_odd, w_odd, step, input_precision="ieee")
-    acc = tl.dot(_dot_operand(x_even, dtype, EMULATE_BF16), _dot_operand(w_even, dtype, EMULATE_BF16), acc,
-                 input_precision="ieee")
-    return tl.dot(_dot_operand(x_odd, dtype, EMULATE_BF16), _dot_operand(w_odd, dtype, EMULATE_BF16), acc,
-                  input_precision="ieee")
+def _tile_of(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(M block, N block) of program `pid`: bands of SWIZZLE_ROWS M blocks walk the N blocks
+    together, M block fastest."""
+    m_blocks = tl.cdiv(M, BLOCK_M)
+    per_band = SWIZZLE_ROWS * tl.cdiv(N, BLOCK_N)
+    first_m = (pid // per_band) * SWIZZLE_ROWS
+    band_rows = tl.minimum(m_blocks - first_m, SWIZZLE_ROWS)
+    return first_m + (pid % per_band) % band_rows, (pid % per_band) // band_rows
 
 
 @triton.jit
 def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, M, N, K, groups,
                      GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    rows = (tl.program_id(0) // n_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = (tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+                     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    m_block, n_block = _tile_of(tl.program_id(0), M, N, BLOCK_M, BLOCK_N)
+    rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
     x_dtype: tl.constexpr = x_ptr.dtype.element_ty
     k_bytes = K // 2
+    col_valid = cols < N
+    w_rows = packed_ptr + cols.to(tl.int64)[:, None] * k_bytes
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
-    row_mask = (rows < M)[:, None]
-    col_mask = (cols < N)[None, :]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for start in range(0, k_bytes, BLOCK_K // 2):
-        kb = start + tl.arange(0, BLOCK_K // 2)
-        k_mask = kb < k_bytes
-        w_even, w_odd = dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, cols[None, :], kb[:, None], start,
-                                         col_mask, col_mask & k_mask[:, None], k_bytes, groups, GROUP_SIZE, BLOCK_K)
-        x_even, x_odd = load_x_pairs(x_rows, start, row_mask, k_bytes, BLOCK_M, BLOCK_K)
-        acc = _accumulate_step(acc, x_even, w_even, x_odd, w_odd, x_dtype, EMULATE_BF16)
-    store_output(out_ptr, acc, bias_ptr, rows, cols, M, N, HAS_BIAS)
+    tables = cols.to(tl.int64) * groups
+    acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        k = k0 + tl.arange(0, BLOCK_K)
+        if EVEN_K:  # K a multiple of BLOCK_K: no step ends past K
+            byte = tl.load(w_rows + kb[None, :], mask=col_valid[:, None], other=0)
+            x = tl.load(x_rows + k[None, :], mask=(rows < M)[:, None], other=0.0)
+        else:  # bytes past K read as code 0, x past K as 0
+            byte = tl.load(w_rows + kb[None, :], mask=col_valid[:, None] & (kb < k_bytes)[None, :], other=0)
+            x = tl.load(x_rows + k[None, :], mask=(rows < M)[:, None] & (k < K)[None, :], other=0.0)
+        if GROUP_SIZE == ONE_GROUP_PER_ROW:
+            table = tables
+        else:
+            table = tables + k0 // GROUP_SIZE
+        scale = tl.load(scales_ptr + table, mask=col_valid, other=0.0)[:, None, None]
+        zero = tl.load(zeros_ptr + table, mask=col_valid, other=0.0)[:, None, None]
+        codes = tl.join(byte & LOW_NIBBLE, byte >> NIBBLE_BITS).to(tl.int32)  # (BLOCK_N, BLOCK_K / 2, 2)
+        if x_dtype == tl.float32:
+            w = (nibble_to_float(codes) - zero) * scale
+        else:
+            w = offset_code_weights(codes, scale, zero)
+        w = _dot_operand(tl.reshape(w, [BLOCK_N, BLOCK_K]), x_dtype, EMULATE_BF16)
+        x = _dot_operand(x, x_dtype, EMULATE_BF16)
+        if x_dtype == tl.float32:
+            # The step's sum apart from acc: one FMA chain over all of K breaks the error rule at
+            # K = 512 (acc + tl.dot(w, x) would be folded back into that chain by Triton's combiner).
+            acc_t += tl.dot(w, tl.trans(x), input_precision="ieee")
+        else:
+            acc_t = tl.dot(w, tl.trans(x), acc_t, input_precision="ieee")
+    store_output(out_ptr, tl.trans(acc_t), bias_ptr, rows, cols, M, N, HAS_BIAS)
+
+
+def block_k_for(config: dict, group_size: int, in_features: int) -> int:
+    """The config's BLOCK_K, capped at the group size so that a K step holds one group."""
+    return config["BLOCK_K"] if group_size == in_features else min(config["BLOCK_K"], group_size)
 
 
 def int4_gemm(x, packed, scales, zeros, group_size: int, bias, out, config: dict):
     """out (M, N) = x (M, K) @ dequant(W)^T (+ bias), launched with a "gemm" `config`."""
     m, k = x.shape
     n = packed.shape[0]
+    block_k = block_k_for(config, group_size, k)
     grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
     int4_gemm_kernel[grid](
         x, packed, scales, zeros, out if bias is None else bias, out, m, n, k, scales.shape[1],
         GROUP_SIZE=group_constexpr(group_size, k), HAS_BIAS=bias is not None,
-        EMULATE_BF16=triton_interpret() and x.dtype == torch.bfloat16,
-        BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
+        EMULATE_BF16=triton_interpret() and x.dtype == torch.bfloat16, EVEN_K=k % block_k == 0,
+        BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=block_k,
         num_warps=config["num_warps"], num_stages=config["num_stages"])
     return out
 
@@ -103,16 +137,16 @@ EXAMPLE_CONFIG = {"kernel": "gemm", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64,
 def _signature(dtype: str) -> dict[str, str]:
     return {"x_ptr": f"*{dtype}", "packed_ptr": "*u8", "scales_ptr": "*fp32", "zeros_ptr": "*fp32",
             "bias_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "M": "i64", "N": "i64", "K": "i64", "groups": "i64",
-            **{name: "constexpr" for name in ("GROUP_SIZE", "HAS_BIAS", "EMULATE_BF16", "BLOCK_M", "BLOCK_N",
-                                               "BLOCK_K")}}
+            **{name: "constexpr" for name in ("GROUP_SIZE", "HAS_BIAS", "EMULATE_BF16", "EVEN_K", "BLOCK_M",
+                                               "BLOCK_N", "BLOCK_K")}}
 
 
 register(KernelEntry(
     name="int4_gemm",
     kernel=int4_gemm_kernel,
     signature=_signature,
-    constexprs={"GROUP_SIZE": 128, "HAS_BIAS": True, "EMULATE_BF16": False, "BLOCK_M": 64, "BLOCK_N": 64,
-                "BLOCK_K": 64},
+    constexprs={"GROUP_SIZE": 128, "HAS_BIAS": True, "EMULATE_BF16": False, "EVEN_K": False, "BLOCK_M": 64,
+                "BLOCK_N": 64, "BLOCK_K": 64},
     example=lambda dtype, gen, device: kernel_example(int4_gemm, EXAMPLE_CONFIG, dtype, gen, device,
                                                       m=33, n=45, k=384, group_size=128),
 ))

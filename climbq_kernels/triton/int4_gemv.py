@@ -4,7 +4,7 @@ y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Progra
 (mn, s) takes BLOCK_M rows of x, BLOCK_N rows of W and K slice s (`bytes_per_split` packed
 bytes, a whole number of BLOCK_K / 2 byte steps). Per step it loads the bytes once, splits the
 nibbles into the float32 weights of the even and odd features (group tables loaded once per row
-and group of the step), and adds
+and group of the step; for 16-bit x one FMA a weight from offset codes), and adds
 
     lanes[m, n, j] += x[m, 2j] * W[n, 2j] + x[m, 2j + 1] * W[n, 2j + 1]
 
@@ -51,7 +51,8 @@ def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
         kb = start + tl.arange(0, BLOCK_K // 2)
         k_mask = (kb < k_end)[None, :]
         w_even, w_odd = dequantize_bytes(packed_ptr, scales_ptr, zeros_ptr, cols[:, None], kb[None, :], start,
-                                         w_row_mask, w_row_mask & k_mask, k_bytes, groups, GROUP_SIZE, BLOCK_K)
+                                         w_row_mask, w_row_mask & k_mask, k_bytes, groups, GROUP_SIZE, BLOCK_K,
+                                         OFFSET_CODES=x_ptr.dtype.element_ty != tl.float32)
         x_even, x_odd = load_x_pairs(x_rows, start, row_mask, k_end, BLOCK_M, BLOCK_K)
         lanes += x_even.to(tl.float32)[:, None, :] * w_even[None, :, :]  # two FMAs a byte
         lanes += x_odd.to(tl.float32)[:, None, :] * w_odd[None, :, :]
