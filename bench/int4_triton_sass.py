@@ -31,13 +31,13 @@ PLAN = [
     ("gemv", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=1, BLOCK_N=64, BLOCK_K=64), 4, 2),
     ("gemv", "bf16", dict(GROUP_SIZE=32, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=1, BLOCK_N=64, BLOCK_K=64), 4, 2),
     ("gemv", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=8, BLOCK_N=16, BLOCK_K=64), 4, 2),
-    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, EVEN_K=True, BLOCK_M=64, BLOCK_N=64,
-                          BLOCK_K=128), 4, 3),
-    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, EVEN_K=True, BLOCK_M=128,
+    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, EVEN_K=True, SPLIT_K=1, BLOCK_M=64,
+                          BLOCK_N=64, BLOCK_K=128), 4, 3),
+    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, EVEN_K=True, SPLIT_K=1, BLOCK_M=128,
                           BLOCK_N=128, BLOCK_K=128), 8, 4),
 ]
 HINTED = {"x_ptr", "packed_ptr", "scales_ptr", "zeros_ptr", "bias_ptr", "out_ptr", "partial_ptr", "N", "K", "groups",
-          "bytes_per_split"}
+          "bytes_per_split", "features_per_split"}
 INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 LABEL = re.compile(r"\s*(\.L_x_\d+):")
 BRANCH = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")

@@ -1,9 +1,9 @@
 """Tune the Triton INT4 matmul launch configs on a GPU and rewrite climbq_kernels/triton/int4_configs.json.
 
 For each LLaMA-like weight (N x K = 4096x4096, 11008x4096, 4096x11008) and each row count M,
-every candidate config (split-K GEMV for M <= 16, tiled GEMM for every M) is first checked
-against the float64 reference (error rule) and then timed with triton.testing.do_bench
-(median). The fastest becomes that shape's bucket for M in `by_shape`; the `default` table
+every candidate config (split-K GEMV for M <= 16, tiled GEMM for every M, its K split too up to
+64 rows) is first checked against the float64 reference (error rule) and then timed with
+triton.testing.do_bench (median). The fastest becomes that shape's bucket for M in `by_shape`; the `default` table
 takes, per M, the candidate whose mean slowdown against each shape's winner is smallest.
 The device name and the date go into the file; `--raw` also saves every measured time.
 
@@ -40,6 +40,9 @@ GEMV_GRID = {"BLOCK_N": (32, 64, 128), "BLOCK_K": (64, 128, 256), "SPLIT_K": (1,
 GEMM_GRID = {"BLOCK_N": (64, 128, 256), "BLOCK_K": (64, 128), "num_warps": (4, 8), "num_stages": (3, 4)}
 QUICK = {"BLOCK_N": (64, 128), "BLOCK_K": (64, 128), "SPLIT_K": (4, 8), "num_warps": (4,), "num_stages": (3,)}
 """--quick: each grid restricted to these values (about a tenth of the configs to compile and time)."""
+GEMM_SPLITS = {"full": (1, 2, 4), "quick": (1, 4)}
+"""K slices tried for the GEMM up to GEMM_SPLIT_MAX_M rows, where its tiles alone do not fill the GPU."""
+GEMM_SPLIT_MAX_M = 64
 
 
 def _grid(grid: dict, quick: bool) -> list[dict]:
@@ -56,8 +59,9 @@ def candidates(m: int, quick: bool = False) -> list[dict]:
         found += [{"kernel": "gemv", "BLOCK_M": block_m, **point} for point in _grid(GEMV_GRID, quick)
                   if block_m * point["BLOCK_N"] * point["BLOCK_K"] // 2 <= GEMV_TILE_LIMIT]
     for block_m in (b for b in (16, 32, 64, 128) if b <= max(16, _next_power_of_2(m))):
-        found += [{"kernel": "gemm", "BLOCK_M": block_m, "SPLIT_K": 1, **point} for point in _grid(GEMM_GRID, quick)
-                  if block_m * point["BLOCK_N"] <= 128 * 128]
+        splits = GEMM_SPLITS["quick" if quick else "full"] if m <= GEMM_SPLIT_MAX_M else (1,)
+        found += [{"kernel": "gemm", "BLOCK_M": block_m, "SPLIT_K": split, **point} for point in _grid(GEMM_GRID, quick)
+                  for split in splits if block_m * point["BLOCK_N"] <= 128 * 128]
     return found
 
 

@@ -16,7 +16,7 @@ from climbq_kernels.testing import assert_error_rule, poison_like
 from climbq_kernels.triton._int4_common import random_case, references
 from climbq_kernels.triton._int4_configs import (CONFIG_PATH, load_configs, pick_config, validate_config,
                                                   validate_configs)
-from climbq_kernels.triton.int4_gemv import split_plan
+from climbq_kernels.triton.int4_split_k import split_plan
 from climbq_kernels.triton.int4_matmul import int4_matmul
 
 from .conftest import GPU, load_bench_script
@@ -26,11 +26,15 @@ needs_triton = pytest.mark.skipif(not backends()["triton"].available, reason="no
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FORCED = {
     # Tiles smaller than the shapes below, so every mask and both split-K paths are exercised:
-    # K = 256 runs as 2 slices of one 64-byte step, K = 18 and K = 64 as a single slice.
+    # gemv: K = 256 runs as 2 slices of one 64-byte step, K = 18 and K = 64 as a single slice;
+    # gemm-split: K = 256 at g = 32 as 3 slices of 32-feature steps (the last one shorter), K = 64
+    # as 2, K = 18 as one.
     "gemv": {"kernel": "gemv", "BLOCK_M": 4, "BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 3, "num_warps": 4,
              "num_stages": 2},
     "gemm": {"kernel": "gemm", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 1, "num_warps": 4,
              "num_stages": 2},
+    "gemm-split": {"kernel": "gemm", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 3, "num_warps": 4,
+                   "num_stages": 2},
 }
 SHAPE_FOR_M = {
     # rows: (n, k, group_size, how x's leading dims hold the rows); the interpreter is slow, so
@@ -100,8 +104,9 @@ def test_op_on_triton_backend_picks_kernel_by_shape(dtype, leading, gen):
 
 
 @needs_triton
-def test_split_k_is_deterministic(gen):
-    config = dict(FORCED["gemv"], BLOCK_K=64, SPLIT_K=8)
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+def test_split_k_is_deterministic(kernel, gen):
+    config = dict(FORCED[kernel], BLOCK_K=64, SPLIT_K=8)
     assert split_plan(1024, 64, 8)[0] == 8
     x, packed, scales, zeros, bias = random_case(torch.float32, gen, DEVICE, 2, 33, 1024, 128, with_bias=True)
     first = _check(x, packed, scales, zeros, 128, bias, config)
@@ -159,7 +164,7 @@ def test_pick_config_falls_back():
 
 
 @pytest.mark.parametrize("change", [{"kernel": "gemx"}, {"BLOCK_N": 48}, {"SPLIT_K": 0}, {"num_stages": 0},
-                                    {"kernel": "gemm", "SPLIT_K": 2}, {"kernel": "gemm", "BLOCK_M": 8}],
+                                    {"kernel": "gemm", "BLOCK_M": 8}],
                          ids=str)
 def test_validate_config_rejects(change):
     good = {"kernel": "gemv", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 1, "num_warps": 4,

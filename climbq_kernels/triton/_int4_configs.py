@@ -5,7 +5,7 @@ in_features). A table is a list of buckets sorted by `max_m`: the first bucket w
 M <= max_m (null: no upper bound) gives the launch config for an M-row input:
 
     {"kernel": "gemv" | "gemm", "BLOCK_M", "BLOCK_N", "BLOCK_K" (input features, so
-     BLOCK_K / 2 packed bytes), "SPLIT_K" (most K slices; 1 for gemm), "num_warps", "num_stages"}
+     BLOCK_K / 2 packed bytes), "SPLIT_K" (most K slices), "num_warps", "num_stages"}
 
 `bench/tune_int4_triton.py` rewrites the file on a GPU; until then it holds untuned defaults.
 """
@@ -44,8 +44,6 @@ def validate_config(config: dict) -> dict:
     if not (isinstance(split_k, int) and split_k >= 1 and isinstance(stages, int) and stages >= 1):
         raise ValueError(f"INT4 launch config {config}: SPLIT_K and num_stages must be positive integers")
     if config["kernel"] == "gemm":
-        if split_k != 1:
-            raise ValueError(f"INT4 launch config {config}: the gemm kernel does not split K (SPLIT_K 1)")
         if min(config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"] // 2) < MIN_DOT_SIZE:
             raise ValueError(f"INT4 launch config {config}: gemm needs BLOCK_M, BLOCK_N, BLOCK_K / 2 >= "
                              f"{MIN_DOT_SIZE} (tl.dot)")

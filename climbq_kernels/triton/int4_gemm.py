@@ -1,8 +1,10 @@
 """INT4 matmul for many rows in Triton: tiled GEMM on packed weights (SPEC 6).
 
-y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program p owns the
-(BLOCK_M, BLOCK_N) output tile of M block / N block picked by `_tile_of` and walks K in steps
-of BLOCK_K features (BLOCK_K / 2 packed bytes). Per step it splits each byte's nibbles and
+y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program (p, s) owns
+the (BLOCK_M, BLOCK_N) output tile of M block / N block picked by `_tile_of` and walks K slice s
+(the whole of K unless the config splits it: int4_split_k.py) in steps of BLOCK_K features
+(BLOCK_K / 2 packed bytes). Splitting K gives a few rows' worth of tiles enough programs to
+fill the GPU, as the CUDA tensor-core kernel does. Per step it splits each byte's nibbles and
 interleaves them back into natural feature order, dequantizes the (BLOCK_N, BLOCK_K) weight
 tile with the step's one scale and zero per row, and accumulates one product
 
@@ -34,7 +36,8 @@ import triton.language as tl
 
 from ..dispatch import triton_interpret
 from ._int4_common import (LOW_NIBBLE, NIBBLE_BITS, ONE_GROUP_PER_ROW, group_constexpr, kernel_example, nibble_to_float,
-                           offset_code_weights, store_output)
+                           offset_code_weights)
+from .int4_split_k import partials_for, reduce_slices, split_plan, store_slice
 from .math import cast_rne
 from .registry import KernelEntry, register
 
@@ -66,9 +69,10 @@ def _tile_of(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, M, N, K, groups,
-                     GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, partial_ptr, M, N, K, groups,
+                     features_per_split, GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                     EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     m_block, n_block = _tile_of(tl.program_id(0), M, N, BLOCK_M, BLOCK_N)
     rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -78,8 +82,10 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
     w_rows = packed_ptr + cols.to(tl.int64)[:, None] * k_bytes
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
     tables = cols.to(tl.int64) * groups
+    split = tl.program_id(1)
+    k_begin = split * features_per_split
     acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_begin, tl.minimum(k_begin + features_per_split, K), BLOCK_K):
         kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
         k = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:  # K a multiple of BLOCK_K: no step ends past K
@@ -107,7 +113,7 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
             acc_t += tl.dot(w, tl.trans(x), input_precision="ieee")
         else:
             acc_t = tl.dot(w, tl.trans(x), acc_t, input_precision="ieee")
-    store_output(out_ptr, tl.trans(acc_t), bias_ptr, rows, cols, M, N, HAS_BIAS)
+    store_slice(out_ptr, partial_ptr, tl.trans(acc_t), bias_ptr, rows, cols, split, M, N, HAS_BIAS, SPLIT_K)
 
 
 def block_k_for(config: dict, group_size: int, in_features: int) -> int:
@@ -120,33 +126,37 @@ def int4_gemm(x, packed, scales, zeros, group_size: int, bias, out, config: dict
     m, k = x.shape
     n = packed.shape[0]
     block_k = block_k_for(config, group_size, k)
-    grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+    splits, bytes_per_split = split_plan(k, block_k, config["SPLIT_K"])
+    partials = partials_for(splits, out)
+    grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), splits)
     int4_gemm_kernel[grid](
-        x, packed, scales, zeros, out if bias is None else bias, out, m, n, k, scales.shape[1],
-        GROUP_SIZE=group_constexpr(group_size, k), HAS_BIAS=bias is not None,
-        EMULATE_BF16=triton_interpret() and x.dtype == torch.bfloat16, EVEN_K=k % block_k == 0,
+        x, packed, scales, zeros, out if bias is None else bias, out, partials, m, n, k, scales.shape[1],
+        2 * bytes_per_split, GROUP_SIZE=group_constexpr(group_size, k), HAS_BIAS=bias is not None,
+        EMULATE_BF16=triton_interpret() and x.dtype == torch.bfloat16, EVEN_K=k % block_k == 0, SPLIT_K=splits,
         BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=block_k,
         num_warps=config["num_warps"], num_stages=config["num_stages"])
+    reduce_slices(partials, bias, out)
     return out
 
 
-EXAMPLE_CONFIG = {"kernel": "gemm", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 1, "num_warps": 4,
+EXAMPLE_CONFIG = {"kernel": "gemm", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 2, "num_warps": 4,
                   "num_stages": 2}
 
 
 def _signature(dtype: str) -> dict[str, str]:
     return {"x_ptr": f"*{dtype}", "packed_ptr": "*u8", "scales_ptr": "*fp32", "zeros_ptr": "*fp32",
-            "bias_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "M": "i64", "N": "i64", "K": "i64", "groups": "i64",
-            **{name: "constexpr" for name in ("GROUP_SIZE", "HAS_BIAS", "EMULATE_BF16", "EVEN_K", "BLOCK_M",
-                                               "BLOCK_N", "BLOCK_K")}}
+            "bias_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "partial_ptr": "*fp32", "M": "i64", "N": "i64",
+            "K": "i64", "groups": "i64", "features_per_split": "i64",
+            **{name: "constexpr" for name in ("GROUP_SIZE", "HAS_BIAS", "EMULATE_BF16", "EVEN_K", "SPLIT_K",
+                                               "BLOCK_M", "BLOCK_N", "BLOCK_K")}}
 
 
 register(KernelEntry(
     name="int4_gemm",
     kernel=int4_gemm_kernel,
     signature=_signature,
-    constexprs={"GROUP_SIZE": 128, "HAS_BIAS": True, "EMULATE_BF16": False, "EVEN_K": False, "BLOCK_M": 64,
-                "BLOCK_N": 64, "BLOCK_K": 64},
+    constexprs={"GROUP_SIZE": 128, "HAS_BIAS": True, "EMULATE_BF16": False, "EVEN_K": False, "SPLIT_K": 2,
+                "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64},
     example=lambda dtype, gen, device: kernel_example(int4_gemm, EXAMPLE_CONFIG, dtype, gen, device,
                                                       m=33, n=45, k=384, group_size=128),
 ))

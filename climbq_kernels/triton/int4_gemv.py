@@ -10,9 +10,8 @@ and group of the step; for 16-bit x one FMA a weight from offset codes), and add
 
 in float32, one sum per byte lane j; the lanes are added once after the loop (a sum over j per
 step would cost cross-thread shuffles every step: bench/int4_triton_sass.py counts them). With
-one slice the program writes the sum + bias to the output directly; otherwise it writes float32
-partials (S, M, N), and `int4_splitk_reduce_kernel` adds the S partials of each output in
-slice order, adds bias and rounds once: no atomics, so results are bitwise reproducible.
+one slice the program writes the sum + bias to the output directly; otherwise float32 partials
+that int4_split_k.py adds in slice order.
 """
 
 from __future__ import annotations
@@ -21,13 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._int4_common import (ONE_GROUP_PER_ROW, dequantize_bytes, group_constexpr, kernel_example, load_x_pairs,
-                           store_output)
-from .math import cast_rne
+from ._int4_common import ONE_GROUP_PER_ROW, dequantize_bytes, group_constexpr, kernel_example, load_x_pairs
+from .int4_split_k import (REDUCE_BLOCK, int4_splitk_reduce_kernel, partials_for, reduce_slices, split_plan,
+                           store_slice)
 from .registry import KernelEntry, register
-
-REDUCE_BLOCK = 256
-"""Outputs per program of the split-K reduction."""
 
 
 @triton.jit
@@ -56,36 +52,7 @@ def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
         x_even, x_odd = load_x_pairs(x_rows, start, row_mask, k_end, BLOCK_M, BLOCK_K)
         lanes += x_even.to(tl.float32)[:, None, :] * w_even[None, :, :]  # two FMAs a byte
         lanes += x_odd.to(tl.float32)[:, None, :] * w_odd[None, :, :]
-    acc = tl.sum(lanes, axis=2)
-    if SPLIT_K == 1:
-        store_output(out_ptr, acc, bias_ptr, rows, cols, M, N, HAS_BIAS)
-    else:
-        offs = (rows.to(tl.int64) + split * M)[:, None] * N + cols[None, :]
-        tl.store(partial_ptr + offs, acc, mask=row_mask & (cols < N)[None, :])
-
-
-@triton.jit
-def int4_splitk_reduce_kernel(partial_ptr, bias_ptr, out_ptr, N, outputs, HAS_BIAS: tl.constexpr,
-                              SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    """out[e] = sum over slices s = 0, 1, ... of partial[s, e] (+ bias[e % N]), e a flat (M, N) index."""
-    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = e < outputs
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    slice_ptrs = partial_ptr + e
-    for _ in tl.static_range(SPLIT_K):
-        acc += tl.load(slice_ptrs, mask=mask, other=0.0)
-        slice_ptrs += outputs
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + e % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + e, cast_rne(acc, out_ptr.dtype.element_ty), mask=mask)
-
-
-def split_plan(in_features: int, block_k: int, max_splits: int) -> tuple[int, int]:
-    """(slices, packed bytes per slice): at most `max_splits` slices of whole BLOCK_K steps,
-    none empty."""
-    steps = max(triton.cdiv(in_features // 2, block_k // 2), 1)
-    steps_per_split = triton.cdiv(steps, max(1, min(max_splits, steps)))
-    return triton.cdiv(steps, steps_per_split), steps_per_split * (block_k // 2)
+    store_slice(out_ptr, partial_ptr, tl.sum(lanes, axis=2), bias_ptr, rows, cols, split, M, N, HAS_BIAS, SPLIT_K)
 
 
 def int4_gemv(x, packed, scales, zeros, group_size: int, bias, out, config: dict):
@@ -93,17 +60,14 @@ def int4_gemv(x, packed, scales, zeros, group_size: int, bias, out, config: dict
     m, k = x.shape
     n = packed.shape[0]
     splits, bytes_per_split = split_plan(k, config["BLOCK_K"], config["SPLIT_K"])
-    partials = torch.empty(splits, m, n, dtype=torch.float32, device=x.device) if splits > 1 else out
-    bias_arg = out if bias is None else bias
+    partials = partials_for(splits, out)
     grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), splits)
     int4_gemv_kernel[grid](
-        x, packed, scales, zeros, bias_arg, out, partials, m, n, k, scales.shape[1], bytes_per_split,
-        GROUP_SIZE=group_constexpr(group_size, k), HAS_BIAS=bias is not None, SPLIT_K=splits,
+        x, packed, scales, zeros, out if bias is None else bias, out, partials, m, n, k, scales.shape[1],
+        bytes_per_split, GROUP_SIZE=group_constexpr(group_size, k), HAS_BIAS=bias is not None, SPLIT_K=splits,
         BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
         num_warps=config["num_warps"], num_stages=config["num_stages"])
-    if splits > 1:
-        int4_splitk_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
-            partials, bias_arg, out, n, m * n, HAS_BIAS=bias is not None, SPLIT_K=splits, BLOCK=REDUCE_BLOCK)
+    reduce_slices(partials, bias, out)
     return out
 
 
