@@ -144,11 +144,13 @@ def _isas_to_test():
 @pytest.mark.parametrize("isa", _isas_to_test())
 def test_each_cpu_instruction_set(isa, tmp_path, gen):
     """Every ISA variant in a fresh process (ATen reads ATEN_CPU_CAPABILITY once): fused tiles
-    with remainders, the one-group tail and the dequantize-then-GEMM path."""
+    with remainders, the one-group tail and the dequantize-then-GEMM path (from 80 rows; at
+    2049 x 4096 in three blocks of W rows, the last one row)."""
     cases = []
     for batch, out_features, in_features, group_size in [(1, 21, 256, 32), (3, 10, 96, None), (6, 9, 1022, None),
-                                                         (9, 7, 512, 128), (40, 13, 256, 256),
-                                                         (130, 9, 256, 64), (129, 11, 1022, None)]:
+                                                         (9, 7, 512, 128), (40, 13, 256, 256), (79, 5, 64, 32),
+                                                         (80, 9, 256, 64), (129, 11, 1022, None),
+                                                         (81, 2049, 4096, 128)]:
         qw = _weight(out_features, in_features, group_size, gen, "cpu")
         for dtype in DTYPES:
             x = torch.randn(batch, in_features, generator=gen).to(dtype)
