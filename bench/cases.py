@@ -240,8 +240,9 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
 
     Competitors: the dense F.linear a user would otherwise serve with (float32 on the CPU, x's
     dtype on a GPU), PyTorch's own int4 kernel on the same codes (`_weight_int4pack_mm_for_cpu`;
-    on CUDA `_weight_int4pack_mm`, which takes bfloat16 only), and, where it is installed,
-    bitsandbytes' 4-bit matmul (NF4 codes of the same weight, one absmax per group).
+    on CUDA `_weight_int4pack_mm`, which takes bfloat16 only), and, where they are installed,
+    bitsandbytes' 4-bit matmul (NF4 codes of the same weight, one absmax per group) and gemlite's
+    Triton A16W4 kernels (the same codes, scales and zeros).
     """
     from climbq_kernels.int4_interop import to_torch_int4pack, to_torch_int4pack_cuda
 
@@ -263,6 +264,7 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
             lambda: torch.ops.aten._weight_int4pack_mm(x, packed, g, scales_and_zeros))
 
     candidates.update(_bitsandbytes_candidate(w.to(device, dtype), x, group_size))
+    candidates.update(_gemlite_candidate(qweight, x))
 
     def ours(backend: str) -> Callable[[], object]:
         def run():
@@ -290,3 +292,26 @@ def _bitsandbytes_candidate(w: torch.Tensor, x: torch.Tensor, group_size: int) -
         return {}
     packed, state = quantize_4bit(w, blocksize=group_size, quant_type="nf4")
     return {"bitsandbytes nf4 matmul_4bit": lambda: bitsandbytes.matmul_4bit(x, packed.t(), quant_state=state)}
+
+
+def _gemlite_candidate(qweight, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """{"gemlite A16W4": call} where gemlite is installed and x is a 16-bit CUDA tensor, else {}.
+
+    Not a dependency: a pure-Python wheel carried to the GPU machine like bitsandbytes' (its import
+    needs a GPU). gemlite's grouped INT layout is ours, W = (q - zero) * scale, so it gets the
+    same codes, scales and zeros (kept in x's dtype there); its output is checked against ours
+    once, and a wrapper that disagrees is reported and left out rather than timed."""
+    if x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16):
+        return {}
+    try:
+        from gemlite.helper import A16W4_HQQ_INT
+    except ImportError:
+        return {}
+    layer = A16W4_HQQ_INT(device=x.device, dtype=x.dtype).from_weights(
+        reference.unpack_int4(qweight.packed), qweight.scales, qweight.zeros)
+    expected = cq.int4_matmul(x, qweight).float()
+    error = (layer(x).float() - expected).norm() / expected.norm()
+    if not error < 1e-2:
+        print(f"gemlite A16W4 left out: relative error {float(error):.3g} against climbq's output")
+        return {}
+    return {"gemlite A16W4": lambda: layer(x)}

@@ -16,7 +16,6 @@ that int4_split_k.py adds in slice order.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
