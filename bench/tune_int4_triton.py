@@ -3,8 +3,9 @@
 For each LLaMA-like weight (N x K = 4096x4096, 11008x4096, 4096x11008) and each row count M,
 every candidate config (split-K GEMV for M <= 16, tiled GEMM for every M, its K split too up to
 64 rows) is first checked against the float64 reference (error rule) and then timed with
-triton.testing.do_bench (median). The fastest becomes that shape's bucket for M in `by_shape`; the `default` table
-takes, per M, the candidate whose mean slowdown against each shape's winner is smallest.
+triton.testing.do_bench (median). The fastest becomes that shape's bucket for M in `by_shape`;
+the `default` table takes, per M, the candidate whose mean slowdown against each shape's winner
+is smallest.
 The device name and the date go into the file; `--raw` also saves every measured time.
 
 Run on a GPU machine:  python3 bench/tune_int4_triton.py [--dtype bf16] [--quick] [--raw out.json]

@@ -78,6 +78,7 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
     cols = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
     x_dtype: tl.constexpr = x_ptr.dtype.element_ty
     k_bytes = K // 2
+    row_valid = rows < M
     col_valid = cols < N
     w_rows = packed_ptr + cols.to(tl.int64)[:, None] * k_bytes
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
@@ -90,10 +91,10 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
         k = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:  # K a multiple of BLOCK_K: no step ends past K
             byte = tl.load(w_rows + kb[None, :], mask=col_valid[:, None], other=0)
-            x = tl.load(x_rows + k[None, :], mask=(rows < M)[:, None], other=0.0)
+            x = tl.load(x_rows + k[None, :], mask=row_valid[:, None], other=0.0)
         else:  # bytes past K read as code 0, x past K as 0
             byte = tl.load(w_rows + kb[None, :], mask=col_valid[:, None] & (kb < k_bytes)[None, :], other=0)
-            x = tl.load(x_rows + k[None, :], mask=(rows < M)[:, None] & (k < K)[None, :], other=0.0)
+            x = tl.load(x_rows + k[None, :], mask=row_valid[:, None] & (k < K)[None, :], other=0.0)
         if GROUP_SIZE == ONE_GROUP_PER_ROW:
             table = tables
         else:
