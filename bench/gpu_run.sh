@@ -4,7 +4,10 @@
 # the GPU benchmarks; everything lands in bench/results/<device>-<date>/ (and $OUT, when the
 # device tool sets it).
 #
-#   bash bench/gpu_run.sh [build] [tests] [tune] [bench]     (no argument: all four)
+#   bash bench/gpu_run.sh [build] [tests] [tune] [bench] [paths]     (no argument: the first four)
+#
+# `paths` times every CUDA INT4 path and MMA kernel forced at every batch size
+# (bench/int4_cuda_paths.py: where the path thresholds and kernel choice come from).
 #
 # Device calls are capped at 10 minutes, so the phases can run in separate calls. `build` also
 # leaves a stripped copy of the extension in $OUT/prebuilt/; carried back as .gpu_prebuilt/
@@ -86,6 +89,14 @@ if wants bench; then
     | tee "$results/bench.log" | tail -n 40
   bench=${PIPESTATUS[0]}
   status+=" bench=$bench"
+fi
+
+if wants paths; then
+  echo "== CUDA INT4 paths and MMA kernels, each forced"
+  timeout "$(budget "${PATHS_TIMEOUT:-1800}")" python3 bench/int4_cuda_paths.py --out "$results" ${PATHS_ARGS:-} 2>&1 \
+    | tee "$results/int4_cuda_paths.log" | tail -n 40
+  paths=${PIPESTATUS[0]}
+  status+=" paths=$paths"
 fi
 
 [ -n "${OUT:-}" ] && find "$results" -maxdepth 1 -type f -newer "$started" -exec cp {} "$OUT"/ \;

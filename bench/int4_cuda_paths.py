@@ -1,5 +1,5 @@
 """Time each path of the CUDA INT4 matmul (GEMV, tensor-core MMA, dequantize + cuBLAS) at every
-batch size it takes, the MMA path's two kernels and its splits of K, beside the peers of
+batch size it takes, the MMA path's kernels and its splits of K, beside the peers of
 bench/cases.py (dense F.linear, torch's _weight_int4pack_mm, bitsandbytes where installed), in
 one run.
 
@@ -30,7 +30,7 @@ from report import do_bench_seconds, environment, gpu_copy_bandwidth, markdown, 
 
 PATHS = ("gemv", "mma", "dequantize")
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
-MMA_KERNELS = ("registers", "pipelined")
+MMA_KERNELS = ("registers", "registers-wide", "pipelined", "pipelined-wide")
 # (dtype, (N, K), batch sizes, batch sizes that also sweep the MMA's split of K)
 PLAN = [
     (torch.bfloat16, (16384, 16384), (1, 4, 16, 64), (16,)),

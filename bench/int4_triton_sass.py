@@ -26,7 +26,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 # (kernel, x dtype, constexprs, num_warps, num_stages): the tuned H100 configs of
 # climbq_kernels/triton/int4_configs.json at M = 1 and 8 (GEMV) and 64 (GEMM), g = 128, and g = 32
-# where a K step spans several groups; and a GEMM tile for M >= 256 (K a multiple of BLOCK_K).
+# where a K step spans several groups; and two GEMM tiles for M >= 256 (K a multiple of BLOCK_K).
 PLAN = [
     ("gemv", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=1, BLOCK_N=64, BLOCK_K=64), 4, 2),
     ("gemv", "bf16", dict(GROUP_SIZE=32, HAS_BIAS=False, SPLIT_K=8, BLOCK_M=1, BLOCK_N=64, BLOCK_K=64), 4, 2),
@@ -35,6 +35,8 @@ PLAN = [
                           BLOCK_N=64, BLOCK_K=128), 4, 3),
     ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, EVEN_K=True, SPLIT_K=1, BLOCK_M=128,
                           BLOCK_N=128, BLOCK_K=128), 8, 4),
+    ("gemm", "bf16", dict(GROUP_SIZE=128, HAS_BIAS=False, EMULATE_BF16=False, EVEN_K=True, SPLIT_K=1, BLOCK_M=256,
+                          BLOCK_N=128, BLOCK_K=64), 8, 3),
 ]
 HINTED = {"x_ptr", "packed_ptr", "scales_ptr", "zeros_ptr", "bias_ptr", "out_ptr", "partial_ptr", "N", "K", "groups",
           "bytes_per_split", "features_per_split"}
@@ -83,8 +85,13 @@ def count(kernel_name: str, dtype: str, constexprs: dict, num_warps: int, num_st
     loads = [op for op in body if op.startswith(("LDG", "LDGSTS"))]
     opcodes = collections.Counter(op.split(".")[0] for op in body)
     weights = constexprs["BLOCK_N"] * constexprs["BLOCK_K"] // (32 * num_warps)
+    # Multiply-adds of the program's K step per instruction a warp issues: an H100 SM issues 4
+    # warp instructions and its tensor cores do about 2100 bf16 multiply-adds a cycle, so a GEMM
+    # loop below ~530 is bound by instruction issue, not by the tensor cores.
+    macs = constexprs["BLOCK_M"] * constexprs["BLOCK_N"] * constexprs["BLOCK_K"] / (len(body) * num_warps)
     return {"kernel": kernel_name, "dtype": dtype, **constexprs, "num_warps": num_warps, "num_stages": num_stages,
             "instructions_per_step": len(body), "weights_per_thread_per_step": weights,
+            "macs_per_warp_instruction": round(macs), "local_memory_ops": opcodes["LDL"] + opcodes["STL"],
             "global_loads_per_step": len(loads), "loads": dict(collections.Counter(loads)),
             "shuffles": opcodes["SHFL"], "shared_stores": opcodes["STS"],
             "tensor_core_ops": opcodes["HGMMA"] + opcodes["HMMA"],
@@ -92,14 +99,16 @@ def count(kernel_name: str, dtype: str, constexprs: dict, num_warps: int, num_st
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| kernel | config | instructions / K step | weights / thread / step | global loads / step | "
-             "shared stores / step | tensor-core ops / step | most frequent |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | config | instructions / K step | weights / thread / step | MACs / warp instruction | "
+             "global loads / step | shared stores / step | spills (LDL/STL) / step | tensor-core ops / step | "
+             "most frequent |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         config = (f"g={r['GROUP_SIZE']} M{r['BLOCK_M']} N{r['BLOCK_N']} K{r['BLOCK_K']} "
                   f"w{r['num_warps']} s{r['num_stages']}")
         top = ", ".join(f"{op} {n}" for op, n in r["top"].items())
         lines.append(f"| {r['kernel']} {r['dtype']} | {config} | {r['instructions_per_step']} | "
-                     f"{r['weights_per_thread_per_step']} | {r['global_loads_per_step']} | {r['shared_stores']} | "
+                     f"{r['weights_per_thread_per_step']} | {r['macs_per_warp_instruction']} | "
+                     f"{r['global_loads_per_step']} | {r['shared_stores']} | {r['local_memory_ops']} | "
                      f"{r['tensor_core_ops']} | {top} |")
     return "\n".join(lines) + "\n"
 

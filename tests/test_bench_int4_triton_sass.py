@@ -1,7 +1,8 @@
 """bench/int4_triton_sass.py compiles the Triton INT4 kernels for sm_90 without a GPU and finds
 their K loop, which holds what each kernel was shaped for: in the GEMV at g = 128, one scale and
 zero per row per step (not per byte) and no cross-thread reduction; in the GEMM, Hopper tensor-core
-instructions fed the dequantized tile from registers (no shared-memory stores in the loop)."""
+instructions fed the dequantized tile from registers (no shared-memory stores in the loop), and a
+large-M tile that keeps its accumulators in registers."""
 
 import json
 import os
@@ -46,3 +47,13 @@ def test_gemm_k_loop_feeds_tensor_cores_from_registers():
     assert row["shared_stores"] == 0
     # 64 weights per thread: one FMA each to dequantize, not the exact form's three operations.
     assert row["instructions_per_step"] < 600
+
+
+def test_large_m_gemm_tile_carries_more_mma_work_per_instruction_without_spills():
+    """The tuner's 256x128 tiles (BLOCK_K 64, 8 warps) for M >= 256: no register spills, and more
+    tensor-core work per issued instruction than the 128x128x128 tile."""
+    wide, square = _count(5), _count(4)
+    assert (wide["BLOCK_M"], wide["BLOCK_N"], wide["BLOCK_K"]) == (256, 128, 64)
+    assert (square["BLOCK_M"], square["BLOCK_N"], square["BLOCK_K"]) == (128, 128, 128)
+    assert wide["local_memory_ops"] == 0
+    assert wide["macs_per_warp_instruction"] > 1.3 * square["macs_per_warp_instruction"]

@@ -86,11 +86,15 @@ def test_large_m_path_dequantizes_block_by_block(block_bytes, n, dtype, monkeypa
 
 
 # (N, K, group_size) for the forced-path tests: K = 96 and 160 end in a partial 128-feature k-block
-# of the MMA kernel; N = 45, 70 and 4097 end in a partial tile of output features.
-PATH_WEIGHTS = [(45, 96, 32), (70, 160, 32), (45, 4096, 128), (4097, 256, 64), (45, 256, None), (45, 512, 256)]
+# of the MMA kernel (with one group per row at K = 160: the pipelined kernel's row tables); N = 45,
+# 70 and 4097 end in a partial tile of output features. Groups of 32 and 64 give the pipelined
+# kernel several groups per k-block (lane tables), 128, 256 and one group per row one (row tables).
+PATH_WEIGHTS = [(45, 96, 32), (70, 160, 32), (45, 160, None), (45, 4096, 128), (4097, 256, 64), (45, 256, None),
+                (45, 512, 256)]
 PATH_ROWS = {"gemv": [1, 3, 8], "mma": [1, 2, 7, 8, 9, 16, 33, 57, 64], "dequantize": [1, 9, 70]}
-# Each MMA kernel forced over every batch size (by default: registers up to M = 16, pipelined beyond).
-MMA_KERNELS = ["registers", "pipelined"]
+# Each MMA kernel forced over every batch size (by default: registers up to M = 16, pipelined beyond;
+# the wide variants, two 16-row tiles a warp, only when asked for).
+MMA_KERNELS = ["registers", "registers-wide", "pipelined", "pipelined-wide"]
 PATH_CASES = [(path, kernel, m) for path, rows in PATH_ROWS.items()
               for kernel in (MMA_KERNELS if path == "mma" else [None]) for m in rows]
 
@@ -114,15 +118,17 @@ def test_each_path_matches_float64_reference(path, kernel, m, n, k, group_size, 
 
 
 @needs_gpu
+@pytest.mark.parametrize("group_size", [64, 128])
 @pytest.mark.parametrize("kernel", MMA_KERNELS)
 @pytest.mark.parametrize("split_k", [1, 2, 3, 5, 32, 1000])
 @pytest.mark.parametrize("m", [4, 33])
-def test_mma_split_k(split_k, m, kernel, monkeypatch, gen):
-    """Every split of K's 32 k-blocks (1000: clamped to 32), deterministic run to run."""
+def test_mma_split_k(split_k, m, kernel, group_size, monkeypatch, gen):
+    """Every split of K's 32 k-blocks (1000: clamped to 32), deterministic run to run; groups of
+    64 and 128 (the pipelined kernel's lane and row tables)."""
     monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", "mma")
     monkeypatch.setenv("CLIMBQ_INT4_MMA_KERNEL", kernel)
     monkeypatch.setenv("CLIMBQ_INT4_MMA_SPLIT_K", str(split_k))
-    qw = _weight(200, 4096, 64, gen)
+    qw = _weight(200, 4096, group_size, gen)
     x = _x((m,), 4096, torch.bfloat16, gen)
     bias = torch.randn(200, generator=gen).to("cuda", torch.bfloat16)
     got = _run_cuda(x, qw, bias)
@@ -148,7 +154,7 @@ def test_forced_path_that_does_not_apply_is_an_error(path, m, dtype, k, monkeypa
 @needs_gpu
 @pytest.mark.parametrize("name,value,m,dtype,message", [
     ("CLIMBQ_INT4_MMA_SPLIT_K", "-2", 16, torch.bfloat16, "must be a non-negative integer"),
-    ("CLIMBQ_INT4_MMA_KERNEL", "fastest", 16, torch.bfloat16, "must be 'registers' or 'pipelined'"),
+    ("CLIMBQ_INT4_MMA_KERNEL", "fastest", 16, torch.bfloat16, "must be 'registers', 'registers-wide', 'pipelined' or 'pipelined-wide'"),
     ("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", "lots", 9, torch.float32, "must be a positive byte count"),
 ])
 def test_tuning_overrides_are_checked(name, value, m, dtype, message, monkeypatch, gen):

@@ -19,8 +19,8 @@
 //   the default is full float32.
 //
 // For benchmarks, CLIMBQ_INT4_CUDA_PATH = gemv | mma | dequantize forces a path (an error where
-// it does not apply), CLIMBQ_INT4_MMA_KERNEL = registers | pipelined the MMA path's kernel and
-// CLIMBQ_INT4_MMA_SPLIT_K its split of K.
+// it does not apply), CLIMBQ_INT4_MMA_KERNEL = registers | registers-wide | pipelined |
+// pipelined-wide the MMA path's kernel and CLIMBQ_INT4_MMA_SPLIT_K its split of K.
 //
 // Arguments are validated by the Python layer (climbq_kernels/int4.py) first; ../int4_args.h
 // (shared with the CPU op) is the second line of defence for direct torch.ops.climbq_native
@@ -98,14 +98,19 @@ int64_t env_int(const char* name, int64_t fallback) {
   return parsed;
 }
 
-// CLIMBQ_INT4_MMA_KERNEL = registers | pipelined forces one of the MMA path's kernels.
+// CLIMBQ_INT4_MMA_KERNEL = registers | registers-wide | pipelined | pipelined-wide forces one of the MMA path's
+// kernels.
 MmaKernel forced_mma_kernel() {
   const char* env = std::getenv("CLIMBQ_INT4_MMA_KERNEL");
   if (env == nullptr || *env == '\0') return MmaKernel::kAuto;
   const std::string_view name(env);
   if (name == "registers") return MmaKernel::kRegisters;
+  if (name == "registers-wide") return MmaKernel::kRegistersWide;
   if (name == "pipelined") return MmaKernel::kPipelined;
-  TORCH_CHECK_VALUE(false, "CLIMBQ_INT4_MMA_KERNEL must be 'registers' or 'pipelined', got '", name, "'");
+  if (name == "pipelined-wide") return MmaKernel::kPipelinedWide;
+  TORCH_CHECK_VALUE(false,
+                    "CLIMBQ_INT4_MMA_KERNEL must be 'registers', 'registers-wide', 'pipelined' or 'pipelined-wide', got '",
+                    name, "'");
 }
 
 enum class Path { kGemv, kMma, kDequantize };
