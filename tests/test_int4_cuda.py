@@ -1,9 +1,9 @@
 """The CUDA INT4 matmul (csrc/cuda/int4_*.cu, SPEC 6) against the float64 reference, by the error
 rule: the GEMV for M <= 8 (its 16-byte loop, exact for float32 and with offset codes for 16-bit x,
 and its bytewise loop for rows that are not 16-byte aligned), the tensor-core kernel for 16-bit x
-up to M = 64 (every split of K), and dequantize + cuBLAS beyond (block by block; word and byte
-dequantization); each path also forced over the others' batch sizes; plus argument checks and
-registration.
+up to M = 64 (every split of K), and dequantize + cuBLAS beyond (block by block; dequantization
+by 16-byte chunks, words or bytes); each path also forced over the others' batch sizes; plus
+argument checks and registration.
 
 Tests that run the kernel need a CUDA device and skip only where there is none; the
 registration test runs on the CPU.
@@ -203,6 +203,28 @@ def test_misaligned_storage_takes_the_bytewise_loop(m, dtype, gen):
     qw_off = cq.Int4Weight(packed_off, qw.scales, qw.zeros, qw.group_size)
     for xs, w in [(x_off, qw), (x, qw_off), (x_off, qw_off)]:
         assert_matches_reference(_run_cuda(xs, w, bias), x, qw, bias)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k,group_size,packed_offset", [
+    (4096, 128, 0),  # 16-byte chunks of codes
+    (160, None, 0),  # chunks, one group per row
+    (40, None, 0),   # K % 32 != 0: 32-bit words
+    (256, 32, 4),    # packed 4 bytes past a 16-byte boundary: words
+    (256, 32, 3),    # 3 bytes past: bytes
+    (18, None, 0),   # K % 8 != 0: bytes
+], ids=str)
+def test_dequantize_path_reads_chunks_words_or_bytes(k, group_size, packed_offset, dtype, monkeypatch, gen):
+    """The large-M path's dequantization reads 16-byte chunks, 32-bit words or single bytes of
+    codes by K and the packed pointer's alignment; each matches the reference."""
+    monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", "dequantize")
+    qw = _weight(45, k, group_size, gen)
+    packed = _misaligned_copy(qw.packed, packed_offset) if packed_offset else qw.packed
+    x = _x((70,), k, dtype, gen)
+    bias = torch.randn(45, generator=gen).to("cuda", dtype)
+    got = OPS.int4_matmul(x, packed, qw.scales, qw.zeros, qw.group_size, bias)
+    assert_matches_reference(got, x, qw, bias)
 
 
 @needs_gpu
