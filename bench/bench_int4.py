@@ -12,7 +12,10 @@ CPU, this 2-core AVX-512 VM, 2026-11-22 15:26 UTC (bench/results/cpu-2026-11-22/
 bandwidth 22.5 GB/s), climbq cpu against F.linear float32 and against torch's int4 kernel in
 bfloat16 (its fast path; in float32 torch's kernel is 10-90x slower than ours). Medians moved
 up to 1.6x between runs minutes apart (F.linear 11008x4096 batch 1: 6.6-10.7 ms); compare
-within one run:
+within one run. These were timed before the runner flushed the caches between rounds, so the
+packed weights (8-22 MB) were read from the 48 MB last-level cache and F.linear's (64-180 MB)
+were not; flushed, batch 1 is 2.6-3.5x F.linear and 0.85-1.05x torch's kernel
+(bench/int4_cpu_interleaved.py, bench/results/cpu-2026-11-23/int4-interleaved.md). Warm:
   M=1    4096x4096: 0.59 ms fp32 (4.6x F.linear, 1.15x torch bf16); 0.74 ms bf16 (0.92x torch)
   M=1   11008x4096: 2.09-2.40 ms (4.4-5.1x F.linear, 1.13x torch)
   M=4   11008x4096: 3.2-3.6 ms (4.3-7.4x F.linear, 1.13x torch)

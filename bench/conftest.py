@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from climbq_kernels.testing import median_seconds
-from report import copy_bandwidth_bytes_per_s, environment, markdown, rows, save
+from report import CpuCacheFlush, copy_bandwidth_bytes_per_s, environment, markdown, rows, save
 
 MEDIANS: dict[str, dict[str, float]] = {}
 CASES: dict[str, object] = {}
@@ -28,13 +28,19 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("bench_case", params, ids=[f"{case.name}|{label}" for case, label in params])
 
 
+@pytest.fixture(scope="session")
+def cache_flush():
+    return CpuCacheFlush()
+
+
 @pytest.fixture
-def record():
-    """record(benchmark, case, label): time one candidate and keep its median for the summary table."""
+def record(cache_flush):
+    """record(benchmark, case, label): time one candidate, its operands flushed from the caches
+    before every round, and keep its median for the summary table."""
     def measure(benchmark, case, label):
         benchmark.group = case.name
         benchmark.extra_info["floor_bytes"] = case.floor_bytes
-        benchmark.pedantic(case.candidates[label], rounds=5, warmup_rounds=1)
+        benchmark.pedantic(case.candidates[label], setup=cache_flush, rounds=5, warmup_rounds=1)
         CASES[case.name] = case
         MEDIANS.setdefault(case.name, {})[label] = benchmark.stats.stats.median
     return measure

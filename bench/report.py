@@ -23,6 +23,20 @@ def copy_bandwidth_bytes_per_s(device: str, timer, size_bytes: int = 256 * 2**20
     return 2 * size_bytes / seconds
 
 
+class CpuCacheFlush:
+    """Called before each timed CPU call: reads a buffer several times the size of any server's
+    last-level cache, so that the call finds its operands in DRAM, as a layer of a model does
+    when the layers before it have run (the CPU counterpart of do_bench's L2 flush). Reading, not
+    writing, leaves no dirty lines for the timed call to write back; the read runs on torch's
+    threads, which it leaves awake as the ops between two layers would."""
+
+    def __init__(self, size_bytes: int = 256 * 2**20):
+        self.buffer = torch.ones(size_bytes // 4)
+
+    def __call__(self) -> None:
+        self.buffer.sum()
+
+
 def do_bench_seconds(fn) -> float:
     """GPU time of fn in seconds: triton.testing.do_bench's median, L2 flushed between calls."""
     from triton.testing import do_bench

@@ -1,0 +1,114 @@
+"""CPU INT4 matmul ratios measured round-robin: every candidate of a case once per round, rounds
+repeated, and each ratio taken within its round.
+
+On a shared VM the load moves between the minutes pytest-benchmark spends on one candidate and
+the next (dense F.linear at batch 1 measured 6.6-10.7 ms minutes apart), which moves the ratios
+the INT4 targets are stated in. Here every round times all candidates back to back (their order
+rotating), so a ratio compares calls made within the same second; the report gives each
+candidate's median time and, against the case's first candidate (dense F.linear), the median and
+quartiles of the per-round ratios. Before each call the caches are flushed (report.CpuCacheFlush),
+as in the pytest-benchmark runner: a packed weight of 8-22 MB would otherwise be read from the
+last-level cache call after call while dense F.linear's 64-180 MB never is (`--hot` keeps them).
+
+    python3 bench/int4_cpu_interleaved.py [--rounds 30] [--batches 1 4] [--hot] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(BENCH_DIR.parent))
+from cases import cpu_backends, int4_matmul_case  # noqa: E402
+from report import CpuCacheFlush, environment  # noqa: E402
+
+SHAPES = [(4096, 4096), (11008, 4096)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SLOW_PEER = "torch _weight_int4pack_mm_for_cpu"
+"""Left out for float32 x past batch 1: its float32 path takes seconds a call here."""
+
+
+def interleaved_seconds(candidates: dict, rounds: int, before_each=lambda: None,
+                        warmup: int = 2) -> dict[str, list[float]]:
+    """Per candidate, the wall-clock seconds of one call in each of `rounds` rounds; round r calls
+    the candidates in their order rotated by r, each after an untimed `before_each()`."""
+    labels = list(candidates)
+    for _ in range(warmup):
+        for label in labels:
+            candidates[label]()
+    times = {label: [] for label in labels}
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            before_each()
+            start = time.perf_counter()
+            candidates[label]()
+            times[label].append(time.perf_counter() - start)
+    return times
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4)
+    return q1, median, q3
+
+
+def summarize(name: str, times: dict[str, list[float]]) -> list[dict]:
+    """Rows: median ms per candidate, and the per-round ratio baseline / candidate (quartiles)."""
+    baseline = next(iter(times))
+    out = []
+    for label, seconds in times.items():
+        ratios = [b / s for b, s in zip(times[baseline], seconds)]
+        q1, ratio, q3 = quartiles(ratios)
+        out.append({"case": name, "candidate": label, "median_ms": statistics.median(seconds) * 1e3,
+                    "ratio_median": ratio, "ratio_q1": q1, "ratio_q3": q3, "rounds": len(seconds)})
+    return out
+
+
+def markdown(all_rows: list[dict], header: str) -> str:
+    lines = [header, "", "| case | candidate | median ms | x first candidate, per round: median (quartiles) |",
+             "|---|---|---|---|"]
+    for r in all_rows:
+        lines.append(f"| {r['case']} | {r['candidate']} | {r['median_ms']:.3f} | "
+                     f"{r['ratio_median']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1])
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=sorted(DTYPES))
+    parser.add_argument("--hot", action="store_true", help="no cache flush between calls")
+    parser.add_argument("--out", type=Path, help="write int4-interleaved.md and .json here")
+    args = parser.parse_args()
+    plan = [(shape, batch, DTYPES[d]) for batch in args.batches for shape in SHAPES for d in args.dtypes]
+    before_each = (lambda: None) if args.hot else CpuCacheFlush()
+    all_rows = []
+    for shape, batch, dtype in tqdm(plan, desc="cases"):
+        case = int4_matmul_case("cpu", dtype, shape, batch, backends=cpu_backends())
+        candidates = {label: fn for label, fn in case.candidates.items()
+                      if not (label == SLOW_PEER and dtype == torch.float32 and batch > 1)}
+        all_rows += summarize(case.name, interleaved_seconds(candidates, args.rounds, before_each))
+    env = {key: value for key, value in environment("cpu", 0.0).items() if key != "copy_bandwidth_GBps"}
+    header = (f"# CPU INT4 matmul, candidates interleaved ({env['device']}, {env['date']}, torch {env['torch']}, "
+              f"{env['threads']} threads, {args.rounds} rounds, caches {'warm' if args.hot else 'flushed'})")
+    table = markdown(all_rows, header)
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = "int4-interleaved-hot" if args.hot else "int4-interleaved"
+        (args.out / f"{stem}.md").write_text(table)
+        (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": all_rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
