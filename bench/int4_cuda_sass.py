@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-from int4_triton_sass import INSTRUCTION  # noqa: E402
+from int4_triton_sass import INSTRUCTION, report  # noqa: E402
 
 KERNEL = re.compile(r"(int4_mma_kernel|int4_mma_registers_kernel)<c10::(\w+), (\d+), (\d+)(?:, (\d+), (\w+))?>")
 ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
@@ -112,13 +111,7 @@ def main() -> int:
     if not objects or not objects[0].exists():
         sys.exit("no int4_mma.o: build the extension first (python3 setup.py build_ext --inplace) or pass --object")
     rows = count(objects[0], args.dtype)
-    table = markdown(rows)
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "int4_cuda_sass.md").write_text("# CUDA INT4 MMA kernels: SASS of the K loop (sm_90a, static)\n\n"
-                                                    + table)
-        (args.out / "int4_cuda_sass.json").write_text(json.dumps(rows, indent=1))
+    report(rows, markdown(rows), args.out, "int4_cuda_sass", "CUDA INT4 MMA kernels: SASS of the K loop (sm_90a, static)")
     return 0
 
 

@@ -113,6 +113,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(rows: list[dict], table: str, out: Path | None, stem: str, title: str) -> None:
+    """Print the table; with `out`, also write it as <stem>.md under `title` and the rows as <stem>.json."""
+    print(table)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.md").write_text(f"# {title}\n\n{table}")
+        (out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write int4_triton_sass.md and .json here")
@@ -120,13 +129,7 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
     rows = [count(*entry) for entry in PLAN]
-    table = markdown(rows)
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "int4_triton_sass.md").write_text("# Triton INT4 kernels: SASS of the K loop (sm_90, static)\n\n"
-                                                      + table)
-        (args.out / "int4_triton_sass.json").write_text(json.dumps(rows, indent=1))
+    report(rows, markdown(rows), args.out, "int4_triton_sass", "Triton INT4 kernels: SASS of the K loop (sm_90, static)")
     return 0
 
 
