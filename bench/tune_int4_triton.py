@@ -42,14 +42,15 @@ GEMM_GRID = {"BLOCK_N": (64, 128, 256), "BLOCK_K": (64, 128), "num_warps": (4, 8
 GEMM_BLOCK_M = (16, 32, 64, 128, 256)
 GEMM_TILE_LIMIT = 256 * 128
 """Most outputs (BLOCK_M x BLOCK_N) per GEMM tile: float32 accumulators in registers. On sm_90
-256x128 tiles with BLOCK_K 64 and 8 warps compile without spills and carry about 790 MMA
-multiply-adds per warp instruction in the K loop, against 526 at 128x128x128 (bench/
-int4_triton_sass.py: the loop is then bound by dequantization, not the tensor cores); 128x256
+256x128 tiles with BLOCK_K 64 and 8 warps compile without spills and carry 778-797 MMA
+multiply-adds per warp instruction in the K loop, against 524-526 at 128x128x128 (bench/
+int4_triton_sass.py: that loop is bound by instruction issue, not the tensor cores); 128x256
 and 256x128 with BLOCK_K 128 spill."""
-QUICK = {"BLOCK_N": (64, 128), "BLOCK_K": (64, 128), "SPLIT_K": (4, 8), "num_warps": (4, 8), "num_stages": (3,)}
-"""--quick: each grid restricted to these values (about a tenth of the configs to compile and time);
-quick GEMM tiles take 8 warps from 128x128 outputs on, 4 below (`_quick_warps`)."""
+QUICK = {"BLOCK_N": (64, 128), "BLOCK_K": (64, 128), "SPLIT_K": (4, 8), "num_warps": (4,), "num_stages": (3,)}
+"""--quick: each grid restricted to these values (about a tenth of the configs to compile and time)."""
 QUICK_WIDE_TILE = 128 * 128
+"""Quick GEMM tiles of this many outputs or more take 8 warps (4 would hold their accumulators in
+half the threads' registers)."""
 GEMM_SPLITS = {"full": (1, 2, 4), "quick": (1, 4)}
 """K slices tried for the GEMM up to GEMM_SPLIT_MAX_M rows, where its tiles alone do not fill the GPU."""
 GEMM_SPLIT_MAX_M = 64
@@ -61,8 +62,8 @@ def _grid(grid: dict, quick: bool) -> list[dict]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def _quick_warps(tile: int) -> int:
-    return 8 if tile >= QUICK_WIDE_TILE else 4
+def _gemm_point(point: dict, outputs: int, quick: bool) -> dict:
+    return dict(point, num_warps=8) if quick and outputs >= QUICK_WIDE_TILE else point
 
 
 def candidates(m: int, quick: bool = False) -> list[dict]:
@@ -71,13 +72,12 @@ def candidates(m: int, quick: bool = False) -> list[dict]:
     if m <= GEMV_MAX_M:
         block_m = _next_power_of_2(m)
         found += [{"kernel": "gemv", "BLOCK_M": block_m, **point} for point in _grid(GEMV_GRID, quick)
-                  if block_m * point["BLOCK_N"] * point["BLOCK_K"] // 2 <= GEMV_TILE_LIMIT
-                  and not (quick and point["num_warps"] != _quick_warps(0))]
+                  if block_m * point["BLOCK_N"] * point["BLOCK_K"] // 2 <= GEMV_TILE_LIMIT]
     for block_m in (b for b in GEMM_BLOCK_M if b <= max(16, _next_power_of_2(m))):
         splits = GEMM_SPLITS["quick" if quick else "full"] if m <= GEMM_SPLIT_MAX_M else (1,)
-        found += [{"kernel": "gemm", "BLOCK_M": block_m, "SPLIT_K": split, **point} for point in _grid(GEMM_GRID, quick)
-                  for split in splits if block_m * point["BLOCK_N"] <= GEMM_TILE_LIMIT
-                  and not (quick and point["num_warps"] != _quick_warps(block_m * point["BLOCK_N"]))]
+        found += [{"kernel": "gemm", "BLOCK_M": block_m, "SPLIT_K": split,
+                   **_gemm_point(point, block_m * point["BLOCK_N"], quick)}
+                  for point in _grid(GEMM_GRID, quick) for split in splits if block_m * point["BLOCK_N"] <= GEMM_TILE_LIMIT]
     return found
 
 
