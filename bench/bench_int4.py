@@ -14,7 +14,7 @@ bfloat16 (its fast path; in float32 torch's kernel is 10-90x slower than ours). 
 up to 1.6x between runs minutes apart (F.linear 11008x4096 batch 1: 6.6-10.7 ms); compare
 within one run. These were timed before the runner flushed the caches between rounds, so the
 packed weights (8-22 MB) were read from the 48 MB last-level cache and F.linear's (64-180 MB)
-were not; flushed, batch 1 is 2.6-3.5x F.linear and 0.85-1.05x torch's kernel
+were not; flushed, batch 1 is 2.6-3.5x F.linear and 0.81-0.97x torch's kernel
 (bench/int4_cpu_interleaved.py, bench/results/cpu-2026-11-23/int4-interleaved.md). Warm:
   M=1    4096x4096: 0.59 ms fp32 (4.6x F.linear, 1.15x torch bf16); 0.74 ms bf16 (0.92x torch)
   M=1   11008x4096: 2.09-2.40 ms (4.4-5.1x F.linear, 1.13x torch)
