@@ -55,18 +55,13 @@ def interleaved_seconds(candidates: dict, rounds: int, before_each=lambda: None,
     return times
 
 
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    q1, median, q3 = statistics.quantiles(values, n=4)
-    return q1, median, q3
-
-
 def summarize(name: str, times: dict[str, list[float]]) -> list[dict]:
     """Rows: median ms per candidate, and the per-round ratio baseline / candidate (quartiles)."""
     baseline = next(iter(times))
     out = []
     for label, seconds in times.items():
         ratios = [b / s for b, s in zip(times[baseline], seconds)]
-        q1, ratio, q3 = quartiles(ratios)
+        q1, ratio, q3 = statistics.quantiles(ratios, n=4)
         out.append({"case": name, "candidate": label, "median_ms": statistics.median(seconds) * 1e3,
                     "ratio_median": ratio, "ratio_q1": q1, "ratio_q3": q3, "rounds": len(seconds)})
     return out
