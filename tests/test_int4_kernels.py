@@ -59,6 +59,26 @@ def test_every_group_size(backend, device, dtype, group_size, batch, gen):
     _check(backend, torch.randn(batch, 512, generator=gen).to(device, dtype), qw, None)
 
 
+CALLS = 8
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("out_features", [1, 9, 27])
+@pytest.mark.parametrize("in_features,group_size", [(128, 128), (384, 128), (1024, 256), (640, None)])
+def test_single_row_of_whole_128_feature_groups(backend, device, dtype, out_features, in_features, group_size, gen):
+    """Batch 1 with groups of whole 128-feature blocks: the CPU's word tiles (AVX-512), whose
+    tiles take rows N // 8 apart and leave N % 8 rows to single-row tiles. CALLS calls of one row
+    each, held to the error rule together (one output is too few to measure a mean error)."""
+    qw = _weight(out_features, in_features, group_size, gen, device)
+    xs = torch.randn(CALLS, 1, in_features, generator=gen).to(device, dtype)
+    with cq.use_backend(backend):
+        got = torch.cat([cq.int4_matmul(x, qw) for x in xs])
+    args = (qw.packed.cpu(), qw.scales.cpu(), qw.zeros.cpu(), qw.group_size)
+    rows = xs.reshape(CALLS, in_features).cpu()
+    assert_error_rule(got.cpu(), reference.int4_matmul(rows.double(), *args), reference.int4_matmul(rows, *args))
+
+
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("in_features", [2, 18, 94, 1022])
 @pytest.mark.parametrize("batch", [1, 6, 20])
@@ -144,10 +164,12 @@ def _isas_to_test():
 @pytest.mark.parametrize("isa", _isas_to_test())
 def test_each_cpu_instruction_set(isa, tmp_path, gen):
     """Every ISA variant in a fresh process (ATen reads ATEN_CPU_CAPABILITY once): fused tiles
-    with remainders, the one-group tail and the dequantize-then-GEMM path (from 80 rows; at
-    2049 x 4096 in three blocks of W rows, the last one row)."""
+    with remainders, the one-group tail, AVX-512's word tiles at batch 1 (g = 128, one group of
+    384) and the dequantize-then-GEMM path (from 80 rows; at 2049 x 4096 in three blocks of W
+    rows, the last one row)."""
     cases = []
-    for batch, out_features, in_features, group_size in [(1, 21, 256, 32), (3, 10, 96, None), (6, 9, 1022, None),
+    for batch, out_features, in_features, group_size in [(1, 21, 256, 32), (1, 27, 512, 128), (1, 11, 384, None),
+                                                         (3, 10, 96, None), (6, 9, 1022, None),
                                                          (9, 7, 512, 128), (40, 13, 256, 256), (79, 5, 64, 32),
                                                          (80, 9, 256, 64), (129, 11, 1022, None),
                                                          (81, 2049, 4096, 128)]:

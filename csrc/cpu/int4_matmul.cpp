@@ -1,4 +1,4 @@
-// INT4 packed-weight matmul (SPEC 6) on the CPU: checks, the split activation layout, and the
+// INT4 packed-weight matmul (SPEC 6) on the CPU: checks, the activation layouts, and the
 // float32 -> x's dtype epilogue with the bias; the vectorised tiles are in
 // isa/int4_matmul_kernel.cpp.
 #include <ATen/Dispatch.h>
@@ -21,14 +21,16 @@ namespace climbq::cpu {
 namespace {
 
 struct Int4Kernels {
+  decltype(&DEFAULT::int4_x_layout) x_layout;
   decltype(&DEFAULT::int4_matmul) fused;
   decltype(&DEFAULT::int4_dequantize) dequantize;
 };
 
 const Int4Kernels& int4_kernels() {
   static const Int4Kernels chosen = choose_isa<Int4Kernels>(
-      {DEFAULT::int4_matmul, DEFAULT::int4_dequantize}, {CLIMBQ_AVX2::int4_matmul, CLIMBQ_AVX2::int4_dequantize},
-      {CLIMBQ_AVX512::int4_matmul, CLIMBQ_AVX512::int4_dequantize});
+      {DEFAULT::int4_x_layout, DEFAULT::int4_matmul, DEFAULT::int4_dequantize},
+      {CLIMBQ_AVX2::int4_x_layout, CLIMBQ_AVX2::int4_matmul, CLIMBQ_AVX2::int4_dequantize},
+      {CLIMBQ_AVX512::int4_x_layout, CLIMBQ_AVX512::int4_matmul, CLIMBQ_AVX512::int4_dequantize});
   return chosen;
 }
 
@@ -59,27 +61,39 @@ at::Tensor dequantize_then_gemm(const Int4MatmulProblem& problem, const at::Tens
   return y;
 }
 
-// Rows of x (M, K) as float32 in the split layout of int4_matmul_kernel.h.
-// Rows of the split activations are padded to a stride of an odd number of cache lines: rows
-// a multiple of 4 KiB apart would share L1 sets, and the tiles read 8 rows at once.
-int64_t split_stride(int64_t in) {
+// Rows of x (M, K) as float32 in a layout of int4_matmul_kernel.h.
+// Rows are padded to a stride of an odd number of cache lines: rows a multiple of 4 KiB apart
+// would share L1 sets, and the tiles read 8 rows at once.
+int64_t padded_stride(int64_t in) {
   constexpr int64_t kLineFloats = 16;
   return (in / kLineFloats | 1) * kLineFloats + (in % kLineFloats ? kLineFloats : 0);
 }
 
+// dst = src's block of `Width` features with run j of `Runs` holding features j, Runs + j, ...
+// The split layout is 2 runs of 16 features a block of 32, the word layout 8 runs of 16 a block of 128.
+template <int64_t Width, int64_t Runs, typename T>
+void interleave_runs(const T* src, float* dst) {
+  constexpr int64_t kRun = Width / Runs;
+  for (int64_t j = 0; j < Runs; ++j) {
+    for (int64_t i = 0; i < kRun; ++i) dst[j * kRun + i] = static_cast<float>(src[i * Runs + j]);
+  }
+}
+
 template <typename T>
-void split_rows(const T* x, int64_t rows, int64_t in, int64_t stride, float* out) {
-  const int64_t whole = in / kInt4BlockFeatures * kInt4BlockFeatures;
-  constexpr int64_t kHalf = kInt4BlockFeatures / 2;
+void lay_out_rows(const T* x, int64_t rows, int64_t in, int64_t stride, Int4XLayout layout, float* out) {
   at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(in, 1)),
                    [&](int64_t first, int64_t last) {
     for (int64_t m = first; m < last; ++m) {
       const T* src = x + m * in;
       float* dst = out + m * stride;
-      for (int64_t block = 0; block < whole; block += kInt4BlockFeatures) {
-        for (int64_t j = 0; j < kHalf; ++j) {
-          dst[block + j] = static_cast<float>(src[block + 2 * j]);
-          dst[block + kHalf + j] = static_cast<float>(src[block + 2 * j + 1]);
+      int64_t whole = 0;
+      if (layout == Int4XLayout::kWords) {
+        for (; whole + kInt4WordBlockFeatures <= in; whole += kInt4WordBlockFeatures) {
+          interleave_runs<kInt4WordBlockFeatures, 8>(src + whole, dst + whole);
+        }
+      } else {
+        for (; whole + kInt4BlockFeatures <= in; whole += kInt4BlockFeatures) {
+          interleave_runs<kInt4BlockFeatures, 2>(src + whole, dst + whole);
         }
       }
       for (int64_t k = whole; k < in; ++k) dst[k] = static_cast<float>(src[k]);
@@ -87,15 +101,16 @@ void split_rows(const T* x, int64_t rows, int64_t in, int64_t stride, float* out
   });
 }
 
-// The fused kernel: y (M, N) float32 from x in the split layout.
+// The fused kernel: y (M, N) float32 from x laid out as the kernel asks.
 at::Tensor fused_matmul(Int4MatmulProblem problem, const at::Tensor& x, at::Tensor y) {
-  const int64_t stride = split_stride(problem.in_features);
-  at::Tensor x_split = at::empty({problem.rows, stride}, x.options().dtype(at::kFloat));
+  const int64_t stride = padded_stride(problem.in_features);
+  problem.x_layout = int4_kernels().x_layout(problem.rows, problem.in_features, problem.group_size);
+  at::Tensor x_laid_out = at::empty({problem.rows, stride}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int4_matmul", [&] {
-    split_rows(x.const_data_ptr<scalar_t>(), problem.rows, problem.in_features, stride,
-               x_split.mutable_data_ptr<float>());
+    lay_out_rows(x.const_data_ptr<scalar_t>(), problem.rows, problem.in_features, stride, problem.x_layout,
+                 x_laid_out.mutable_data_ptr<float>());
   });
-  problem.x = x_split.const_data_ptr<float>();
+  problem.x = x_laid_out.const_data_ptr<float>();
   problem.x_stride = stride;
   problem.y = y.mutable_data_ptr<float>();
   int4_kernels().fused(problem);
