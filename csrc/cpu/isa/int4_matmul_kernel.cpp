@@ -9,8 +9,9 @@
 // kTileRows weight rows. Dequantized weights equal the reference's float32 (q - zero) * scale
 // bit for bit; sums are float32 vectors, reduced lane by lane in a fixed order, so results do
 // not depend on the thread count. Weight rows are read from memory once: tiles of the same
-// weight rows run back to back on one thread and find them in L1. With AVX-512, a single
-// activation row whose groups are whole 128-feature blocks takes the word tiles instead (below).
+// weight rows run back to back on one thread and find them in L1. A single activation row
+// (batch 1) has tiles of its own: rows far apart, read ahead (single_row_matmul), and with
+// AVX-512, where groups are whole 128-feature blocks, the word tiles.
 #include "../int4_matmul_kernel.h"
 
 #include <ATen/Parallel.h>
@@ -68,6 +69,12 @@ constexpr int kGemvRows = 4;
 // slower at batches 8-32 than tiles that run the whole row.
 
 constexpr int64_t kCacheLine = 64;
+// Batch 1 reads each weight row this far ahead into L1 (prefetcht0), once per 128 features.
+// Cold, rows rotated through 160 MB as a model's layers are, 2 threads, AVX-512 word tiles at
+// 11008x4096 and 4096x4096: 13-15% faster than none (18% on one thread), 128-1024 bytes within
+// 3% of each other; into L2 (prefetcht1) 3%, non-temporal 40% slower. The split tiles at
+// batch 1 (g = 64): 8% faster.
+constexpr int64_t kRowPrefetchBytes = 512;
 // Multiply-adds per parallel task below which tasks are merged.
 constexpr int64_t kGrainMacs = int64_t{1} << 16;
 
@@ -142,9 +149,16 @@ int group_shift(int64_t g) {
   return (g & (g - 1)) == 0 ? __builtin_ctzll(static_cast<unsigned long long>(g)) : 62;
 }
 
-// y[m0 + m, n0 + r] for r < R, m < MB.
+// Batch 1: the bytes kRowPrefetchBytes past `offset` in each of R weight rows, into L1.
+template <int R>
+inline void prefetch_rows(const uint8_t* const (&w)[R], int64_t offset) {
+  CLIMBQ_UNROLL
+  for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + offset + kRowPrefetchBytes, 0, 3);
+}
+
+// y[m0 + m, n0 + r * stride] for r < R, m < MB.
 template <int R, int MB>
-void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0) {
+void tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride, int64_t m0) {
   const int64_t in = p.in_features, g = p.group_size, groups = in / g;
   const int64_t whole_end = in / kInt4BlockFeatures * kInt4BlockFeatures;
   const uint8_t* w[R];
@@ -152,9 +166,10 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0) {
   const float* zero[R];
   CLIMBQ_UNROLL
   for (int r = 0; r < R; ++r) {
-    w[r] = p.packed + (n0 + r) * (in / 2);
-    scale[r] = p.scales + (n0 + r) * groups;
-    zero[r] = p.zeros + (n0 + r) * groups;
+    const int64_t n = n0 + r * stride;
+    w[r] = p.packed + n * (in / 2);
+    scale[r] = p.scales + n * groups;
+    zero[r] = p.zeros + n * groups;
   }
   const float* x[MB];
   CLIMBQ_UNROLL
@@ -174,11 +189,16 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0) {
     CLIMBQ_UNROLL
     for (int r = 0; r < R; ++r) table[r].set(scale[r][group], zero[r][group]);
     for (int64_t feature = group_begin; feature < group_end; feature += kInt4BlockFeatures) {
-      // The next tile's rows follow this tile's in memory: bring them into L2 at the rate this
-      // tile consumes its own (R blocks of 16 bytes per step), one long stream ahead.
-      const char* ahead = reinterpret_cast<const char*>(w[0]) + R * (in / 2) + R * (feature / 2);
-      for (int64_t line = 0; line < R * kBlockBytes; line += kCacheLine) {
-        __builtin_prefetch(ahead + line, 0, 2);  // read, keep in L2
+      if constexpr (MB == 1) {
+        if (feature % kInt4WordBlockFeatures == 0) prefetch_rows<R>(w, feature / 2);
+      } else {
+        // Tiles of more than one x row run on consecutive weight rows: the next tile's rows follow
+        // this tile's in memory; bring them into L2 at the rate this tile consumes its own (R
+        // blocks of 16 bytes per step), one long stream ahead.
+        const char* ahead = reinterpret_cast<const char*>(w[0]) + R * (in / 2) + R * (feature / 2);
+        for (int64_t line = 0; line < R * kBlockBytes; line += kCacheLine) {
+          __builtin_prefetch(ahead + line, 0, 2);  // read, keep in L2
+        }
       }
       for (int64_t lane0 = 0; lane0 < kBlockBytes; lane0 += kLanes) {
         Reg x_even[MB], x_odd[MB];
@@ -220,7 +240,7 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0) {
   for (int r = 0; r < R; ++r) {
     CLIMBQ_UNROLL
     for (int m = 0; m < MB; ++m) {
-      p.y[(m0 + m) * p.out_features + n0 + r] = sum_lanes(acc[r][m]) + tail[r][m];
+      p.y[(m0 + m) * p.out_features + n0 + r * stride] = sum_lanes(acc[r][m]) + tail[r][m];
     }
   }
 }
@@ -229,8 +249,8 @@ void tile(const Int4MatmulProblem& p, int64_t n0, int64_t m0) {
 template <int R, int MB>
 void rows_tile(const Int4MatmulProblem& p, int64_t n0, int64_t rows, int64_t m0) {
   int64_t n = n0;
-  for (; n + R <= n0 + rows; n += R) tile<R, MB>(p, n, m0);
-  for (; n < n0 + rows; ++n) tile<1, MB>(p, n, m0);
+  for (; n + R <= n0 + rows; n += R) tile<R, MB>(p, n, 1, m0);
+  for (; n < n0 + rows; ++n) tile<1, MB>(p, n, 1, m0);
 }
 
 template <int MB = kTileBatch>
@@ -272,6 +292,7 @@ void word_tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride) {
     CLIMBQ_UNROLL
     for (int r = 0; r < R; ++r) table[r].set(scale[r][group], zero[r][group]);
     for (int64_t feature = group * g; feature < (group + 1) * g; feature += kInt4WordBlockFeatures) {
+      prefetch_rows<R>(w, feature / 2);
       __m512i words[R];
       CLIMBQ_UNROLL
       for (int r = 0; r < R; ++r) words[r] = _mm512_loadu_si512(w[r] + feature / 2);
@@ -289,25 +310,38 @@ void word_tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride) {
   CLIMBQ_UNROLL
   for (int r = 0; r < R; ++r) p.y[n0 + r * stride] = sum_lanes(acc[r]);
 }
+#endif
 
-// The rows of a word tile lie N / kGemvRows apart, so a thread running consecutive tiles reads
-// kGemvRows long sequential streams of W instead of one block of kGemvRows short rows: this
-// VM's memory, read with nothing else running, gave one stream per thread 13.5-18 GB/s and 8
-// streams 24-26. Rows past kGemvRows * (N / kGemvRows) run one per task.
-void word_matmul(const Int4MatmulProblem& p) {
+// Batch 1: the rows of a tile lie N / kGemvRows apart, so a thread running consecutive tiles
+// reads kGemvRows long sequential streams of W (each prefetched, see kRowPrefetchBytes) rather
+// than one block of kGemvRows short rows: this VM's memory, read with nothing else running, gave
+// one stream a thread 13.5-18 GB/s and 8 streams 24-26. Rows past kGemvRows * (N / kGemvRows)
+// run one per task.
+void single_row_matmul(const Int4MatmulProblem& p) {
   const int64_t stride = p.out_features / kGemvRows, spare = p.out_features % kGemvRows;
   const int64_t grain = std::max<int64_t>(1, kGrainMacs / (kGemvRows * std::max<int64_t>(p.in_features, 1)));
   at::parallel_for(0, stride + spare, grain, [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
-      if (task < stride) {
-        word_tile<kGemvRows>(p, task, stride);
+      const bool whole = task < stride;
+      const int64_t n0 = whole ? task : kGemvRows * stride + task - stride;
+#if defined(CPU_CAPABILITY_AVX512)
+      if (p.x_layout == Int4XLayout::kWords) {
+        if (whole) {
+          word_tile<kGemvRows>(p, n0, stride);
+        } else {
+          word_tile<1>(p, n0, 0);
+        }
+        continue;
+      }
+#endif
+      if (whole) {
+        tile<kGemvRows, 1>(p, n0, stride, 0);
       } else {
-        word_tile<1>(p, kGemvRows * stride + task - stride, 0);
+        tile<1, 1>(p, n0, 0, 0);
       }
     }
   });
 }
-#endif
 
 }  // namespace
 
@@ -322,13 +356,12 @@ Int4XLayout int4_x_layout(int64_t rows, int64_t in_features, int64_t group_size)
 }
 
 void int4_matmul(const Int4MatmulProblem& p) {
-  if (p.x_layout == Int4XLayout::kWords) {
-#if defined(CPU_CAPABILITY_AVX512)
-    word_matmul(p);
-    return;
-#else
-    TORCH_INTERNAL_ASSERT(false, "int4_matmul: the word layout is read by the AVX-512 kernel only");
+#if !defined(CPU_CAPABILITY_AVX512)
+  TORCH_INTERNAL_ASSERT(p.x_layout == Int4XLayout::kSplit, "int4_matmul: the word layout is read by AVX-512 only");
 #endif
+  if (p.rows == 1) {
+    single_row_matmul(p);
+    return;
   }
   constexpr int64_t kRowsPerTask = std::max(kTileRows, kGemvRows);  // tiles of one task share x
   const int64_t row_tasks = (p.out_features + kRowsPerTask - 1) / kRowsPerTask;
