@@ -10,12 +10,19 @@ quartiles of the per-round ratios. Before each call the caches are flushed (repo
 as in the pytest-benchmark runner: a packed weight of 8-22 MB would otherwise be read from the
 last-level cache call after call while dense F.linear's 64-180 MB never is (`--hot` keeps them).
 
-    python3 bench/int4_cpu_interleaved.py [--rounds 30] [--batches 1 4] [--hot] [--out DIR]
+`--rotate` models a model's consecutive layers instead: no flush; each candidate runs
+CALLS_PER_TURN calls in a row, each on the next of enough copies of its operands that every
+call finds its weights evicted (4x the last-level cache between two uses of a copy), while its
+code, x and the allocator's memory stay as warm as a serving loop keeps them. The flush also
+evicts those, charging every call the cost of fetching its own code from memory.
+
+    python3 bench/int4_cpu_interleaved.py [--rounds 30] [--batches 1 4] [--hot | --rotate] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -35,12 +42,39 @@ SHAPES = [(4096, 4096), (11008, 4096)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SLOW_PEER = "torch _weight_int4pack_mm_for_cpu"
 """Left out for float32 x past batch 1: its float32 path takes seconds a call here."""
+CALLS_PER_TURN = 3
+"""--rotate: consecutive calls of one candidate, as consecutive layers of one kind are."""
+
+
+def last_level_cache_bytes(default: int = 64 * 2**20) -> int:
+    """The CPU's last-level cache as Linux reports it (cpu0's highest-level cache), else `default`."""
+    caches = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"))
+    if not caches:
+        return default
+    text = caches[-1].read_text().strip()
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def copies_to_rotate(weight_bytes: int, cache_bytes: int) -> int:
+    """Copies of a case whose weights take `weight_bytes` so that 4x the cache is read between two
+    uses of one copy."""
+    return max(2, -(-4 * cache_bytes // max(weight_bytes, 1)))
+
+
+def rotating(cases: list) -> dict:
+    """Candidates that each call their label on the next case of `cases` (copies of one case)."""
+    def turn(label):
+        calls = itertools.cycle([case.candidates[label] for case in cases])
+        return lambda: next(calls)()
+    return {label: turn(label) for label in cases[0].candidates}
 
 
 def interleaved_seconds(candidates: dict, rounds: int, before_each=lambda: None,
-                        warmup: int = 2) -> dict[str, list[float]]:
-    """Per candidate, the wall-clock seconds of one call in each of `rounds` rounds; round r calls
-    the candidates in their order rotated by r, each after an untimed `before_each()`."""
+                        warmup: int = 2, calls_per_turn: int = 1) -> dict[str, list[float]]:
+    """Per candidate, the wall-clock seconds of its calls: round r calls the candidates in their
+    order rotated by r, `calls_per_turn` timed calls each, every one after an untimed
+    `before_each()`."""
     labels = list(candidates)
     for _ in range(warmup):
         for label in labels:
@@ -48,10 +82,11 @@ def interleaved_seconds(candidates: dict, rounds: int, before_each=lambda: None,
     times = {label: [] for label in labels}
     for r in range(rounds):
         for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-            before_each()
-            start = time.perf_counter()
-            candidates[label]()
-            times[label].append(time.perf_counter() - start)
+            for _ in range(calls_per_turn):
+                before_each()
+                start = time.perf_counter()
+                candidates[label]()
+                times[label].append(time.perf_counter() - start)
     return times
 
 
@@ -76,30 +111,48 @@ def markdown(all_rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def warmth_name(args) -> str:
+    if args.rotate:
+        return f"weights rotated, {CALLS_PER_TURN} calls a turn"
+    return "caches warm" if args.hot else "caches flushed"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--batches", type=int, nargs="+", default=[1])
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=sorted(DTYPES))
-    parser.add_argument("--hot", action="store_true", help="no cache flush between calls")
+    warmth = parser.add_mutually_exclusive_group()
+    warmth.add_argument("--hot", action="store_true", help="no cache flush between calls")
+    warmth.add_argument("--rotate", action="store_true", help="no flush; weights rotated through copies")
     parser.add_argument("--out", type=Path, help="write int4-interleaved.md and .json here")
     args = parser.parse_args()
     plan = [(shape, batch, DTYPES[d]) for batch in args.batches for shape in SHAPES for d in args.dtypes]
-    before_each = (lambda: None) if args.hot else CpuCacheFlush()
+    before_each = (lambda: None) if args.hot or args.rotate else CpuCacheFlush()
+    cache_bytes = last_level_cache_bytes()
     all_rows = []
     for shape, batch, dtype in tqdm(plan, desc="cases"):
-        case = int4_matmul_case("cpu", dtype, shape, batch, backends=cpu_backends())
-        candidates = {label: fn for label, fn in case.candidates.items()
-                      if not (label == SLOW_PEER and dtype == torch.float32 and batch > 1)}
-        all_rows += summarize(case.name, interleaved_seconds(candidates, args.rounds, before_each))
+        def make_case():
+            case = int4_matmul_case("cpu", dtype, shape, batch, backends=cpu_backends())
+            if dtype == torch.float32 and batch > 1:
+                case.candidates.pop(SLOW_PEER, None)
+            return case
+        case = make_case()
+        candidates, calls_per_turn = case.candidates, 1
+        if args.rotate:
+            copies = [case] + [make_case() for _ in range(copies_to_rotate(case.floor_bytes, cache_bytes) - 1)]
+            candidates, calls_per_turn = rotating(copies), CALLS_PER_TURN
+        all_rows += summarize(case.name, interleaved_seconds(candidates, args.rounds, before_each,
+                                                             calls_per_turn=calls_per_turn))
     env = {key: value for key, value in environment("cpu", 0.0).items() if key != "copy_bandwidth_GBps"}
     header = (f"# CPU INT4 matmul, candidates interleaved ({env['device']}, {env['date']}, torch {env['torch']}, "
-              f"{env['threads']} threads, {args.rounds} rounds, caches {'warm' if args.hot else 'flushed'})")
+              f"{env['threads']} threads, {args.rounds} rounds, {warmth_name(args)})")
     table = markdown(all_rows, header)
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = "int4-interleaved-hot" if args.hot else "int4-interleaved"
+        stem = {"caches warm": "int4-interleaved-hot", "caches flushed": "int4-interleaved"}.get(
+            warmth_name(args), "int4-interleaved-rotated")
         (args.out / f"{stem}.md").write_text(table)
         (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": all_rows}, indent=1))
     return 0

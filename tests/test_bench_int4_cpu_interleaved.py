@@ -39,3 +39,24 @@ def test_cache_flush_reads_without_writing():
     before = flush.buffer.clone()
     flush()
     assert torch.equal(flush.buffer, before)
+
+
+def test_rotation_calls_each_copy_in_turn_and_times_consecutive_calls():
+    runner = _runner()
+    calls = []
+
+    class Copy:
+        def __init__(self, index):
+            self.candidates = {name: (lambda name=name: calls.append((name, index))) for name in ("a", "b")}
+
+    candidates = runner.rotating([Copy(0), Copy(1), Copy(2)])
+    times = runner.interleaved_seconds(candidates, rounds=2, warmup=0, calls_per_turn=2)
+    assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2), ("b", 0), ("a", 2), ("a", 0)]
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 4, "b": 4}
+
+
+def test_enough_copies_that_four_caches_pass_between_uses():
+    runner = _runner()
+    assert runner.copies_to_rotate(weight_bytes=25 << 20, cache_bytes=48 << 20) == 8
+    assert runner.copies_to_rotate(weight_bytes=1 << 30, cache_bytes=48 << 20) == 2
+    assert runner.last_level_cache_bytes() > 0
