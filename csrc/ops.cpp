@@ -1,10 +1,12 @@
 // The climbq_native operator library and the `climbq_kernels._C` Python module.
 //
 // Importing climbq_kernels._C (after torch) registers the schemas below; csrc/cpu and csrc/cuda
-// register the kernels. The Python module itself only reports how the extension was built.
+// register the kernels. The Python module reports how the extension was built and gives
+// int4_matmul a direct entry for eager serving calls (int4.h).
 #include "cpu/climbq_act_kernel.h"
+#include "int4.h"
 
-#include <pybind11/pybind11.h>
+#include <torch/extension.h>
 #include <torch/library.h>
 
 #include <string>
@@ -74,6 +76,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_archs", [] { return std::string(CLIMBQ_CUDA_TARGETS); },
         "Comma-separated CUDA targets compiled in (sm_XX: machine code, compute_XX: PTX); "
         "empty without CUDA.");
+  m.def("int4_matmul", &climbq::int4_matmul_direct,
+        "torch.ops.climbq_native.int4_matmul, called through the dispatcher from C++ (eager serving).");
   m.def("build_info", &build_info,
         "How this extension was built: with_cuda, cuda_archs, cuda_runtime_version "
         "(CUDART_VERSION, 0 without CUDA), build_cuda_setting (CLIMBQ_BUILD_CUDA), cpu_isas "

@@ -208,11 +208,26 @@ def _native_case():
     (lambda a: (*a[:5], torch.randn(8).half()), "bias must have x's dtype"),
 ])
 @pytest.mark.parametrize("backend,device", [pair for pair in KERNEL_BACKENDS if pair[0] == "cpu"])
-def test_native_op_rejects_bad_arguments(backend, device, change, match):
+@pytest.mark.parametrize("entry", ["torch.ops", "direct"])
+def test_native_op_rejects_bad_arguments(backend, device, change, match, entry):
     from climbq_kernels import _native
-    _native.require()
+    op = _native.require().int4_matmul if entry == "direct" else torch.ops.climbq_native.int4_matmul
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
-        torch.ops.climbq_native.int4_matmul(*change(_native_case()))
+        op(*change(_native_case()))
+
+
+@pytest.mark.parametrize("backend,device", [pair for pair in KERNEL_BACKENDS if pair[0] == "cpu"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_direct_entry_is_the_op(backend, device, dtype, gen):
+    """climbq_kernels._C.int4_matmul, which the eager serving path calls, returns what the
+    registered op returns, bit for bit, with and without bias."""
+    from climbq_kernels import _native
+    qw = _weight(13, 256, 64, gen, "cpu")
+    for batch in (1, 5):
+        x = torch.randn(batch, 256, generator=gen).to(dtype)
+        for bias in (None, torch.randn(13, generator=gen).to(dtype)):
+            args = (x, qw.packed, qw.scales, qw.zeros, 64, bias)
+            assert torch.equal(_native.require().int4_matmul(*args), torch.ops.climbq_native.int4_matmul(*args))
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .. import dispatch
+from .. import _native, dispatch
 from ..constants import KERNEL_DTYPES
 
 KERNELS: dict[str, dict[str, Callable]] = {}
@@ -40,16 +40,18 @@ def register_kernels(tables: dict[str, dict[str, Callable]], *, any_strides: boo
             _ANY_STRIDES.add(op)
 
 
-def native(name: str) -> Callable:
+def native(name: str, *, direct: bool = False) -> Callable:
     """The C++/CUDA op `climbq_native::name` (CPU or CUDA kernel chosen by the tensors' device),
     looked up on first use (the extension loads after this module) and kept: the lookup through
-    torch.ops costs about half a microsecond a call."""
+    torch.ops costs about half a microsecond a call. `direct`: call it through the extension's
+    own binding of the same op (`climbq_kernels._C.name`, a typed dispatcher call from C++),
+    skipping torch.ops' boxing of every argument (see csrc/int4.h)."""
     found = None
 
     def call(*args):
         nonlocal found
         if found is None:
-            found = getattr(torch.ops.climbq_native, name)
+            found = getattr(_native.require(), name) if direct else getattr(torch.ops.climbq_native, name)
         return found(*args)
     return call
 

@@ -16,9 +16,9 @@ register_kernels({"quantize_int4": {"reference": reference.quantize_int4}})
 register_kernels({
     "int4_matmul": {
         "reference": reference.int4_matmul,
-        "cpu": native("int4_matmul"),
+        "cpu": native("int4_matmul", direct=True),
         "triton": triton_launcher("int4_matmul", "int4_matmul"),
-        "cuda": native("int4_matmul"),
+        "cuda": native("int4_matmul", direct=True),
     },
 }, any_strides=True)
 
