@@ -156,21 +156,31 @@ inline void prefetch_rows(const uint8_t* const (&w)[R], int64_t offset) {
   for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + offset + kRowPrefetchBytes, 0, 3);
 }
 
-// y[m0 + m, n0 + r * stride] for r < R, m < MB.
-template <int R, int MB>
-void tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride, int64_t m0) {
-  const int64_t in = p.in_features, g = p.group_size, groups = in / g;
-  const int64_t whole_end = in / kInt4BlockFeatures * kInt4BlockFeatures;
+// Where R weight rows n0 + r * stride start: their packed codes, scales and zeros.
+template <int R>
+struct RowPointers {
   const uint8_t* w[R];
   const float* scale[R];
   const float* zero[R];
-  CLIMBQ_UNROLL
-  for (int r = 0; r < R; ++r) {
-    const int64_t n = n0 + r * stride;
-    w[r] = p.packed + n * (in / 2);
-    scale[r] = p.scales + n * groups;
-    zero[r] = p.zeros + n * groups;
+  RowPointers(const Int4MatmulProblem& p, int64_t n0, int64_t stride) {
+    const int64_t groups = p.in_features / p.group_size;
+    CLIMBQ_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const int64_t n = n0 + r * stride;
+      w[r] = p.packed + n * (p.in_features / 2);
+      scale[r] = p.scales + n * groups;
+      zero[r] = p.zeros + n * groups;
+    }
   }
+};
+
+// y[m0 + m, n0 + r * stride] for r < R, m < MB.
+template <int R, int MB>
+void tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride, int64_t m0) {
+  const int64_t in = p.in_features, g = p.group_size;
+  const int64_t whole_end = in / kInt4BlockFeatures * kInt4BlockFeatures;
+  const RowPointers<R> rows(p, n0, stride);
+  const auto& [w, scale, zero] = rows;
   const float* x[MB];
   CLIMBQ_UNROLL
   for (int m = 0; m < MB; ++m) x[m] = p.x + (m0 + m) * p.x_stride;
@@ -274,16 +284,8 @@ template <int R>
 void word_tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride) {
   constexpr int kWordNibbles = 8;
   const int64_t in = p.in_features, g = p.group_size, groups = in / g;
-  const uint8_t* w[R];
-  const float* scale[R];
-  const float* zero[R];
-  CLIMBQ_UNROLL
-  for (int r = 0; r < R; ++r) {
-    const int64_t n = n0 + r * stride;
-    w[r] = p.packed + n * (in / 2);
-    scale[r] = p.scales + n * groups;
-    zero[r] = p.zeros + n * groups;
-  }
+  const RowPointers<R> rows(p, n0, stride);
+  const auto& [w, scale, zero] = rows;
   Reg acc[R];
   CLIMBQ_UNROLL
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
