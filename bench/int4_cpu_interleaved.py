@@ -151,8 +151,7 @@ def main() -> int:
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = {"caches warm": "int4-interleaved-hot", "caches flushed": "int4-interleaved"}.get(
-            warmth_name(args), "int4-interleaved-rotated")
+        stem = "int4-interleaved-rotated" if args.rotate else "int4-interleaved-hot" if args.hot else "int4-interleaved"
         (args.out / f"{stem}.md").write_text(table)
         (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": all_rows}, indent=1))
     return 0
