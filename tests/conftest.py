@@ -5,6 +5,8 @@ TRITON_INTERPRET must be set before triton is first imported, hence here, at col
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,12 @@ def load_bench_script(stem: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_with_compiler(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python args...` from the project root in a process without TRITON_INTERPRET, so that
+    Triton compiles (under the interpreter `@triton.jit` yields functions the compiler cannot
+    take); stdout and stderr captured as text."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, *args], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=timeout)

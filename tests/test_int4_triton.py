@@ -19,7 +19,7 @@ from climbq_kernels.triton._int4_configs import (CONFIG_PATH, load_configs, pick
 from climbq_kernels.triton.int4_split_k import split_plan
 from climbq_kernels.triton.int4_matmul import int4_matmul
 
-from .conftest import GPU, load_bench_script
+from .conftest import GPU, load_bench_script, run_with_compiler
 
 DEVICE = "cuda" if GPU else "cpu"
 needs_triton = pytest.mark.skipif(not backends()["triton"].available, reason="no GPU and no TRITON_INTERPRET")
@@ -31,6 +31,9 @@ FORCED = {
     # as 2, K = 18 as one.
     "gemv": {"kernel": "gemv", "BLOCK_M": 4, "BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 3, "num_warps": 4,
              "num_stages": 2},
+    # One x row a program: the GEMV keeps its sums in the weight tile's shape (int4_gemv.py).
+    "gemv-row": {"kernel": "gemv", "BLOCK_M": 1, "BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 3, "num_warps": 4,
+                 "num_stages": 2},
     "gemm": {"kernel": "gemm", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 1, "num_warps": 4,
              "num_stages": 2},
     "gemm-split": {"kernel": "gemm", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 3, "num_warps": 4,
@@ -77,6 +80,28 @@ def test_every_group_size(kernel, group_size, dtype, gen):
     k = 1022 if group_size is None else 512  # one group per row: a K that is no power of two
     x, packed, scales, zeros, bias = random_case(dtype, gen, DEVICE, 3, 17, k, group_size, with_bias=True)
     _check(x, packed, scales, zeros, k if group_size is None else group_size, bias, FORCED[kernel])
+
+
+DOT_ACCUMULATORS = """
+import json, re, sys, torch
+from climbq_kernels.triton.registry import aot_stages, all_kernels
+ttir = aot_stages(all_kernels()["int4_gemm"], getattr(torch, sys.argv[1]), 90)["ttir"]
+zeros = set(re.findall(r"(%[\\w.]+) = arith.constant dense<0.000000e\\+00>", ttir))
+print(json.dumps([accumulator in zeros for accumulator in re.findall(r"tt.dot %[\\w.]+, %[\\w.]+, (%[\\w.]+)", ttir)]))
+"""
+
+
+@pytest.mark.parametrize("dtype,each_step_apart", [("float32", True), ("bfloat16", False)])
+def test_float32_gemm_sums_each_k_step_apart(dtype, each_step_apart):
+    """A compiled float32 tl.dot is one FMA chain. Carried across K steps (Triton's combiner folds
+    acc + tl.dot(w, x) into tl.dot(w, x, acc)) it broke the error rule at K = 512 on the H100
+    (2026-11-23; mean error 3.1x the float32 reference's) where the interpreter, which multiplies
+    with numpy, passed. So in the compiled float32 GEMM every dot starts from zero; 16-bit x keeps
+    the tensor cores' accumulator, which is what tells the check can see a carried one."""
+    run = run_with_compiler("-c", DOT_ACCUMULATORS, dtype)
+    assert run.returncode == 0, run.stderr[-4000:]
+    starts_from_zero = json.loads(run.stdout.strip().splitlines()[-1])
+    assert starts_from_zero and all(flag == each_step_apart for flag in starts_from_zero)
 
 
 @needs_triton

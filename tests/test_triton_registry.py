@@ -6,9 +6,6 @@ compiler rejects.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -16,7 +13,7 @@ from climbq_kernels import backends
 from climbq_kernels.testing import assert_error_rule
 from climbq_kernels.triton.registry import AOT_TARGETS, TORCH_TO_TRITON, all_kernels
 
-from .conftest import GPU
+from .conftest import GPU, run_with_compiler
 
 ENTRIES = all_kernels()
 CASES = [(name, dtype) for name, entry in ENTRIES.items() for dtype in entry.dtypes]
@@ -36,9 +33,7 @@ def test_kernel_matches_reference(name, dtype, gen):
 
 @pytest.fixture(scope="module")
 def compiled():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "climbq_kernels.triton.aot"], env=env, capture_output=True,
-                         text=True, timeout=900)
+    run = run_with_compiler("-m", "climbq_kernels.triton.aot", timeout=900)
     try:
         return json.loads(run.stdout)
     except json.JSONDecodeError:

@@ -19,7 +19,8 @@ Dequantization follows the reference's float32 (q - zero) * scale where x is flo
 x the weight is rounded to x's dtype before the product anyway, so it is formed with one FMA
 from an offset code (climbq_kernels/triton/_int4_common.py, `offset_code_weights`), as the CUDA
 tensor-core kernel does. float32 x multiplies with input_precision "ieee" (TF32 would break the
-error rule) and sums each K step apart before adding it to acc.
+error rule), sums each K step apart and adds it to acc with Kahan compensation (a plain
+acc += step is folded back into one FMA chain over K, which broke the error rule on the H100).
 
 Under TRITON_INTERPRET bfloat16 is stored as raw bits: a bfloat16 tl.dot multiplies the bit
 patterns (triton-lang/triton#11584, not supported there yet) and the float32 -> bfloat16 cast
@@ -86,6 +87,7 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
     split = tl.program_id(1)
     k_begin = split * features_per_split
     acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    carry_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # float32 x: what acc_t's rounding lost
     for k0 in range(k_begin, tl.minimum(k_begin + features_per_split, K), BLOCK_K):
         kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
         k = k0 + tl.arange(0, BLOCK_K)
@@ -109,9 +111,13 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
         w = _dot_operand(tl.reshape(w, [BLOCK_N, BLOCK_K]), x_dtype, EMULATE_BF16)
         x = _dot_operand(x, x_dtype, EMULATE_BF16)
         if x_dtype == tl.float32:
-            # The step's sum apart from acc: one FMA chain over all of K breaks the error rule at
-            # K = 512 (acc + tl.dot(w, x) would be folded back into that chain by Triton's combiner).
-            acc_t += tl.dot(w, tl.trans(x), input_precision="ieee")
+            # Each step's sum apart, added to acc with compensation (Kahan): one FMA chain over all
+            # of K breaks the error rule at K = 512, and Triton's combiner folds a plain
+            # acc + tl.dot(w, x) back into that chain (the subtraction is not folded).
+            step = tl.dot(w, tl.trans(x), input_precision="ieee") - carry_t
+            total = acc_t + step
+            carry_t = (total - acc_t) - step
+            acc_t = total
         else:
             acc_t = tl.dot(w, tl.trans(x), acc_t, input_precision="ieee")
     store_slice(out_ptr, partial_ptr, tl.trans(acc_t), bias_ptr, rows, cols, split, M, N, HAS_BIAS, SPLIT_K)
