@@ -40,8 +40,14 @@ def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
     row_mask = (rows < M)[:, None]
     w_row_mask = (cols < N)[:, None]
     # One float32 sum per (x row, W row, byte lane), reduced over the lanes once after the loop:
-    # a reduction per step would cost cross-thread shuffles every step.
-    lanes = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
+    # a reduction per step would cost cross-thread shuffles every step. One x row keeps the sums
+    # in the weight tile's own shape: with a unit leading axis, Triton 3.6 dequantized in the
+    # products' layout (16 rows a thread: 32 group-table loads a step, not 4; the 3.8 compiler
+    # moved the tile through shared memory instead).
+    if BLOCK_M == 1:
+        lanes = tl.zeros([BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
+    else:
+        lanes = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
     for start in range(k_begin, k_end, BLOCK_K // 2):
         kb = start + tl.arange(0, BLOCK_K // 2)
         k_mask = (kb < k_end)[None, :]
@@ -49,9 +55,17 @@ def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
                                          w_row_mask, w_row_mask & k_mask, k_bytes, groups, GROUP_SIZE, BLOCK_K,
                                          OFFSET_CODES=x_ptr.dtype.element_ty != tl.float32)
         x_even, x_odd = load_x_pairs(x_rows, start, row_mask, k_end, BLOCK_M, BLOCK_K)
-        lanes += x_even.to(tl.float32)[:, None, :] * w_even[None, :, :]  # two FMAs a byte
-        lanes += x_odd.to(tl.float32)[:, None, :] * w_odd[None, :, :]
-    store_slice(out_ptr, partial_ptr, tl.sum(lanes, axis=2), bias_ptr, rows, cols, split, M, N, HAS_BIAS, SPLIT_K)
+        if BLOCK_M == 1:  # two FMAs a byte
+            lanes += x_even.to(tl.float32) * w_even
+            lanes += x_odd.to(tl.float32) * w_odd
+        else:
+            lanes += x_even.to(tl.float32)[:, None, :] * w_even[None, :, :]
+            lanes += x_odd.to(tl.float32)[:, None, :] * w_odd[None, :, :]
+    if BLOCK_M == 1:
+        sums = tl.sum(lanes, axis=1)[None, :]
+    else:
+        sums = tl.sum(lanes, axis=2)
+    store_slice(out_ptr, partial_ptr, sums, bias_ptr, rows, cols, split, M, N, HAS_BIAS, SPLIT_K)
 
 
 def int4_gemv(x, packed, scales, zeros, group_size: int, bias, out, config: dict):
