@@ -2,7 +2,7 @@
 rule: the GEMV for M <= 8 (its 16-byte loop, exact for float32 and with offset codes for 16-bit x,
 and its bytewise loop for rows that are not 16-byte aligned), the tensor-core kernel for 16-bit x
 up to M = 64 (every split of K), and dequantize + cuBLAS beyond (block by block; dequantization
-by 16-byte chunks, words or bytes); each path also forced over the others' batch sizes; plus
+by 32-bit words or bytes); each path also forced over the others' batch sizes; plus
 argument checks and registration.
 
 Tests that run the kernel need a CUDA device and skip only where there is none; the
@@ -208,16 +208,16 @@ def test_misaligned_storage_takes_the_bytewise_loop(m, dtype, gen):
 @needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k,group_size,packed_offset", [
-    (4096, 128, 0),  # 16-byte chunks of codes
-    (160, None, 0),  # chunks, one group per row
-    (40, None, 0),   # K % 32 != 0: 32-bit words
+    (4096, 128, 0),  # 32-bit words of codes
+    (160, None, 0),  # words, one group per row
+    (40, None, 0),   # K % 32 != 0: words
     (256, 32, 4),    # packed 4 bytes past a 16-byte boundary: words
     (256, 32, 3),    # 3 bytes past: bytes
     (18, None, 0),   # K % 8 != 0: bytes
 ], ids=str)
-def test_dequantize_path_reads_chunks_words_or_bytes(k, group_size, packed_offset, dtype, monkeypatch, gen):
-    """The large-M path's dequantization reads 16-byte chunks, 32-bit words or single bytes of
-    codes by K and the packed pointer's alignment; each matches the reference."""
+def test_dequantize_path_reads_words_or_bytes(k, group_size, packed_offset, dtype, monkeypatch, gen):
+    """The large-M path's dequantization reads 32-bit words or single bytes of codes by K and the
+    packed pointer's alignment; each matches the reference."""
     monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", "dequantize")
     qw = _weight(45, k, group_size, gen)
     packed = _misaligned_copy(qw.packed, packed_offset) if packed_offset else qw.packed

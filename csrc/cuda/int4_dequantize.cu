@@ -2,23 +2,20 @@
 // bit for bit the reference's dequantize_int4: each weight ((q - z), then * s, each rounded in
 // float32) rounded once to x's dtype.
 //
-// Where K % 32 == 0 and the packed rows are 16-byte aligned (every LLaMA-like layer), a thread
-// takes a 16-byte chunk of codes (32 features, one group: one scale and one zero) and stores its
-// 32 weights with 16-byte stores: 4 times the bytes in flight per thread of the word kernel
-// below, and a quarter of its table loads and index arithmetic per weight. Not timed yet (no
-// GPU since): the word kernel it replaces there ran at 66% of the H100's DRAM bandwidth (ncu,
-// 11008x4096 bf16: 42 us, issue slots 65% busy).
-// Otherwise, with K % 8 == 0 and a 4-byte-aligned packed pointer, a thread takes one 32-bit word
-// of codes (8 features) and stores its 8 weights with 16-byte stores; else one byte (two
-// features). The byte-per-thread kernel alone was instruction-bound at 27% of the H100's DRAM
-// bandwidth (103 us at 11008x4096 bf16).
+// A thread takes one 32-bit word of codes (8 features, one group) and stores its 8 weights with
+// 16-byte stores, so a warp reads 128 contiguous bytes of codes and writes 512 (1 KiB for
+// float32). This needs K % 8 == 0 and a 4-byte-aligned packed pointer; otherwise a thread takes
+// one byte (two features). The byte-per-thread kernel alone was instruction-bound at 27% of the
+// H100's DRAM bandwidth (ncu, 11008x4096 bf16: 103 us); by words, 66% (42 us). A thread per
+// 16-byte chunk of codes (32 weights, four 16-byte stores 64 bytes apart across a warp) was
+// slower: the dequantize path at 11008x4096 bf16 took 112 us against the word kernel's 85
+// (H100, 2026-11-23, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-23/int4_cuda_paths.md).
 #include "int4_codes.cuh"
 #include "int4_kernels.h"
 
 #include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
-#include <limits>
 
 namespace climbq::cuda {
 namespace {
@@ -28,7 +25,7 @@ using namespace int4;
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;  // CUDA's limit on gridDim.y
 
-// The weights of one unit of codes (Unit: uint4, 32 features; uint32_t, 8; uint8_t, 2), stored at once.
+// The weights of one unit of codes (Unit: uint32_t, 8 features; uint8_t, 2), stored at once.
 template <typename T, typename Unit>
 struct alignas(2 * sizeof(Unit) * sizeof(T)) UnitWeights {
   T v[2 * sizeof(Unit)];
@@ -63,33 +60,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// weight (n, K) from 16-byte chunks of codes: thread i takes chunk i of the block (row
-// i / chunks_per_row), whose 32 features lie in one group (g is a multiple of 32, or K). Chunk
-// counts fit 32 bits (the launcher checks), so the two divisions are 32-bit ones.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    dequantize_chunks_kernel(const uint4* __restrict__ packed, const float* __restrict__ scales,
-                             const float* __restrict__ zeros, T* __restrict__ weight, uint32_t chunks,
-                             uint32_t chunks_per_row, int64_t groups, uint32_t chunks_per_group) {
-  const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= chunks) return;
-  const uint32_t row = i / chunks_per_row;
-  const uint4 codes = __ldcs(packed + i);  // read once
-  const int64_t table = int64_t(row) * groups + (i - row * chunks_per_row) / chunks_per_group;
-  const float s = __ldg(scales + table), z = __ldg(zeros + table);
-  UnitWeights<T, uint4> out;
-#pragma unroll
-  for (int w = 0; w < kChunkWords; ++w) {
-    const uint32_t word = word_of(codes, w);
-#pragma unroll
-    for (int t = 0; t < kWordFeatures; ++t) {
-      out.v[kWordFeatures * w + t] = static_cast<T>(dequantize(code_at(word, t), z, s));
-    }
-  }
-  // Chunk i's features start at element 32 i, so the store is aligned to its own size.
-  reinterpret_cast<UnitWeights<T, uint4>*>(weight)[i] = out;
-}
-
 // One thread per unit (word or byte) of a row, one block row per weight row up to CUDA's grid limit.
 dim3 grid_for(int64_t units_per_row, int64_t n) {
   return dim3(static_cast<unsigned>((units_per_row + kThreads - 1) / kThreads),
@@ -107,18 +77,10 @@ void int4_dequantize(const Int4Operands& a, int64_t first_row, at::Tensor& weigh
   const uint8_t* packed = a.packed.const_data_ptr<uint8_t>() + first_row * row_bytes;
   const float* scales = a.scales.const_data_ptr<float>() + first_row * groups;
   const float* zeros = a.zeros.const_data_ptr<float>() + first_row * groups;
-  const bool by_chunks = k % kChunkFeatures == 0 && reinterpret_cast<uintptr_t>(packed) % kChunkBytes == 0 &&
-                         n * (k / kChunkFeatures) <= std::numeric_limits<uint32_t>::max() - kThreads;
   const bool by_words = k % kWordFeatures == 0 && reinterpret_cast<uintptr_t>(packed) % 4 == 0;
   CLIMBQ_DISPATCH_INT4_DTYPES(a.x.scalar_type(), "int4_dequantize", [&] {
     scalar_t* out = weight.mutable_data_ptr<scalar_t>();
-    if (by_chunks) {
-      const int64_t chunks_per_row = k / kChunkFeatures, chunks = n * chunks_per_row;
-      dequantize_chunks_kernel<scalar_t><<<static_cast<unsigned>((chunks + kThreads - 1) / kThreads), kThreads, 0,
-                                           stream>>>(
-          reinterpret_cast<const uint4*>(packed), scales, zeros, out, static_cast<uint32_t>(chunks),
-          static_cast<uint32_t>(chunks_per_row), groups, static_cast<uint32_t>(a.group_size / kChunkFeatures));
-    } else if (by_words) {
+    if (by_words) {
       const int64_t words_per_row = k / kWordFeatures;
       dequantize_kernel<scalar_t, uint32_t><<<grid_for(words_per_row, n), kThreads, 0, stream>>>(
           reinterpret_cast<const uint32_t*>(packed), scales, zeros, out, n, words_per_row, groups,

@@ -34,8 +34,11 @@
 // k-block lies inside one group (g a multiple of 128, or one group per row), it copies one scale
 // and one zero per row of the block and k-block (one 4-byte copy a thread) instead of one per
 // row and lane (four a thread, the same values four times over for the lanes of a row). Each
-// has a wide variant (CLIMBQ_INT4_MMA_KERNEL=registers-wide / pipelined-wide only, not timed
-// yet) that gives a warp two 16-row tiles sharing every x fragment it reads.
+// has a wide variant (CLIMBQ_INT4_MMA_KERNEL=registers-wide / pipelined-wide only) that gives a
+// warp two 16-row tiles sharing every x fragment it reads. Timed on an H100 (2026-11-23,
+// 11008x4096 bf16, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-23/int4_cuda_paths.md) neither
+// beat the kernel chosen by M: registers-wide 27/28/37/70 us against registers 25/26/30/79 at
+// M = 1/8/16/64, pipelined-wide 34/88/33/55 against pipelined 31/32/33/39.
 //
 // Where it stands (H100, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-22/int4-ncu.md): both are
 // latency-bound, far from the weight's read time (7.5 us at 11008x4096); ncu on the pipelined
@@ -243,7 +246,7 @@ __device__ __forceinline__ int x_slot(int m, int c) { return c ^ ((c >> 3) << 1)
 // kRowTables: every k-block lies inside one group, whose scale and zero are copied once per row.
 // A warp owns kMT consecutive 16-row tiles (kMT = 2: "pipelined-wide", two tiles per x fragment
 // read from shared memory; at M = 64 the four warps' x reads are 4x the codes' bytes per
-// k-block. Not timed yet: CLIMBQ_INT4_MMA_KERNEL=pipelined-wide selects it).
+// k-block. CLIMBQ_INT4_MMA_KERNEL=pipelined-wide selects it; slower where timed, see above).
 template <typename T, int kNT, int kMT, int kStages, bool kRowTables>
 __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) {
   using Layout = StageLayout<kNT, kMT>;
@@ -400,7 +403,8 @@ struct RegisterStage {
 // kMT consecutive 16-row tiles, a block kMT kBlockRows rows: kMT = 2 ("registers-wide") reads
 // each x fragment once for two tiles, halving the x traffic through L1 that ncu found the
 // kernel waiting on at M = 16 (L1 72% busy; x is read by every warp, 4 bytes of x per byte of
-// codes at 2 n-tiles). Not timed yet: CLIMBQ_INT4_MMA_KERNEL=registers-wide selects it.
+// codes at 2 n-tiles). CLIMBQ_INT4_MMA_KERNEL=registers-wide selects it; slower where timed
+// (see above).
 template <typename T, int kNT, int kMT>
 __global__ void __launch_bounds__(kThreads) int4_mma_registers_kernel(const MmaArgs<T> a) {
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
