@@ -67,7 +67,8 @@ fi
 if wants tests; then
   echo "== tests"
   workers=()
-  python3 -c 'import xdist' 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
+  # worksteal: the INT4 CUDA tests' batch-1024 cases take 4-5 s each and bunch up under load scheduling.
+  python3 -c 'import xdist' 2>/dev/null && workers=(-n "${TEST_WORKERS:-16}" --dist worksteal)
   timeout "$(budget "${TEST_TIMEOUT:-1800}")" python3 -m pytest tests -q -ra "${workers[@]}" --durations=25 ${PYTEST_ARGS:-} 2>&1 \
     | tee "$results/tests.log" | tail -n 60
   tests=${PIPESTATUS[0]}
