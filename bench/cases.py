@@ -241,8 +241,8 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
     Competitors: the dense F.linear a user would otherwise serve with (float32 on the CPU, x's
     dtype on a GPU), PyTorch's own int4 kernel on the same codes (`_weight_int4pack_mm_for_cpu`;
     on CUDA `_weight_int4pack_mm`, which takes bfloat16 only), and, where they are installed,
-    bitsandbytes' 4-bit matmul (NF4 codes of the same weight, one absmax per group) and gemlite's
-    Triton A16W4 kernels (the same codes, scales and zeros).
+    bitsandbytes' 4-bit matmul (NF4 codes of the same weight, one absmax per group), gemlite's
+    Triton A16W4 kernels (the same codes, scales and zeros) and torchao's int4 weight-only layer.
     """
     from climbq_kernels.int4_interop import to_torch_int4pack, to_torch_int4pack_cuda
 
@@ -265,6 +265,7 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
 
     candidates.update(_bitsandbytes_candidate(w.to(device, dtype), x, group_size))
     candidates.update(_gemlite_candidate(qweight, x))
+    candidates.update(_torchao_candidate(w.to(device, dtype), x, group_size))
 
     def ours(backend: str) -> Callable[[], object]:
         if device == "cpu" and backend == "cpu" and cq.dispatch.explicit_backend() is None:
@@ -320,3 +321,31 @@ def _gemlite_candidate(qweight, x: torch.Tensor) -> dict[str, Callable[[], objec
         print(f"gemlite A16W4 left out: relative error {float(error):.3g} against climbq's output")
         return {}
     return {"gemlite A16W4": lambda: layer(x)}
+
+
+def _torchao_candidate(w: torch.Tensor, x: torch.Tensor, group_size: int) -> dict[str, Callable[[], object]]:
+    """{"torchao int4 weight-only": call} where torchao is installed and x is a bfloat16 CUDA
+    tensor, else {}.
+
+    Not a dependency: a wheel carried to the GPU machine like bitsandbytes'. torchao (0.18) packs a
+    Linear's weight for PyTorch's `_weight_int4pack_mm` ("tile_packed_to_4d", its int4 format that
+    needs no fbgemm/mslk kernels; bfloat16 CUDA only, and it has no CPU int4 path), quantizing the
+    float weight with its own group-wise parameters: the kernel that torch's candidate times,
+    behind torchao's tensor subclass, as a user who quantizes with torchao runs it."""
+    if x.device.type != "cuda" or x.dtype != torch.bfloat16:
+        return {}
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, quantize_
+    except ImportError:
+        return {}
+    layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=x.device, dtype=x.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    try:  # a torchao release made for another torch may fail here: reported, not timed
+        quantize_(layer, Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d"))
+        layer.requires_grad_(False)
+        layer(x)
+    except Exception as err:  # noqa: BLE001
+        print(f"torchao int4 weight-only left out: {type(err).__name__}: {err}")
+        return {}
+    return {"torchao int4 weight-only": lambda: layer(x)}

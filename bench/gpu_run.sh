@@ -32,8 +32,8 @@ status=""
 
 # Peers that are no dependency of ours travel as wheels: here, `python3 -m pip download --no-deps
 # --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_24_x86_64
-# -d .whl bitsandbytes` and `python3 -m pip wheel --no-deps -w .whl gemlite` (pure Python, built
-# from its sdist), then carry `.whl` in the device call; they are installed for this call only.
+# -d .whl bitsandbytes torchao` and `python3 -m pip wheel --no-deps -w .whl gemlite` (pure Python,
+# built from its sdist), then carry `.whl` in the device call; they are installed for this call only.
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
