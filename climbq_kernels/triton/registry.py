@@ -72,16 +72,14 @@ def aot_compile(entry: KernelEntry, dtype: torch.dtype, capability: int) -> byte
     return aot_stages(entry, dtype, capability)["cubin"]
 
 
-def aot_stages(entry: KernelEntry, dtype: torch.dtype, capability: int,
-               constexprs: dict[str, object] | None = None) -> dict[str, object]:
-    """Every stage the compiler leaves for `entry` at `dtype` ("ttir", "ttgir", "ptx", "cubin", ...),
-    with the entry's constexprs updated by `constexprs`: what a test inspects to pin down code
-    shape (which the interpreter cannot show)."""
+def aot_stages(entry: KernelEntry, dtype: torch.dtype, capability: int) -> dict[str, object]:
+    """Every stage the compiler leaves for `entry` at `dtype` ("ttir", "ttgir", "ptx", "cubin", ...):
+    what a test inspects to pin down code shape, which the interpreter cannot show."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     by_name = entry.signature(TORCH_TO_TRITON[dtype])
     signature = {name: by_name[name] for name in entry.kernel.arg_names}
-    source = ASTSource(fn=entry.kernel, signature=signature, constexprs={**entry.constexprs, **(constexprs or {})})
+    source = ASTSource(fn=entry.kernel, signature=signature, constexprs=entry.constexprs)
     return triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm
