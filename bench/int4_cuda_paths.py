@@ -4,8 +4,8 @@ bench/cases.py (dense F.linear, torch's _weight_int4pack_mm, bitsandbytes where 
 one run.
 
 Each path is forced with CLIMBQ_INT4_CUDA_PATH (csrc/cuda/int4_matmul.cu), the MMA path's kernel
-with CLIMBQ_INT4_MMA_KERNEL, the split with CLIMBQ_INT4_MMA_SPLIT_K; "climbq cuda" is the
-automatic choice. Timed with triton.testing.do_bench (median, L2 flushed). What it shows is what
+with CLIMBQ_INT4_MMA_KERNEL, the split with CLIMBQ_INT4_MMA_SPLIT_K, the GEMV's threads per block
+with CLIMBQ_INT4_GEMV_THREADS; "climbq cuda" is the automatic choice. Timed with triton.testing.do_bench (median, L2 flushed). What it shows is what
 int4_matmul.cu's thresholds and int4_mma.cu's kernel choice are set from.
 
 Run on a GPU machine:  python3 bench/int4_cuda_paths.py --out DIR [--quick]
@@ -30,6 +30,8 @@ from report import do_bench_seconds, environment, gpu_copy_bandwidth, markdown, 
 
 PATHS = ("gemv", "mma", "dequantize")
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
+GEMV_THREADS = (64, 128, 256)
+"""Threads per GEMV block (CLIMBQ_INT4_GEMV_THREADS), timed at every batch size the GEMV takes."""
 MMA_KERNELS = ("registers", "registers-wide", "pipelined", "pipelined-wide")
 # (dtype, (N, K), batch sizes, batch sizes that also sweep the MMA's split of K)
 PLAN = [
@@ -84,6 +86,10 @@ def main() -> int:
                 seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH="mma", CLIMBQ_INT4_MMA_KERNEL=kernel)
                 if seconds is not None:
                     timings[f"climbq cuda mma kernel={kernel}"] = seconds
+            for threads in GEMV_THREADS:
+                seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH="gemv", CLIMBQ_INT4_GEMV_THREADS=str(threads))
+                if seconds is not None:
+                    timings[f"climbq cuda gemv threads={threads}"] = seconds
             if batch in split_batches:
                 for split in SPLITS:
                     seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH="mma", CLIMBQ_INT4_MMA_SPLIT_K=str(split))

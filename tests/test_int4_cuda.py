@@ -137,6 +137,21 @@ def test_mma_split_k(split_k, m, kernel, group_size, monkeypatch, gen):
 
 
 @needs_gpu
+@pytest.mark.parametrize("threads", [32, 96, 256])
+@pytest.mark.parametrize("m,dtype", [(1, torch.bfloat16), (3, torch.float16), (8, torch.float32)], ids=str)
+@pytest.mark.parametrize("k,group_size", [(4096, 128), (4094, None)], ids=["chunks", "bytes"])
+def test_gemv_threads_per_block_override(threads, m, dtype, k, group_size, monkeypatch, gen):
+    """CLIMBQ_INT4_GEMV_THREADS (for benchmarks) sets the GEMV's block: fewer threads than a
+    row's units (each thread takes several) or more (some take none), both loops."""
+    monkeypatch.setenv("CLIMBQ_INT4_CUDA_PATH", "gemv")
+    monkeypatch.setenv("CLIMBQ_INT4_GEMV_THREADS", str(threads))
+    qw = _weight(45, k, group_size, gen)
+    x = _x((m,), k, dtype, gen)
+    bias = torch.randn(45, generator=gen).to("cuda", dtype)
+    assert_matches_reference(_run_cuda(x, qw, bias), x, qw, bias)
+
+
+@needs_gpu
 @pytest.mark.parametrize("path,m,dtype,k", [
     ("gemv", 9, torch.float16, 64),         # past the GEMV's 8 rows
     ("mma", 4, torch.float32, 64),          # float32 x
@@ -156,6 +171,8 @@ def test_forced_path_that_does_not_apply_is_an_error(path, m, dtype, k, monkeypa
     ("CLIMBQ_INT4_MMA_SPLIT_K", "-2", 16, torch.bfloat16, "must be a non-negative integer"),
     ("CLIMBQ_INT4_MMA_KERNEL", "fastest", 16, torch.bfloat16, "must be 'registers', 'registers-wide', 'pipelined' or 'pipelined-wide'"),
     ("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", "lots", 9, torch.float32, "must be a positive byte count"),
+    ("CLIMBQ_INT4_GEMV_THREADS", "48", 1, torch.float16, "must be a multiple of 32 from 32 to 256"),
+    ("CLIMBQ_INT4_GEMV_THREADS", "512", 1, torch.float16, "must be a multiple of 32 from 32 to 256"),
 ])
 def test_tuning_overrides_are_checked(name, value, m, dtype, message, monkeypatch, gen):
     monkeypatch.setenv(name, value)

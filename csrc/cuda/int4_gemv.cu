@@ -41,7 +41,7 @@ namespace {
 
 using namespace int4;
 
-constexpr int kMaxThreads = 256;  // threads per block, at most
+constexpr int kMaxThreads = kGemvMaxThreads;  // threads per block, at most
 constexpr int kMaxWarps = kMaxThreads / kWarp;
 
 // Output features per block for kM rows of x: each thread keeps kRows x kM float32 sums and a
@@ -282,12 +282,14 @@ void with_row_count(int64_t m, const F& f) {
 bool is_aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename T>
-void launch(const GemvArgs<T>& args, int64_t rows, cudaStream_t stream) {
+void launch(const GemvArgs<T>& args, int64_t rows, int64_t forced_threads, cudaStream_t stream) {
   const bool aligned = args.in_features % kChunkFeatures == 0 && is_aligned(args.x, kChunkBytes) &&
                        is_aligned(args.packed, kChunkBytes);
   // Per weight row, the units the threads stride over: 16-byte chunks or single bytes.
   const int64_t units = aligned ? args.in_features / kChunkFeatures : args.in_features / 2;
-  const int64_t threads = std::clamp<int64_t>((units + kWarp - 1) / kWarp * kWarp, kWarp, kMaxThreads);
+  const int64_t threads = forced_threads > 0
+                              ? forced_threads
+                              : std::clamp<int64_t>((units + kWarp - 1) / kWarp * kWarp, kWarp, kMaxThreads);
   with_row_count(rows, [&](auto row_count) {
     constexpr int kM = decltype(row_count)::value;
     constexpr int kRows = rows_per_block<kM>();
@@ -303,16 +305,18 @@ void launch(const GemvArgs<T>& args, int64_t rows, cudaStream_t stream) {
 
 }  // namespace
 
-void int4_gemv(const Int4Operands& a, at::Tensor& out, cudaStream_t stream) {
+void int4_gemv(const Int4Operands& a, at::Tensor& out, int64_t threads, cudaStream_t stream) {
   TORCH_CHECK(a.rows >= 1 && a.rows <= kGemvMaxRows, "int4_gemv: rows must be in [1, ", kGemvMaxRows, "], got ",
               a.rows);
+  TORCH_CHECK(threads == 0 || (threads % kWarp == 0 && threads >= kWarp && threads <= kMaxThreads),
+              "int4_gemv: threads must be 0 or a multiple of ", kWarp, " up to ", kMaxThreads, ", got ", threads);
   CLIMBQ_DISPATCH_INT4_DTYPES(a.x.scalar_type(), "int4_gemv", [&] {
     const GemvArgs<scalar_t> args{a.x.const_data_ptr<scalar_t>(), a.packed.const_data_ptr<uint8_t>(),
                                   a.scales.const_data_ptr<float>(), a.zeros.const_data_ptr<float>(),
                                   a.bias.has_value() ? a.bias->const_data_ptr<scalar_t>() : nullptr,
                                   out.mutable_data_ptr<scalar_t>(), a.out_features, a.in_features,
                                   a.in_features / a.group_size, a.group_size};
-    launch(args, a.rows, stream);
+    launch(args, a.rows, threads, stream);
   });
 }
 

@@ -34,8 +34,11 @@ struct Int4Operands {
 };
 
 // GEMV on CUDA cores (int4_gemv.cu): rows <= kGemvMaxRows. out (rows, N) in x's dtype.
+// `threads` per block: 0 picks them (one per 16-byte chunk or byte of a row, up to
+// kGemvMaxThreads), else a multiple of 32 up to kGemvMaxThreads.
 constexpr int kGemvMaxRows = 8;
-void int4_gemv(const Int4Operands& a, at::Tensor& out, cudaStream_t stream);
+constexpr int kGemvMaxThreads = 256;
+void int4_gemv(const Int4Operands& a, at::Tensor& out, int64_t threads, cudaStream_t stream);
 
 // Tensor-core MMA for small batches (int4_mma.cu): 16-bit x, rows <= kMmaMaxRows, K a multiple
 // of 32, x and packed 16-byte aligned (`int4_mma_supports`). `split_k` <= 0 picks the split;

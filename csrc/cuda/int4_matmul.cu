@@ -20,7 +20,8 @@
 //
 // For benchmarks, CLIMBQ_INT4_CUDA_PATH = gemv | mma | dequantize forces a path (an error where
 // it does not apply), CLIMBQ_INT4_MMA_KERNEL = registers | registers-wide | pipelined |
-// pipelined-wide the MMA path's kernel and CLIMBQ_INT4_MMA_SPLIT_K its split of K.
+// pipelined-wide the MMA path's kernel, CLIMBQ_INT4_MMA_SPLIT_K its split of K and
+// CLIMBQ_INT4_GEMV_THREADS the GEMV's threads per block.
 //
 // Arguments are validated by the Python layer (climbq_kernels/int4.py) first; ../int4_args.h
 // (shared with the CPU op) is the second line of defence for direct torch.ops.climbq_native
@@ -113,6 +114,15 @@ MmaKernel forced_mma_kernel() {
                     name, "'");
 }
 
+// CLIMBQ_INT4_GEMV_THREADS forces the GEMV's threads per block (0 or unset: its own choice).
+int64_t forced_gemv_threads() {
+  const int64_t threads = env_int("CLIMBQ_INT4_GEMV_THREADS", 0);
+  TORCH_CHECK_VALUE(threads == 0 || (threads % 32 == 0 && threads <= kGemvMaxThreads),
+                    "CLIMBQ_INT4_GEMV_THREADS must be a multiple of 32 from 32 to ", kGemvMaxThreads, ", got ",
+                    threads);
+  return threads;
+}
+
 enum class Path { kGemv, kMma, kDequantize };
 
 Path choose_path(const Int4Operands& a) {
@@ -159,7 +169,7 @@ at::Tensor int4_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const
   at::Tensor out = at::empty({rows, n_out}, x.options());
   switch (choose_path(a)) {
     case Path::kGemv:
-      int4_gemv(a, out, stream);
+      int4_gemv(a, out, forced_gemv_threads(), stream);
       break;
     case Path::kMma:
       int4_mma(a, out, env_int("CLIMBQ_INT4_MMA_SPLIT_K", 0), forced_mma_kernel(), stream);
