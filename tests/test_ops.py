@@ -148,14 +148,27 @@ def test_explicit_backend_without_kernel_or_dtype_raises(gen):
 
 
 def test_climbq_backend_environment_variable_sets_the_default():
-    code = ("import torch, climbq_kernels as cq; from climbq_kernels.dispatch import resolve;"
-            "print(resolve('climbq_act_quant', torch.device('cpu'), {'reference', 'cpu'}))")
+    """Read once per process: changing it later leaves the choice as it was (use_backend is the
+    run-time switch)."""
+    code = ("import os, torch, climbq_kernels as cq; from climbq_kernels.dispatch import resolve;"
+            "print(resolve('climbq_act_quant', torch.device('cpu'), {'reference', 'cpu'}));"
+            "os.environ['CLIMBQ_BACKEND'] = 'cpu';"
+            "print(resolve('climbq_act_quant', 'cpu', {'reference', 'cpu'}))")
     env = {**os.environ, "CLIMBQ_BACKEND": "reference"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "reference"
+    assert out.stdout.split() == ["reference", "reference"]
     env["CLIMBQ_BACKEND"] = "nonsense"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "backend must be one of" in bad.stderr
+
+
+def test_tensor_device_type_names_the_device_without_a_device_object():
+    from climbq_kernels.dispatch import tensor_device_type
+
+    assert tensor_device_type(torch.empty(2)) == "cpu"
+    assert tensor_device_type(torch.empty(2, device="meta")) == "meta"
+    if torch.cuda.is_available():
+        assert tensor_device_type(torch.empty(2, device="cuda")) == "cuda"
 
 
 def test_int4_matmul_prefers_cuda_on_gpus_and_other_ops_prefer_triton(monkeypatch):

@@ -80,7 +80,7 @@ def run(op: str, like: Tensor, *args):
         implemented = _REFERENCE_ONLY
     if op not in _ANY_STRIDES:
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
-    return table[dispatch.resolve(op, like.device, implemented)](*args)
+    return table[dispatch.resolve(op, dispatch.tensor_device_type(like), implemented)](*args)
 
 
 def trailing_sum(t: Tensor) -> Tensor:
