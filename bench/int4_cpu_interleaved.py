@@ -14,7 +14,12 @@ last-level cache call after call while dense F.linear's 64-180 MB never is (`--h
 CALLS_PER_TURN calls in a row, each on the next of enough copies of its operands that every
 call finds its weights evicted (4x the last-level cache between two uses of a copy), while its
 code, x and the allocator's memory stay as warm as a serving loop keeps them. The flush also
-evicts those, charging every call the cost of fetching its own code from memory.
+evicts those, charging every call the cost of fetching its own code from memory. Every copy is
+called once, untimed, before the rounds: on this VM the first read of memory after it was
+written runs at about 60% of the speed of later reads from DRAM (batch 1 at 4096x4096: 640 us
+for a copy's first INT4 call, 370-390 us for later ones and for first calls after a plain read of
+the codes; dense F.linear 2.6-3.0 ms and 2.1-2.2 ms), and a served layer's weights have been read
+before.
 
     python3 bench/int4_cpu_interleaved.py [--rounds 30] [--batches 1 4] [--hot | --rotate] [--out DIR]
 """
@@ -22,8 +27,10 @@ evicts those, charging every call the cost of fetching its own code from memory.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -56,10 +63,51 @@ def last_level_cache_bytes(default: int = 64 * 2**20) -> int:
     return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
 
 
-def copies_to_rotate(weight_bytes: int, cache_bytes: int) -> int:
+def available_memory_bytes(default: int = 8 * 2**30) -> int:
+    """MemAvailable from /proc/meminfo, else `default`."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 2**10
+    except OSError:
+        pass
+    return default
+
+
+def copies_to_rotate(weight_bytes: int, cache_bytes: int, copy_bytes: int = 0, memory_bytes: int = 0) -> int:
     """Copies of a case whose weights take `weight_bytes` so that 4x the cache is read between two
-    uses of one copy."""
-    return max(2, -(-4 * cache_bytes // max(weight_bytes, 1)))
+    uses of one copy, but no more than half of `memory_bytes` holds at `copy_bytes` a copy (a
+    480 MiB last-level cache asked for 214 copies of a case that also holds a 64 MiB dense weight)."""
+    wanted = max(2, -(-4 * cache_bytes // max(weight_bytes, 1)))
+    if copy_bytes > 0 and memory_bytes > 0:
+        wanted = min(wanted, max(2, memory_bytes // 2 // copy_bytes))
+    return wanted
+
+
+def held_bytes(candidates: dict) -> int:
+    """Bytes of the distinct tensors the candidates' closures hold, directly or as attributes of
+    an object they hold (an Int4Weight's packed codes, scales and zeros). The process's resident
+    memory cannot tell: a freed case's heap is reused without showing."""
+    seen, total = set(), 0
+
+    def visit(value):
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+
+    for call in candidates.values():
+        for cell in getattr(call, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            visit(value)
+            for attribute in getattr(value, "__dict__", {}).values():
+                visit(attribute)
+    return total
 
 
 def rotating(cases: list) -> dict:
@@ -68,6 +116,14 @@ def rotating(cases: list) -> dict:
         calls = itertools.cycle([case.candidates[label] for case in cases])
         return lambda: next(calls)()
     return {label: turn(label) for label in cases[0].candidates}
+
+
+def read_each_copy_once(candidates: dict, copies: int) -> None:
+    """Call every rotating candidate once on each of its `copies` copies, untimed, which leaves
+    each at its first copy again: no timed call is a copy's first read (see the module docstring)."""
+    for call in candidates.values():
+        for _ in range(copies):
+            call()
 
 
 def interleaved_seconds(candidates: dict, rounds: int, before_each=lambda: None,
@@ -117,6 +173,25 @@ def warmth_name(args) -> str:
     return "caches warm" if args.hot else "caches flushed"
 
 
+def measure_case(shape, batch: int, dtype: torch.dtype, args, before_each, cache_bytes: int) -> list[dict]:
+    """summarize()'s rows for one case; under --rotate timed on copies of it (copies_to_rotate)."""
+    def make_case():
+        case = int4_matmul_case("cpu", dtype, shape, batch, backends=cpu_backends())
+        if dtype == torch.float32 and batch > 1:
+            case.candidates.pop(SLOW_PEER, None)
+        return case
+    case = make_case()
+    candidates, calls_per_turn = case.candidates, 1
+    if args.rotate:
+        count = copies_to_rotate(case.floor_bytes, cache_bytes, held_bytes(case.candidates), available_memory_bytes())
+        copies = [case] + [make_case() for _ in range(count - 1)]
+        read_between = count * case.floor_bytes / cache_bytes
+        tqdm.write(f"{case.name}: {count} copies, {read_between:.1f}x the last-level cache read between two uses")
+        candidates, calls_per_turn = rotating(copies), CALLS_PER_TURN
+        read_each_copy_once(candidates, count)
+    return summarize(case.name, interleaved_seconds(candidates, args.rounds, before_each, calls_per_turn=calls_per_turn))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
@@ -132,18 +207,8 @@ def main() -> int:
     cache_bytes = last_level_cache_bytes()
     all_rows = []
     for shape, batch, dtype in tqdm(plan, desc="cases"):
-        def make_case():
-            case = int4_matmul_case("cpu", dtype, shape, batch, backends=cpu_backends())
-            if dtype == torch.float32 and batch > 1:
-                case.candidates.pop(SLOW_PEER, None)
-            return case
-        case = make_case()
-        candidates, calls_per_turn = case.candidates, 1
-        if args.rotate:
-            copies = [case] + [make_case() for _ in range(copies_to_rotate(case.floor_bytes, cache_bytes) - 1)]
-            candidates, calls_per_turn = rotating(copies), CALLS_PER_TURN
-        all_rows += summarize(case.name, interleaved_seconds(candidates, args.rounds, before_each,
-                                                             calls_per_turn=calls_per_turn))
+        all_rows += measure_case(shape, batch, dtype, args, before_each, cache_bytes)
+        gc.collect()  # the case's copies, before the next case counts the memory left
     env = {key: value for key, value in environment("cpu", 0.0).items() if key != "copy_bandwidth_GBps"}
     header = (f"# CPU INT4 matmul, candidates interleaved ({env['device']}, {env['date']}, torch {env['torch']}, "
               f"{env['threads']} threads, {args.rounds} rounds, {warmth_name(args)})")

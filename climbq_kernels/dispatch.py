@@ -9,8 +9,9 @@ Four backends implement the ops declared in `ops.py`:
 - `cuda`: the CUDA kernels of `climbq_kernels._C` on CUDA tensors.
 
 Choice, first match wins: `use_backend(name)` (a context manager), the `CLIMBQ_BACKEND`
-environment variable (read once, when the process first asks for it), then by device: CPU tensors go to `cpu`, CUDA tensors to the fastest
-GPU backend (`triton`, then `cuda`). An automatic choice falls through to the next backend
+environment variable (read once, when the process first asks for it), then by device: CPU
+tensors go to `cpu`, CUDA tensors to the fastest GPU backend (`triton`, then `cuda`). An
+automatic choice falls through to the next backend
 that implements the op, ending at `reference`; an explicit choice never falls through: it
 raises if the backend is unavailable or lacks the op.
 """

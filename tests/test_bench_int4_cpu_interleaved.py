@@ -41,15 +41,20 @@ def test_cache_flush_reads_without_writing():
     assert torch.equal(flush.buffer, before)
 
 
-def test_rotation_calls_each_copy_in_turn_and_times_consecutive_calls():
-    runner = _runner()
+def _recorded_rotation(runner, copies: int = 3):
+    """Candidates "a" and "b" rotating over `copies` copies, and the list of (name, copy) calls."""
     calls = []
 
     class Copy:
         def __init__(self, index):
             self.candidates = {name: (lambda name=name: calls.append((name, index))) for name in ("a", "b")}
 
-    candidates = runner.rotating([Copy(0), Copy(1), Copy(2)])
+    return runner.rotating([Copy(i) for i in range(copies)]), calls
+
+
+def test_rotation_calls_each_copy_in_turn_and_times_consecutive_calls():
+    runner = _runner()
+    candidates, calls = _recorded_rotation(runner)
     times = runner.interleaved_seconds(candidates, rounds=2, warmup=0, calls_per_turn=2)
     assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2), ("b", 0), ("a", 2), ("a", 0)]
     assert {name: len(seconds) for name, seconds in times.items()} == {"a": 4, "b": 4}
@@ -60,3 +65,34 @@ def test_enough_copies_that_four_caches_pass_between_uses():
     assert runner.copies_to_rotate(weight_bytes=25 << 20, cache_bytes=48 << 20) == 8
     assert runner.copies_to_rotate(weight_bytes=1 << 30, cache_bytes=48 << 20) == 2
     assert runner.last_level_cache_bytes() > 0
+
+
+def test_copies_capped_at_half_the_available_memory():
+    runner = _runner()
+    # A 480 MiB cache asks for 214 copies of 9 MiB of weights; at 80 MiB a copy, 8 GiB holds 51.
+    assert runner.copies_to_rotate(9 << 20, 480 << 20, copy_bytes=80 << 20, memory_bytes=8 << 30) == 51
+    assert runner.copies_to_rotate(9 << 20, 480 << 20, copy_bytes=80 << 20, memory_bytes=64 << 30) == 214
+    assert runner.copies_to_rotate(9 << 20, 480 << 20, copy_bytes=4 << 30, memory_bytes=4 << 30) == 2
+    assert runner.available_memory_bytes() > 0
+
+
+def test_held_bytes_counts_each_tensor_once_and_looks_inside_objects():
+    runner = _runner()
+    weight, x = torch.zeros(1000, dtype=torch.float32), torch.zeros(10, dtype=torch.float64)
+
+    class Holder:
+        def __init__(self):
+            self.codes = torch.zeros(300, dtype=torch.uint8)
+
+    holder = Holder()
+    candidates = {"a": lambda: (weight, x), "b": lambda: (weight[:10], holder), "c": lambda: None}
+    assert runner.held_bytes(candidates) == 4000 + 80 + 300
+
+
+def test_every_copy_read_once_before_the_timed_calls():
+    runner = _runner()
+    candidates, calls = _recorded_rotation(runner)
+    runner.read_each_copy_once(candidates, 3)
+    assert calls == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+    candidates["a"]()
+    assert calls[-1] == ("a", 0)
