@@ -12,7 +12,8 @@ last-level cache call after call while dense F.linear's 64-180 MB never is (`--h
 
 `--rotate` models a model's consecutive layers instead: no flush; each candidate runs
 CALLS_PER_TURN calls in a row, each on the next of enough copies of its operands that every
-call finds its weights evicted (4x the last-level cache between two uses of a copy), while its
+call finds its weights evicted (4x the last-level cache between two uses of a copy, or as many
+copies as half the free memory holds, printed per case), while its
 code, x and the allocator's memory stay as warm as a serving loop keeps them. The flush also
 evicts those, charging every call the cost of fetching its own code from memory. Every copy is
 called once, untimed, before the rounds: on this VM the first read of memory after it was
@@ -30,7 +31,6 @@ import argparse
 import gc
 import itertools
 import json
-import os
 import statistics
 import sys
 import time
