@@ -11,9 +11,9 @@ Four backends implement the ops declared in `ops.py`:
 Choice, first match wins: `use_backend(name)` (a context manager), the `CLIMBQ_BACKEND`
 environment variable (read once, when the process first asks for it), then by device: CPU
 tensors go to `cpu`, CUDA tensors to the fastest GPU backend (`triton`, then `cuda`). An
-automatic choice falls through to the next backend
-that implements the op, ending at `reference`; an explicit choice never falls through: it
-raises if the backend is unavailable or lacks the op.
+automatic choice falls through to the next backend that implements the op, ending at
+`reference`; an explicit choice never falls through: it raises if the backend is unavailable
+or lacks the op.
 """
 
 from __future__ import annotations
