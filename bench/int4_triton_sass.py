@@ -48,22 +48,17 @@ BRANCH = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 def sass_of(kernel_name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int) -> str:
     """The kernel compiled for sm_90, disassembled with the nvdisasm that ships with Triton."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    from climbq_kernels.triton.registry import all_kernels
+    from climbq_kernels.triton.registry import TORCH_TO_TRITON, aot_stages, all_kernels
 
     entry = all_kernels()[f"int4_{kernel_name}"]
-    kernel, by_name = entry.kernel, entry.signature(dtype)
-    names = kernel.arg_names
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name in HINTED}
-    source = ASTSource(fn=kernel, signature={name: by_name[name] for name in names}, constexprs=constexprs,
-                       attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+    torch_dtype = next(t for t, name in TORCH_TO_TRITON.items() if name == dtype)
+    cubin_bytes = aot_stages(entry, torch_dtype, 90, constexprs=constexprs,
+                             divisible_by_16=HINTED & set(entry.kernel.arg_names),
+                             options={"num_warps": num_warps, "num_stages": num_stages})["cubin"]
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
+        cubin.write(cubin_bytes)
         cubin.flush()
         return subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
 

@@ -72,14 +72,24 @@ def aot_compile(entry: KernelEntry, dtype: torch.dtype, capability: int) -> byte
     return aot_stages(entry, dtype, capability)["cubin"]
 
 
-def aot_stages(entry: KernelEntry, dtype: torch.dtype, capability: int) -> dict[str, object]:
+def aot_stages(entry: KernelEntry, dtype: torch.dtype, capability: int, *, constexprs: dict | None = None,
+               divisible_by_16: frozenset[str] = frozenset(), options: dict | None = None) -> dict[str, object]:
     """Every stage the compiler leaves for `entry` at `dtype` ("ttir", "ttgir", "ptx", "cubin", ...):
-    what a test inspects to pin down code shape, which the interpreter cannot show."""
+    what a test inspects to pin down code shape, which the interpreter cannot show.
+
+    `constexprs` replaces the entry's example constexprs, `divisible_by_16` names the integer and
+    pointer arguments that get the divisibility hint Triton's JIT gives values that are multiples
+    of 16 at run time, and `options` (num_warps, num_stages, ...) go to the compiler."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     by_name = entry.signature(TORCH_TO_TRITON[dtype])
-    signature = {name: by_name[name] for name in entry.kernel.arg_names}
-    source = ASTSource(fn=entry.kernel, signature=signature, constexprs=entry.constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm
+    names = entry.kernel.arg_names
+    unknown = set(divisible_by_16) - set(names)
+    if unknown:
+        raise ValueError(f"divisible_by_16 names arguments {sorted(unknown)} that {entry.name} does not take")
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name in divisible_by_16}
+    source = ASTSource(fn=entry.kernel, signature={name: by_name[name] for name in names},
+                       constexprs=entry.constexprs if constexprs is None else constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options).asm
