@@ -1,4 +1,4 @@
-"""ClimbQ activation quantizer benchmarks, forward + backward (SPEC 1a), plain and fused with a
+"""ClimbQ activation quantizer benchmarks, forward + backward (algorithms.md §1a), plain and fused with a
 folded BatchNorm before and a ReLU after (ClimbQ's place in a network), contiguous and
 channels-last.
 

@@ -1,4 +1,4 @@
-"""ClimbQ weight quantizer benchmarks, forward + backward (SPEC 1b).
+"""ClimbQ weight quantizer benchmarks, forward + backward (algorithms.md §1b).
 
 CPU: python3 -m pytest bench/bench_climbq_weight.py --benchmark-only (pytest-benchmark).
 GPU: bench/gpu_bench.py runs GPU_CASES with do_bench.

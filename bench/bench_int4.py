@@ -1,4 +1,4 @@
-"""INT4 packed-weight matmul benchmarks (SPEC 6): serving batch sizes against dense F.linear and
+"""INT4 packed-weight matmul benchmarks (algorithms.md §6): serving batch sizes against dense F.linear and
 PyTorch's own int4 kernels on the same codes.
 
 CPU: python3 -m pytest bench/bench_int4.py --benchmark-only (pytest-benchmark).

@@ -40,7 +40,7 @@ def _climbq_act_reference(x, labels, num_classes, bits, act_range, grad):
 
 def climbq_act_case(device: str, dtype: torch.dtype = torch.float32, shape=(128, 65536), num_classes: int = 10,
                     bits: int = 4, act_range: float = 2.0, backends: tuple[str, ...] = ()) -> Case:
-    """ClimbQ activation quantizer, forward + backward (SPEC 1a)."""
+    """ClimbQ activation quantizer, forward + backward (algorithms.md §1a)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device, dtype)
     grad = torch.randn(shape, generator=gen).to(device, dtype)
@@ -77,7 +77,7 @@ def _climbq_act_bn_relu_reference(x, labels, num_classes, bits, act_range, bn_sc
 def climbq_act_bn_relu_case(device: str, dtype: torch.dtype = torch.float32, shape=(32, 64, 64, 64),
                             channels_last: bool = False, num_classes: int = 10, bits: int = 4,
                             act_range: float = 2.0, backends: tuple[str, ...] = ()) -> Case:
-    """Folded BN -> ClimbQ activation -> ReLU (SPEC 1a placement), forward + gradient to x."""
+    """Folded BN -> ClimbQ activation -> ReLU (algorithms.md §1a placement), forward + gradient to x."""
     gen = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
@@ -113,7 +113,7 @@ def _climbq_weight_reference(w, bits, grad):
 
 def climbq_weight_case(device: str, dtype: torch.dtype = torch.float32, shape=(512, 512, 3, 3), bits: int = 4,
                        backends: tuple[str, ...] = ()) -> Case:
-    """ClimbQ weight quantizer, forward + backward (SPEC 1b)."""
+    """ClimbQ weight quantizer, forward + backward (algorithms.md §1b)."""
     gen = torch.Generator().manual_seed(0)
     w = (torch.randn(shape, generator=gen) * 0.05).to(device, dtype)
     grad = torch.randn(shape, generator=gen).to(device, dtype)
@@ -138,7 +138,7 @@ def climbq_weight_case(device: str, dtype: torch.dtype = torch.float32, shape=(5
 
 def class_stats_case(device: str, dtype: torch.dtype = torch.float32, shape=(1024, 2048), num_classes: int = 100,
                      backends: tuple[str, ...] = ()) -> Case:
-    """Per-class count, mean and biased variance by label (SPEC 1c steps 1-3, SPEC 4), forward."""
+    """Per-class count, mean and biased variance by label (algorithms.md §1c steps 1-3, algorithms.md §4), forward."""
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(shape, generator=gen) + 0.5).to(device, dtype)
     labels = torch.randint(0, num_classes, (shape[0],), generator=gen).to(device)
@@ -168,7 +168,7 @@ def _lsq_eager(x, scale, quant_min: int, quant_max: int, grad_factor: float):
 
 def lsq_per_channel_case(device: str, dtype: torch.dtype = torch.float32, shape=(128, 64, 32, 32), bits: int = 4,
                          backends: tuple[str, ...] = ()) -> Case:
-    """Per-channel (axis 1) LSQ fake quant, forward + backward to x and the step (SPEC 1e)."""
+    """Per-channel (axis 1) LSQ fake quant, forward + backward to x and the step (algorithms.md §1e)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device, dtype)
     grad = torch.randn(shape, generator=gen).to(device, dtype)
@@ -210,7 +210,7 @@ def _per_sample_bits_reference(x, bits, clip, grad):
 
 def per_sample_bits_case(device: str, dtype: torch.dtype = torch.float32, shape=(128, 64, 32, 32),
                          backends: tuple[str, ...] = ()) -> Case:
-    """Per-sample bit-width fake quant (SPEC 3), forward + backward to x and clip."""
+    """Per-sample bit-width fake quant (algorithms.md §3), forward + backward to x and clip."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device, dtype)
     grad = torch.randn(shape, generator=gen).to(device, dtype)
@@ -236,7 +236,7 @@ def per_sample_bits_case(device: str, dtype: torch.dtype = torch.float32, shape=
 
 def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(4096, 4096), batch: int = 1,
                      group_size: int = 128, backends: tuple[str, ...] = ()) -> Case:
-    """INT4 packed-weight matmul y = x @ W^T (SPEC 6), x (batch, K) in `dtype`, W (N, K) = `shape`.
+    """INT4 packed-weight matmul y = x @ W^T (algorithms.md §6), x (batch, K) in `dtype`, W (N, K) = `shape`.
 
     Competitors: the dense F.linear a user would otherwise serve with (float32 on the CPU, x's
     dtype on a GPU), PyTorch's own int4 kernel on the same codes (`_weight_int4pack_mm_for_cpu`;

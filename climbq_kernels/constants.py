@@ -9,19 +9,19 @@ IDENTITY_BITS = 32
 
 DEFAULT_BITS = 4
 DEFAULT_ACT_RANGE = 2.0
-"""SPEC 1a: the ClimbQ activation output lies in [-A, A] with A = act_range."""
+"""algorithms.md §1a: the ClimbQ activation output lies in [-A, A] with A = act_range."""
 
 MAX_CODE_BITS = 8
-"""SPEC 1a integer path: activation codes are stored as uint8 (mirrored by kMaxCodeBits in csrc/climbq_act.h)."""
+"""algorithms.md §1a integer path: activation codes are stored as uint8 (mirrored by kMaxCodeBits in csrc/climbq_act.h)."""
 
 DEFAULT_INFERENCE_SIGMA = 2.0
-"""SPEC 1a: with no labels (inference) the activation quantizer uses one constant sigma."""
+"""algorithms.md §1a: with no labels (inference) the activation quantizer uses one constant sigma."""
 
 HOMOVAR_ALPHA = 0.05
 HOMOVAR_BETA0 = 0.999
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
-"""SPEC 6: allowed group sizes; `None` means one group per output row."""
+"""algorithms.md §6: allowed group sizes; `None` means one group per output row."""
 INT4_QMAX = 15
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -30,5 +30,5 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def levels(bits: int) -> int:
-    """N = 2**bits - 1, the number of quantization levels above zero (SPEC notation)."""
+    """N = 2**bits - 1, the number of quantization levels above zero (algorithms.md §0)."""
     return (1 << bits) - 1

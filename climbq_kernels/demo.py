@@ -1,6 +1,6 @@
 """`climbq demo`: the library's main job end to end, in about a minute on a laptop CPU.
 
-1. A long-tailed classification task (SPEC 1d class sizes n_i = n_max * gamma^(-i/(K-1)),
+1. A long-tailed classification task (algorithms.md §1d class sizes n_i = n_max * gamma^(-i/(K-1)),
    tail classes spread wider): the imbalance ClimbQ is built for.
 2. The same MLP trained twice: in float, and quantization-aware with ClimbQ at 4 bits (weights
    through the ClimbQ weight quantizer as a parametrization, hidden activations through the
@@ -28,7 +28,7 @@ CLASSES, FEATURES, HIDDEN, BITS = 10, 32, 256, 4
 
 
 class ClimbQWeight(nn.Module):
-    """Parametrization: the layer computes with its ClimbQ-quantized weight (SPEC 1b)."""
+    """Parametrization: the layer computes with its ClimbQ-quantized weight (algorithms.md §1b)."""
 
     def forward(self, weight):
         return cq.climbq_weight_quant(weight, BITS)

@@ -30,7 +30,7 @@ def _check_batched(name: str, x) -> Tensor:
 
 
 def class_sigma(labels: Tensor, num_classes: int) -> Tensor:
-    """The default ClimbQ scale table (SPEC 1a): sigma_c = 2 - n_c / sum_k n_k^2, shape (K,).
+    """The default ClimbQ scale table (algorithms.md §1a): sigma_c = 2 - n_c / sum_k n_k^2, shape (K,).
 
     Computed on the labels' device with a scatter-add histogram: no host synchronisation.
     """
@@ -43,7 +43,7 @@ def class_sigma(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def _act_tables(x: Tensor, labels, num_classes, sigma, mu) -> tuple[Tensor, Tensor, tuple[float, float] | None]:
-    """Per-sample (B,) sigma and mu tables for the activation quantizer (SPEC 1a), and the
+    """Per-sample (B,) sigma and mu tables for the activation quantizer (algorithms.md §1a), and the
     constant (sigma, mu) of inference mode (labels None; else None). Checks every argument."""
     batch = x.shape[0]
     if labels is None:
@@ -106,7 +106,7 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
                      bits: int = DEFAULT_BITS, act_range: float = DEFAULT_ACT_RANGE,
                      sigma: Tensor | float | None = None, mu: Tensor | float | None = None,
                      bn_scale: Tensor | None = None, bn_shift: Tensor | None = None, relu: bool = False) -> Tensor:
-    """ClimbQ activation quantizer (SPEC 1a): class-wise variance scaling, CDF projection, rint.
+    """ClimbQ activation quantizer (algorithms.md §1a): class-wise variance scaling, CDF projection, rint.
 
     x (B, ...) float32/float16/bfloat16/float64 -> same shape and dtype, values in
     A*(2q/N - 1), q in [0, N], N = 2**bits - 1. A channels-last x is read in place (no copy)
@@ -156,7 +156,7 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
 def climbq_act_codes(x: Tensor, labels: Tensor | None = None, *, num_classes: int | None = None,
                      bits: int = DEFAULT_BITS, sigma: Tensor | float | None = None,
                      mu: Tensor | float | None = None) -> Tensor:
-    """The ClimbQ activation integer codes q = rint(Phi((x - mu_i)/sigma_i) * N) in [0, N] (SPEC 1a).
+    """The ClimbQ activation integer codes q = rint(Phi((x - mu_i)/sigma_i) * N) in [0, N] (algorithms.md §1a).
 
     Arguments as `climbq_act_quant` (labels None: inference bucketing against the thresholds).
     Returns uint8 of x's shape (channels-last kept), the integer path's storage: the value of
@@ -173,7 +173,7 @@ def climbq_act_codes(x: Tensor, labels: Tensor | None = None, *, num_classes: in
 
 
 def climbq_weight_quant(w: Tensor, bits: int = DEFAULT_BITS) -> Tensor:
-    """ClimbQ weight quantizer (SPEC 1b): 2*rint(Phi((w - mean)/std)*N)/N - 1 over all of w.
+    """ClimbQ weight quantizer (algorithms.md §1b): 2*rint(Phi((w - mean)/std)*N)/N - 1 over all of w.
 
     Output in [-1, 1] with N + 1 evenly spaced levels, w's shape and dtype. The gradient flows
     through the projection, the mean and the (unbiased) std. `bits == 32` returns `w`.
@@ -202,7 +202,7 @@ def _as_qparam(name: str, value, like: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axis: int | None = None) -> Tensor:
-    """Affine fake quantization (SPEC 1e), bit-identical to torch's fake quant.
+    """Affine fake quantization (algorithms.md §1e), bit-identical to torch's fake quant.
 
     out = (clamp(rint(x/scale) + zero_point, quant_min, quant_max) - zero_point) * scale, per
     tensor (`axis=None`; scale and zero_point numbers or one-element tensors) or per channel
@@ -243,7 +243,7 @@ def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axi
 
 
 def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-class counts, mean and biased variance of x by label (SPEC 1c steps 1-3, SPEC 4).
+    """Per-class counts, mean and biased variance of x by label (algorithms.md §1c steps 1-3, algorithms.md §4).
 
     x (B, D) -> stats (K, D) per feature; x (B, C, *spatial) -> stats (K, C) per channel over
     samples and positions; counts (K,) int64 are the number of reduced elements. Absent classes
@@ -261,7 +261,7 @@ def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Te
 
 
 def fake_quant_per_sample_bits(x: Tensor, bits: Tensor, clip) -> Tensor:
-    """Fake quant with a per-sample bit-width (SPEC 3, DynaDFQ), one pass.
+    """Fake quant with a per-sample bit-width (algorithms.md §3, DynaDFQ), one pass.
 
     out = rint(clamp(x, 0, clip) / s_i) * s_i with s_i = clip / (2**bits_i - 1): unsigned
     (post-ReLU) levels {0, s_i, ..., clip} for sample i. x: (B, ...) floating; bits: (B,) integer

@@ -1,4 +1,4 @@
-"""INT4 group-wise packed weights for inference (SPEC 6): `Int4Weight`, `quantize_int4`, `int4_matmul`.
+"""INT4 group-wise packed weights for inference (algorithms.md §6): `Int4Weight`, `quantize_int4`, `int4_matmul`.
 
 Layout (the one every backend reads):
 - `packed` uint8 (N, K/2): byte j of row n holds the code of input feature 2j in its low

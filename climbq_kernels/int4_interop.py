@@ -1,4 +1,4 @@
-"""Conversion between `Int4Weight` and PyTorch's own int4 formats, CPU and CUDA (SPEC 6 interop).
+"""Conversion between `Int4Weight` and PyTorch's own int4 formats, CPU and CUDA (algorithms.md §6 interop).
 
 PyTorch's int4 kernels compute x @ W^T with W[n, k] = (q[n, k] - 8) * scale[g, n] + zero[g, n],
 g = k // group_size, `scales_and_zeros` (K/g, N, 2) holding (scale, zero) pairs. Ours is

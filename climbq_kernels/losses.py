@@ -1,4 +1,4 @@
-"""HomoVar loss (SPEC 1c): class-balanced BCE whose class weights keep class variances homogeneous."""
+"""HomoVar loss (algorithms.md §1c): class-balanced BCE whose class weights keep class variances homogeneous."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts:
     """Mean over (sample, class) of w_{y_i} * BCE(softmax(logits)_ic, onehot_ic).
 
     features (B, D) pooled penultimate features, logits (B, K), labels (B,) in [0, K),
-    class_counts (K,) positive dataset class sizes. The class weights w (SPEC 1c steps 1-7)
+    class_counts (K,) positive dataset class sizes. The class weights w (algorithms.md §1c steps 1-7)
     come from a Levene-style homogeneity test on the batch; they are computed without
     gradient, so the loss is differentiable in `logits` only.
 

@@ -1,4 +1,4 @@
-// Schema of the class-segmented statistics op (SPEC 1c, SPEC 4); kernels in cpu/ and
+// Schema of the class-segmented statistics op (algorithms.md §1c, algorithms.md §4); kernels in cpu/ and
 // cuda/class_stats.*.
 #include <torch/library.h>
 

@@ -1,4 +1,4 @@
-// ClimbQ activation quantizer (SPEC 1a): the math both backends implement and the argument
+// ClimbQ activation quantizer (algorithms.md §1a): the math both backends implement and the argument
 // checks they share (csrc/cpu/climbq_act.cpp, csrc/cuda/climbq_act.cu).
 //
 // Per element e of sample i, with N = 2^bits - 1 and A = act_range:

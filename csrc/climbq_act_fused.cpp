@@ -1,4 +1,4 @@
-// Schemas of the fused ClimbQ activation ops (SPEC 1a; math in climbq_act.h). Kernels:
+// Schemas of the fused ClimbQ activation ops (algorithms.md §1a; math in climbq_act.h). Kernels:
 // csrc/cpu/climbq_act.cpp, csrc/cuda/climbq_act.cu.
 //
 // x is (B, ...) contiguous; with channels_last the channel is x's last dim (the caller passes

@@ -1,4 +1,4 @@
-// ClimbQ weight quantizer (SPEC 1b): the math all backends implement and the checks the CPU and
+// ClimbQ weight quantizer (algorithms.md §1b): the math all backends implement and the checks the CPU and
 // CUDA ops share (csrc/cpu/climbq_weight.cpp, csrc/cuda/climbq_weight.cu).
 //
 // With n = w.numel(), N = 2^bits - 1:

@@ -1,9 +1,9 @@
-// Schemas of the uniform fake quant ops (SPEC 1e, SPEC 3) in the climbq_native library; the
+// Schemas of the uniform fake quant ops (algorithms.md §1e, algorithms.md §3) in the climbq_native library; the
 // kernels are in csrc/cpu/fake_quant.cpp and csrc/cuda/fake_quant.cu.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(climbq_native, m) {
-  // SPEC 1e. x: any shape, float32/float16/bfloat16. Per tensor (axis None): scale and
+  // algorithms.md §1e. x: any shape, float32/float16/bfloat16. Per tensor (axis None): scale and
   // zero_point one element each; per channel: (x.shape[axis],). scale floating > 0, zero_point
   // integer or floating in [quant_min, quant_max]. Returns
   // (clamp(rint(x / scale) + zp, quant_min, quant_max) - zp) * scale in x's dtype and shape
@@ -16,7 +16,7 @@ TORCH_LIBRARY_FRAGMENT(climbq_native, m) {
   m.def("fake_quant_affine_backward(Tensor grad_out, Tensor x, Tensor scale, Tensor zero_point,"
         " int quant_min, int quant_max, int? axis, bool scale_grad, bool zero_point_grad)"
         " -> (Tensor, Tensor, Tensor)");
-  // SPEC 3. x: (B, ...) float32/float16/bfloat16; bits: (B,) integer in [1, 16]; clip: one
+  // algorithms.md §3. x: (B, ...) float32/float16/bfloat16; bits: (B,) integer in [1, 16]; clip: one
   // floating element > 0. out = rint(clamp(x, 0, clip) / s_i) * s_i, s_i = clip / (2^b_i - 1).
   m.def("fake_quant_per_sample_bits_forward(Tensor x, Tensor bits, Tensor clip) -> Tensor");
   // (dx, dclip): straight-through on rint; dclip is a float32 0-d tensor.

@@ -1,5 +1,5 @@
-// Uniform fake quantization (SPEC 1e: affine per tensor / per channel, LSQ gradients) and
-// per-sample bit-width fake quant (SPEC 3, DynaDFQ): what the CPU and CUDA backends share,
+// Uniform fake quantization (algorithms.md §1e: affine per tensor / per channel, LSQ gradients) and
+// per-sample bit-width fake quant (algorithms.md §3, DynaDFQ): what the CPU and CUDA backends share,
 // the view of x as rows and the argument checks (csrc/cpu/fake_quant.cpp,
 // csrc/cuda/fake_quant.cu). The math is documented where it is evaluated, in
 // csrc/cpu/isa/fake_quant_kernel.cpp; climbq_kernels/reference/{fake_quant,dynamic_bits}.py is
@@ -119,7 +119,7 @@ inline bool needs_double_product(bool per_channel, ZeroPointMode mode, int64_t q
   return per_channel && (mode != ZeroPointMode::kInteger || quant_max - quant_min > kMaxCode);
 }
 
-// LSQ gradient scale g = 1 / sqrt(numel_per_scale * quant_max) (SPEC 1e).
+// LSQ gradient scale g = 1 / sqrt(numel_per_scale * quant_max) (algorithms.md §1e).
 inline double lsq_grad_scale(const char* op, int64_t numel_per_scale, int64_t quant_max) {
   TORCH_CHECK_VALUE(quant_max >= 1, op, ": quant_max must be >= 1 for a learned scale, got ", quant_max);
   return 1.0 / std::sqrt(static_cast<double>(numel_per_scale) * static_cast<double>(quant_max));

@@ -1,4 +1,4 @@
-// Schema of the INT4 packed-weight matmul (SPEC 6); kernels in cpu/int4_matmul.cpp and
+// Schema of the INT4 packed-weight matmul (algorithms.md §6); kernels in cpu/int4_matmul.cpp and
 // cuda/int4_matmul.cu. Layout: climbq_kernels/int4.py (packed uint8 (N, K/2), low nibble =
 // even input feature; scales, zeros float32 (N, K/g); W[n, k] = (q - zero) * scale).
 #include "int4.h"

@@ -1,4 +1,4 @@
-// INT4 packed-weight matmul (SPEC 6): the argument checks the CPU and CUDA ops share
+// INT4 packed-weight matmul (algorithms.md §6): the argument checks the CPU and CUDA ops share
 // (csrc/cpu/int4_matmul.cpp, csrc/cuda/int4_matmul.cu). The Python layer checks first with
 // friendlier messages; these keep a direct call of torch.ops.climbq_native from reading out of
 // bounds.

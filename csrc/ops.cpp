@@ -32,7 +32,7 @@ int runtime_version_built();  // CUDART_VERSION seen by nvcc; defined in cuda/cl
 #endif
 
 TORCH_LIBRARY(climbq_native, m) {
-  // SPEC 1a. x: (B, ...) float32/float16/bfloat16; sigma, mu: (B,) float32 per-sample scale and
+  // algorithms.md §1a. x: (B, ...) float32/float16/bfloat16; sigma, mu: (B,) float32 per-sample scale and
   // location; bits in [1, 16]; act_range = A > 0. Returns A * (2 rint(Phi((x - mu)/sigma) N)/N - 1)
   // in x's dtype and shape (contiguous).
   m.def("climbq_act_quant_forward(Tensor x, Tensor sigma, Tensor mu, int bits, float act_range)"

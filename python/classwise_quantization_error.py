@@ -1,7 +1,7 @@
 """How much each class loses to quantization: uniform fake quant vs ClimbQ, on a long-tailed batch.
 
 Builds a class-imbalanced batch whose classes have different feature spreads (the case ClimbQ
-targets, SPEC 1), quantizes it to 4 bits with one uniform grid and with ClimbQ's class-wise
+targets, algorithms.md §1), quantizes it to 4 bits with one uniform grid and with ClimbQ's class-wise
 variance scaling + CDF projection, and prints each quantizer's error on head, middle and tail
 classes. Runs on the CPU in seconds: python python/classwise_quantization_error.py
 """
@@ -14,7 +14,7 @@ import climbq_kernels as cq
 
 
 def long_tailed_labels(num_classes: int, n_max: int, gamma: float, gen: torch.Generator) -> torch.Tensor:
-    """Class sizes n_i = floor(n_max * gamma^(-i/(K-1))) (SPEC 1d), shuffled."""
+    """Class sizes n_i = floor(n_max * gamma^(-i/(K-1))) (algorithms.md §1d), shuffled."""
     sizes = [int(n_max * gamma ** (-i / (num_classes - 1))) for i in range(num_classes)]
     labels = torch.cat([torch.full((max(n, 1),), i) for i, n in enumerate(sizes)])
     return labels[torch.randperm(labels.numel(), generator=gen)]

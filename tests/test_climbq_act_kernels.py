@@ -1,4 +1,4 @@
-"""The ClimbQ activation quantizer's fused variants (SPEC 1a) on every backend, against float64:
+"""The ClimbQ activation quantizer's fused variants (algorithms.md §1a) on every backend, against float64:
 folded BN before and ReLU after, inference threshold bucketing, uint8 codes, channels-last."""
 
 import pytest

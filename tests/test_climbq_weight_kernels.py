@@ -1,4 +1,4 @@
-"""ClimbQ weight quantizer kernels (SPEC 1b) on every backend against the float64 reference."""
+"""ClimbQ weight quantizer kernels (algorithms.md §1b) on every backend against the float64 reference."""
 
 import pytest
 import torch

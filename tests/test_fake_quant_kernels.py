@@ -1,4 +1,4 @@
-"""Affine fake quant and LSQ gradients (SPEC 1e) on every backend: bit identity with torch's
+"""Affine fake quant and LSQ gradients (algorithms.md §1e) on every backend: bit identity with torch's
 fake quant, gradients against the float64 reference, opcheck and bad input."""
 
 import pytest

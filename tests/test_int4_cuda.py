@@ -1,4 +1,4 @@
-"""The CUDA INT4 matmul (csrc/cuda/int4_*.cu, SPEC 6) against the float64 reference, by the error
+"""The CUDA INT4 matmul (csrc/cuda/int4_*.cu, algorithms.md §6) against the float64 reference, by the error
 rule: the GEMV for M <= 8 (its 16-byte loop, exact for float32 and with offset codes for 16-bit x,
 and its bytewise loop for rows that are not 16-byte aligned), the tensor-core kernel for 16-bit x
 up to M = 64 (every split of K), and dequantize + cuBLAS beyond (block by block; dequantization

@@ -1,4 +1,4 @@
-"""INT4 packed-weight matmul (SPEC 6) on every backend against the float64 dequantize-then-matmul
+"""INT4 packed-weight matmul (algorithms.md §6) on every backend against the float64 dequantize-then-matmul
 reference: the error rule in every dtype, batch sizes from GEMV to GEMM, odd out_features, every
 group size, leading batch dims, bias, and inputs left untouched. Kernel-specific paths are
 tested beside each kernel (test_int4_triton.py, test_int4_cuda.py, the CPU ISAs below)."""

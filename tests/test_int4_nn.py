@@ -1,4 +1,4 @@
-"""Int4Linear, Int4Conv2d and convert_int4 (SPEC 6): outputs against the float64 dequantized layer,
+"""Int4Linear, Int4Conv2d and convert_int4 (algorithms.md §6): outputs against the float64 dequantized layer,
 ClimbQ weights stored without loss, exact state dicts, clear errors."""
 
 import copy

@@ -1,4 +1,4 @@
-"""The Triton INT4 matmul kernels (SPEC 6): each kernel forced on awkward shapes, the shape-based
+"""The Triton INT4 matmul kernels (algorithms.md §6): each kernel forced on awkward shapes, the shape-based
 choice through the op, split-K determinism, and the launch-config file.
 
 Without a GPU the kernels run under TRITON_INTERPRET=1 (set in conftest) on CPU tensors, so the

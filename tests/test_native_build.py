@@ -1,8 +1,8 @@
 """The native extension `climbq_kernels._C`: it loads, registers `torch.ops.climbq_native`,
-reports how it was built, and its kernels compute SPEC 1a: the CPU kernels always (each
+reports how it was built, and its kernels compute algorithms.md §1a: the CPU kernels always (each
 compiled instruction set in turn), the CUDA kernels where there is a GPU.
 
-The oracle is the SPEC formula in float64, written out below, so that this file checks the
+The oracle is the formula of docs/algorithms.md in float64, written out below, so that this file checks the
 kernels independently of `climbq_kernels.reference`. The kernels compute in float32, so:
 
 - codes q = rint(u N) must equal the float64 codes except where float64 u N lies within
@@ -49,7 +49,7 @@ AVX2/AVX-512 kernels use ATen's vector erf (Abramowitz-Stegun 7.1.26, |error| <=
 were seen to flip codes up to 2.1 eps32 * N from a boundary (DEFAULT, with libm erf: 0.65)."""
 
 
-# --- the SPEC 1a formula in float64 -------------------------------------------------------
+# --- the algorithms.md §1a formula in float64 -------------------------------------------------------
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.double().view((-1,) + (1,) * (like.dim() - 1))
@@ -183,7 +183,7 @@ def test_built_with_cuda_when_torch_has_cuda_and_cuda_was_not_disabled():
         assert _C.built_with_cuda(), f"CLIMBQ_BUILD_CUDA={setting}, torch CUDA {torch.version.cuda}"
 
 
-# --- the kernels against SPEC 1a ------------------------------------------------------------
+# --- the kernels against algorithms.md §1a ------------------------------------------------------------
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bits", BITS)

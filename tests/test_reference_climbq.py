@@ -1,4 +1,4 @@
-"""The ClimbQ reference (SPEC 1a, 1b) against independent scalar math, autograd and itself."""
+"""The ClimbQ reference (algorithms.md §1a, 1b) against independent scalar math, autograd and itself."""
 
 import math
 import statistics
@@ -35,7 +35,7 @@ def phi_cdf(t: float) -> float:
     return 0.5 * (1.0 + math.erf(t / math.sqrt(2.0)))
 
 
-# --- SPEC 1a: scale table -------------------------------------------------------------------
+# --- algorithms.md §1a: scale table -------------------------------------------------------------------
 
 def test_class_counts_and_sigma_by_hand():
     labels = torch.tensor([0, 0, 2, 0, 2, 3])
@@ -57,7 +57,7 @@ def test_class_sigma_empty_batch_and_int_dtypes():
     assert class_counts(labels, 2).tolist() == [1, 2]
 
 
-# --- SPEC 1a: activation forward ------------------------------------------------------------
+# --- algorithms.md §1a: activation forward ------------------------------------------------------------
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_act_matches_scalar_erf(bits):
@@ -155,7 +155,7 @@ def test_b32_identity():
     assert torch.equal(climbq_weight_quant_backward(w, w, 32), w)
 
 
-# --- SPEC 1a: inference thresholds ----------------------------------------------------------
+# --- algorithms.md §1a: inference thresholds ----------------------------------------------------------
 
 def test_thresholds_by_hand():
     t = climbq_act_thresholds(2, sigma=1.5, mu=0.25)
@@ -199,7 +199,7 @@ def test_inference_b1_and_shapes():
     assert one.shape == (1,)
 
 
-# --- SPEC 1a: activation gradient -----------------------------------------------------------
+# --- algorithms.md §1a: activation gradient -----------------------------------------------------------
 
 class ActSurrogate(torch.autograd.Function):
     """Forward: the smooth A*(2u - 1) the straight-through estimator differentiates; backward:
@@ -236,7 +236,7 @@ def test_act_backward_low_precision():
         assert torch.allclose(got.double(), ref, rtol=tol, atol=tol)
 
 
-# --- SPEC 1b: weight quantizer --------------------------------------------------------------
+# --- algorithms.md §1b: weight quantizer --------------------------------------------------------------
 
 def test_weight_project_matches_statistics():
     gen = make_gen(30)

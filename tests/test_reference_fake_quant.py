@@ -1,4 +1,4 @@
-"""Affine fake quant and LSQ reference (SPEC 1e) against torch's own fake-quant ops."""
+"""Affine fake quant and LSQ reference (algorithms.md §1e) against torch's own fake-quant ops."""
 
 import math
 
@@ -140,7 +140,7 @@ def ste_fake_quant(x, scale, zp, qmin, qmax, axis=None):
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     t = x / scale + zp
     q = torch.round(t).detach() + (t - t.detach())  # value exactly rint(t), gradient of t
-    # clamp with the inclusive mask of SPEC 1e (torch.clamp's own gradient is 0 at the bounds)
+    # clamp with the inclusive mask of algorithms.md §1e (torch.clamp's own gradient is 0 at the bounds)
     clamped = torch.where((q >= qmin) & (q <= qmax), q, q.detach().clamp(qmin, qmax))
     return (clamped - zp) * scale
 

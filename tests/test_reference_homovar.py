@@ -1,4 +1,4 @@
-"""HomoVar reference (SPEC 1c) against an independent loop implementation of the 8 steps."""
+"""HomoVar reference (algorithms.md §1c) against an independent loop implementation of the 8 steps."""
 
 import math
 import time
@@ -15,7 +15,7 @@ def make_gen(seed: int) -> torch.Generator:
 
 
 def homovar_loop(F, labels, n, alpha=0.05, beta0=0.999):
-    """SPEC 1c steps 1-7 with Python lists, loops and the textbook quadratic formula.
+    """algorithms.md §1c steps 1-7 with Python lists, loops and the textbook quadratic formula.
     Returns (weights, betas, branch per class)."""
     B, D, K = len(F), len(F[0]), len(n)
     members = {c: [i for i in range(B) if labels[i] == c] for c in range(K)}

@@ -1,4 +1,4 @@
-"""INT4 packed-weight reference (SPEC 6): packing, quantization bound, ClimbQ conversion, matmul."""
+"""INT4 packed-weight reference (algorithms.md §6): packing, quantization bound, ClimbQ conversion, matmul."""
 
 import pytest
 import torch

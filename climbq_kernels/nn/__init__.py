@@ -1,4 +1,4 @@
-"""Serving modules for INT4 weights (SPEC 6): `Int4Linear`, `Int4Conv2d` and `convert_int4`.
+"""Serving modules for INT4 weights (algorithms.md §6): `Int4Linear`, `Int4Conv2d` and `convert_int4`.
 
 Data flows one way: a float (or ClimbQ-trained) model -> `convert_int4` packs each layer's
 weight -> the modules call `climbq_kernels.int4_matmul` -> whichever backend dispatch picks.

@@ -1,4 +1,4 @@
-"""`Int4Conv2d`: a 2-D convolution serving a packed INT4 weight through im2col + `int4_matmul` (SPEC 6).
+"""`Int4Conv2d`: a 2-D convolution serving a packed INT4 weight through im2col + `int4_matmul` (algorithms.md §6).
 
 The weight (C_out, C_in, kh, kw) is stored as the matrix (C_out, K), K = C_in*kh*kw, in the
 column order of `F.unfold`; the forward unfolds x into (B, L, K) patches (L output pixels) and

@@ -1,4 +1,4 @@
-"""`Int4Module`: the packed INT4 weight storage shared by `Int4Linear` and `Int4Conv2d` (SPEC 6).
+"""`Int4Module`: the packed INT4 weight storage shared by `Int4Linear` and `Int4Conv2d` (algorithms.md §6).
 
 State. Buffers `packed` uint8 (out_features, W/2), `scales` and `zeros` float32
 (out_features, W/group_size), where W = `packed_in_features` is in_features rounded up to even

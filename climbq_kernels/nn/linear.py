@@ -1,4 +1,4 @@
-"""`Int4Linear`: a linear layer serving a packed INT4 weight through `int4_matmul` (SPEC 6)."""
+"""`Int4Linear`: a linear layer serving a packed INT4 weight through `int4_matmul` (algorithms.md §6)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Both modules see their weight as a matrix (out_features, in_features); a convolution's weight
 (C_out, C_in, kh, kw) is flattened to (C_out, C_in*kh*kw), the column order of `F.unfold`.
 
-Odd in_features. Two codes share a byte (SPEC 6), so an odd width is stored padded by one
+Odd in_features. Two codes share a byte (algorithms.md §6), so an odd width is stored padded by one
 column. The weight's pad column repeats its last real column, so it never widens a group's
 range (a zero column would, and would coarsen that group's scale); the modules pad x with a
 zero column, so the pad adds exactly nothing to the output. The group size then has to divide
@@ -11,7 +11,7 @@ the padded width.
 
 Two ways to quantize:
 - `quantize_weight`: group-wise asymmetric INT4 (`quantize_int4`) of any float weight.
-- `climbq_weight`: lossless storage of a ClimbQ-trained weight (SPEC 1b).
+- `climbq_weight`: lossless storage of a ClimbQ-trained weight (algorithms.md §1b).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _as_matrix(name: str, w) -> Tensor:
 
 
 def quantize_weight(name: str, w: Tensor, group_size) -> Int4Weight:
-    """Group-wise asymmetric INT4 (SPEC 6) of a float weight (out_features, ...), on w's device.
+    """Group-wise asymmetric INT4 (algorithms.md §6) of a float weight (out_features, ...), on w's device.
 
     `name` labels errors (e.g. 'linear.weight'); group_size as `resolve_group_size`.
     """

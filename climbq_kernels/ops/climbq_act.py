@@ -1,4 +1,4 @@
-"""ClimbQ activation quantizer ops (SPEC 1a)."""
+"""ClimbQ activation quantizer ops (algorithms.md §1a)."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def _like_x(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 @custom_op("climbq::climbq_act_fused")
 def climbq_act_fused(x: Tensor, sigma: Tensor, mu: Tensor, thresholds: Tensor | None, bn_scale: Tensor | None,
                      bn_shift: Tensor | None, bits: int, act_range: float, relu: bool) -> Tensor:
-    """out = [relu] A*(2q/N - 1) of y = x*bn_scale[c] + bn_shift[c] (SPEC 1a; math in csrc/climbq_act.h).
+    """out = [relu] A*(2q/N - 1) of y = x*bn_scale[c] + bn_shift[c] (algorithms.md §1a; math in csrc/climbq_act.h).
 
     x (B, C, ...) (or (B, ...) without BN); sigma, mu per sample (B,) float32; q from erf, or by
     bucketing against `thresholds` (N,) float32 when given (inference); bn_scale, bn_shift (C,)

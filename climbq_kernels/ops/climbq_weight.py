@@ -1,4 +1,4 @@
-"""ClimbQ weight quantizer ops (SPEC 1b).
+"""ClimbQ weight quantizer ops (algorithms.md §1b).
 
 Backends: the reference; the C++ CPU kernel (which rejects zero spread itself, from the
 statistics it already has on the host); CUDA and Triton, whose statistics stay on the device.
@@ -57,7 +57,7 @@ def climbq_weight_quant(w: Tensor, bits: int) -> Tensor:
 
 @custom_op("climbq::climbq_weight_quant_backward")
 def climbq_weight_quant_backward(grad_out: Tensor, w: Tensor, bits: int) -> Tensor:
-    """dL/dw through the projection, the mean and the std (SPEC 1b)."""
+    """dL/dw through the projection, the mean and the std (algorithms.md §1b)."""
     return run("climbq_weight_quant_backward", w, grad_out, w, bits)
 
 

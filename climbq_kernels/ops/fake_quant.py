@@ -1,4 +1,4 @@
-"""Affine fake quant ops with learnable (LSQ) scale and zero point (SPEC 1e)."""
+"""Affine fake quant ops with learnable (LSQ) scale and zero point (algorithms.md §1e)."""
 
 from __future__ import annotations
 

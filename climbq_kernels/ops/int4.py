@@ -1,4 +1,4 @@
-"""INT4 group-wise weight ops (SPEC 6)."""
+"""INT4 group-wise weight ops (algorithms.md §6)."""
 
 from __future__ import annotations
 

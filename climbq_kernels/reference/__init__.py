@@ -1,4 +1,4 @@
-"""The pure-PyTorch reference (oracle) for every op in SPEC.md, one module per op family.
+"""The pure-PyTorch reference (oracle) for every op in docs/algorithms.md, one module per op family.
 
 Readable like the spec, correct in float64 on the CPU, and runnable in float32 / float16 /
 bfloat16 computing in the input's dtype (the kernel error rule compares a kernel against this

@@ -1,4 +1,4 @@
-"""The standard normal CDF `Phi`, density `phi` and quantile `Phi^-1` (SPEC notation).
+"""The standard normal CDF `Phi`, density `phi` and quantile `Phi^-1` (algorithms.md §0).
 
 `normal_cdf` and `normal_pdf` compute in their input's dtype (no upcast), so the reference
 run in a kernel's dtype shows that dtype's own rounding error.

@@ -1,4 +1,4 @@
-"""ClimbQ activation and weight quantizers (SPEC 1a, 1b): the reference.
+"""ClimbQ activation and weight quantizers (algorithms.md §1a, 1b): the reference.
 
 Every function computes in its input's dtype (float64 on the CPU is the oracle; float32,
 float16 and bfloat16 show that dtype's own rounding error) and never mutates its inputs.
@@ -78,7 +78,7 @@ def _standardized(x: Tensor, sigma: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]
     return (x - mu_b) / sigma_b, sigma_b
 
 
-# --- SPEC 1a: the scale table -----------------------------------------------------------------
+# --- algorithms.md §1a: the scale table -----------------------------------------------------------------
 
 def class_counts(labels: Tensor, num_classes: int) -> Tensor:
     """Label histogram n_c = #{i : labels_i = c}, int64 (K,), K = num_classes.
@@ -97,7 +97,7 @@ def class_counts(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def class_sigma(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The default ClimbQ scale table (SPEC 1a, the authors' rule), shape (K,), `dtype`.
+    """The default ClimbQ scale table (algorithms.md §1a, the authors' rule), shape (K,), `dtype`.
 
         sigma_c = 2 - n_c / sum_k n_k^2
 
@@ -113,10 +113,10 @@ def class_sigma(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.flo
     return 2.0 - counts.to(dtype) / sum_sq.to(dtype)
 
 
-# --- SPEC 1a: the activation quantizer --------------------------------------------------------
+# --- algorithms.md §1a: the activation quantizer --------------------------------------------------------
 
 def climbq_act_project(x: Tensor, sigma: Tensor, mu: Tensor) -> Tensor:
-    """Class-wise projection u = Phi((x - mu_i) / sigma_i) (SPEC 1a), in [0, 1].
+    """Class-wise projection u = Phi((x - mu_i) / sigma_i) (algorithms.md §1a), in [0, 1].
 
     x: (B, ...) floating, any trailing shape. sigma, mu: per-sample (B,) floating tensors (the
     per-class tables already gathered by label), cast to x's dtype and broadcast over the
@@ -137,7 +137,7 @@ def climbq_act_codes(x: Tensor, sigma: Tensor, mu: Tensor, bits: int) -> Tensor:
 
 
 def climbq_act_quant(x: Tensor, sigma: Tensor, mu: Tensor, bits: int, act_range: float) -> Tensor:
-    """ClimbQ activation fake quant (SPEC 1a): out = A * (2q/N - 1), q = rint(Phi((x-mu_i)/sigma_i) * N).
+    """ClimbQ activation fake quant (algorithms.md §1a): out = A * (2q/N - 1), q = rint(Phi((x-mu_i)/sigma_i) * N).
 
     x: (B, ...) floating; sigma, mu: per-sample (B,) tensors; A = act_range > 0. Output has x's
     shape and dtype and takes the N + 1 values A * level(q) (see the module docstring).
@@ -158,7 +158,7 @@ def climbq_act_quant(x: Tensor, sigma: Tensor, mu: Tensor, bits: int, act_range:
 
 def climbq_act_quant_backward(grad_out: Tensor, x: Tensor, sigma: Tensor, mu: Tensor, bits: int,
                               act_range: float) -> Tensor:
-    """Gradient of `climbq_act_quant` w.r.t. x (SPEC 1a): straight-through on rint only.
+    """Gradient of `climbq_act_quant` w.r.t. x (algorithms.md §1a): straight-through on rint only.
 
         dx = grad_out * 2A * phi((x - mu_i) / sigma_i) / sigma_i
 
@@ -177,7 +177,7 @@ def climbq_act_quant_backward(grad_out: Tensor, x: Tensor, sigma: Tensor, mu: Te
 
 def climbq_act_thresholds(bits: int, sigma: float = DEFAULT_INFERENCE_SIGMA, mu: float = 0.0,
                           dtype: torch.dtype = torch.float64) -> Tensor:
-    """Inference thresholds t_j = mu + sigma * Phi^-1((j + 0.5) / N), j = 0..N-1 (SPEC 1a).
+    """Inference thresholds t_j = mu + sigma * Phi^-1((j + 0.5) / N), j = 0..N-1 (algorithms.md §1a).
 
     Shape (N,), strictly increasing. Computed in float64 (`torch.special.ndtri`) and rounded
     once to `dtype`: they are constants, folded once per layer. The middle threshold
@@ -195,7 +195,7 @@ def climbq_act_thresholds(bits: int, sigma: float = DEFAULT_INFERENCE_SIGMA, mu:
 
 def climbq_act_quant_inference(x: Tensor, bits: int, act_range: float, sigma: float = DEFAULT_INFERENCE_SIGMA,
                                mu: float = 0.0) -> Tensor:
-    """Label-free ClimbQ activation quant by threshold bucketing (SPEC 1a, inference): no erf.
+    """Label-free ClimbQ activation quant by threshold bucketing (algorithms.md §1a, inference): no erf.
 
         q = #{j : x > t_j} (+1 when x == t_j exactly for an odd j),   out = A * (2q/N - 1)
 
@@ -224,10 +224,10 @@ def climbq_act_quant_inference(x: Tensor, bits: int, act_range: float, sigma: fl
     return torch.where(torch.isnan(x), x, out)  # NaN stays NaN, as in the erf form
 
 
-# --- SPEC 1b: the weight quantizer ------------------------------------------------------------
+# --- algorithms.md §1b: the weight quantizer ------------------------------------------------------------
 
 def climbq_weight_project(w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Whole-tensor projection of a weight (SPEC 1b): (u, z, mean, std).
+    """Whole-tensor projection of a weight (algorithms.md §1b): (u, z, mean, std).
 
     mean = mean(w), std = unbiased (n - 1) standard deviation over ALL elements of w,
     z = (w - mean) / std, u = Phi(z). w: any shape, floating, finite, >= 2 elements, not all
@@ -247,14 +247,14 @@ def climbq_weight_project(w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def climbq_weight_codes(w: Tensor, bits: int) -> Tensor:
-    """Integer codes q = rint(Phi((w - mean)/std) * N) in [0, N], w's shape, int64 (SPEC 1b)."""
+    """Integer codes q = rint(Phi((w - mean)/std) * N) in [0, N], w's shape, int64 (algorithms.md §1b)."""
     bits = _quant_bits(bits)
     u, _, _, _ = climbq_weight_project(w)
     return _codes(u, bits).to(torch.int64)
 
 
 def climbq_weight_quant(w: Tensor, bits: int) -> Tensor:
-    """ClimbQ weight fake quant (SPEC 1b): Wq = 2 * rint(Phi(z) * N) / N - 1, z = (w - mean)/std.
+    """ClimbQ weight fake quant (algorithms.md §1b): Wq = 2 * rint(Phi(z) * N) / N - 1, z = (w - mean)/std.
 
     Wq has w's shape and dtype, values in [-1, 1] on N + 1 evenly spaced levels (evaluated as
     (q - N/2) * (2/N), see the module docstring). bits == 32 returns `w.clone()`.
@@ -269,7 +269,7 @@ def climbq_weight_quant(w: Tensor, bits: int) -> Tensor:
 
 
 def climbq_weight_quant_backward(grad_out: Tensor, w: Tensor, bits: int) -> Tensor:
-    """Gradient of `climbq_weight_quant` w.r.t. w (SPEC 1b), through mean and std.
+    """Gradient of `climbq_weight_quant` w.r.t. w (algorithms.md §1b), through mean and std.
 
     Straight-through on rint, exact through Phi, mean and the unbiased std: with g = grad_out,
     phi_i = phi(z_i), n = w.numel(), S1 = sum g_i phi_i, S2 = sum g_i phi_i z_i,

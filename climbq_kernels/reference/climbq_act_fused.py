@@ -1,4 +1,4 @@
-"""The fused ClimbQ activation quantizer (SPEC 1a placement): folded BN, quantizer, ReLU.
+"""The fused ClimbQ activation quantizer (algorithms.md §1a placement): folded BN, quantizer, ReLU.
 
 ClimbQ sits after a BatchNorm and before the ReLU. At inference (and with frozen statistics in
 training) the BatchNorm is a per-channel affine y = x * bn_scale[c] + bn_shift[c] over

@@ -1,4 +1,4 @@
-"""Affine fake quantization and LSQ (learned step size) gradients (SPEC 1e): the reference.
+"""Affine fake quantization and LSQ (learned step size) gradients (algorithms.md §1e): the reference.
 
     q   = rint(x * inv_scale) + zp          (integer zero point)
     q   = rint(x * inv_scale + zp)          (floating zero point)
@@ -137,7 +137,7 @@ def _pre_clamp(x: Tensor, grid: _Grid) -> tuple[Tensor, Tensor]:
 
 def fake_quant_affine(x: Tensor, scale, zero_point, quant_min: int, quant_max: int,
                       axis: int | None = None) -> Tensor:
-    """Affine fake quant (SPEC 1e): out = (clamp(rint(x / scale) + zp, qmin, qmax) - zp) * scale.
+    """Affine fake quant (algorithms.md §1e): out = (clamp(rint(x / scale) + zp, qmin, qmax) - zp) * scale.
 
     x: any shape, floating. Per tensor (axis None): scale, zero_point are Python numbers or
     one-element tensors. Per channel: scale (C,) floating, zero_point (C,) integer or floating,
@@ -156,7 +156,7 @@ def fake_quant_affine_backward(grad_out: Tensor, x: Tensor, scale, zero_point, q
                                quant_max: int, axis: int | None = None, scale_requires_grad: bool = False,
                                zero_point_requires_grad: bool = False
                                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Gradients of `fake_quant_affine` (SPEC 1e): (dx, dscale, dzero_point).
+    """Gradients of `fake_quant_affine` (algorithms.md §1e): (dx, dscale, dzero_point).
 
     With q the pre-clamp code (as in the forward), inside = qmin <= q <= qmax (False for NaN):
 
@@ -204,14 +204,14 @@ def _sum_per_scale(t: Tensor, grid: _Grid, like) -> Tensor:
 
 
 def lsq_grad_scale(numel_per_scale: int, quant_max: int) -> float:
-    """LSQ gradient scale g = 1 / sqrt(numel_per_scale * quant_max) (SPEC 1e); both ints >= 1."""
+    """LSQ gradient scale g = 1 / sqrt(numel_per_scale * quant_max) (algorithms.md §1e); both ints >= 1."""
     check_int("numel_per_scale", numel_per_scale, minimum=1)
     check_int("quant_max", quant_max, minimum=1)
     return 1.0 / math.sqrt(numel_per_scale * quant_max)
 
 
 def lsq_init_scale(x: Tensor, quant_max: int, axis: int | None = None) -> Tensor:
-    """LSQ step initialisation s = 2 * mean(|x|) / sqrt(quant_max) (SPEC 1e), in x's dtype.
+    """LSQ step initialisation s = 2 * mean(|x|) / sqrt(quant_max) (algorithms.md §1e), in x's dtype.
 
     Per tensor (axis None): a 0-d tensor. Per channel: shape (x.shape[axis],), the mean taken
     over every other dim. quant_max: int >= 1.

@@ -1,4 +1,4 @@
-"""HomoVar loss: class reweighting that keeps class variances homogeneous (SPEC 1c): the reference.
+"""HomoVar loss: class reweighting that keeps class variances homogeneous (algorithms.md §1c): the reference.
 
 Steps 1-3 are segmented reductions by label (`segment_stats.segment_sum`): memory
 O(B * D + K * D), never a (B, K, D) tensor. Step 4's F quantile comes from
@@ -27,7 +27,7 @@ _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 @functools.lru_cache(maxsize=1024)
 def f_critical(alpha: float, present: int, batch: int) -> float:
-    """Fcrit = F^-1_{1 - alpha}(K' - 1, N - K') (SPEC 1c step 4), K' = present, N = batch."""
+    """Fcrit = F^-1_{1 - alpha}(K' - 1, N - K') (algorithms.md §1c step 4), K' = present, N = batch."""
     return float(stats.f.ppf(1.0 - alpha, present - 1, batch - present))
 
 
@@ -55,7 +55,7 @@ def _check_features(features) -> Tensor:
 
 
 def _size_bounds(zbar: Tensor, class_sum: Tensor, bound: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Roots n_lb <= n_ub of zbar^2 n^2 - (2 zbar S_c + C_c) n + S_c^2 (SPEC 1c step 5), and
+    """Roots n_lb <= n_ub of zbar^2 n^2 - (2 zbar S_c + C_c) n + S_c^2 (algorithms.md §1c step 5), and
     where they are real (zbar > 0 and discriminant >= 0).
 
     The discriminant is evaluated factored, C_c * (4 zbar S_c + C_c), and the roots in the
@@ -73,7 +73,7 @@ def _size_bounds(zbar: Tensor, class_sum: Tensor, bound: Tensor) -> tuple[Tensor
 
 
 def levene_deviations(f: Tensor, labels: Tensor, xbar: Tensor) -> Tensor:
-    """z_i = sum_d |F_id - Xbar_{y_i d}| over the d with F_id != 0 (SPEC 1c step 2), shape (B,).
+    """z_i = sum_d |F_id - Xbar_{y_i d}| over the d with F_id != 0 (algorithms.md §1c step 2), shape (B,).
 
     f: (B, D); xbar: (K, D) class means (step 1); labels: (B,) integer in [0, K).
     """
@@ -81,7 +81,7 @@ def levene_deviations(f: Tensor, labels: Tensor, xbar: Tensor) -> Tensor:
 
 
 def _log_betas(f: Tensor, labels: Tensor, n: Tensor, alpha: float, beta0: float) -> Tensor:
-    """log(beta_c), (K,), from SPEC 1c steps 1-6; log(beta0) wherever a step degenerates."""
+    """log(beta_c), (K,), from algorithms.md §1c steps 1-6; log(beta0) wherever a step degenerates."""
     num_classes = n.numel()
     m = batch_class_counts(labels, num_classes).to(f.dtype)  # batch counts m_c
     m_safe = m.clamp_min(1)
@@ -94,7 +94,7 @@ def _log_betas(f: Tensor, labels: Tensor, n: Tensor, alpha: float, beta0: float)
 
 def log_betas_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, n: Tensor, alpha: float,
                           beta0: float) -> Tensor:
-    """log(beta_c), (K,), from SPEC 1c steps 3-6 given the Levene deviations and their class means.
+    """log(beta_c), (K,), from algorithms.md §1c steps 3-6 given the Levene deviations and their class means.
 
     z: (B,) from step 2; zbar_c: (K,) class means of z (0 for absent classes); m: (K,) batch
     counts and n: (K,) dataset counts, both in z's dtype. log(beta0) wherever a step degenerates.
@@ -122,7 +122,7 @@ def log_betas_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, 
 
 
 def _class_balanced_weights(log_beta: Tensor, n: Tensor) -> Tensor:
-    """w_c = (1 - beta_c) / (1 - beta_c^{n_c}), normalised to sum K (SPEC 1c step 7).
+    """w_c = (1 - beta_c) / (1 - beta_c^{n_c}), normalised to sum K (algorithms.md §1c step 7).
 
     Evaluated as expm1(log beta) / expm1(n log beta): no 0/0 when beta_c rounds to 1 (its
     limit 1/n_c is used where log beta underflows to 0).
@@ -135,7 +135,7 @@ def _class_balanced_weights(log_beta: Tensor, n: Tensor) -> Tensor:
 @torch.no_grad()
 def homovar_weights_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, class_counts,
                                 alpha: float = HOMOVAR_ALPHA, beta0: float = HOMOVAR_BETA0) -> Tensor:
-    """HomoVar class weights w (K,) (SPEC 1c steps 3-7) from precomputed steps 1-3.
+    """HomoVar class weights w (K,) (algorithms.md §1c steps 3-7) from precomputed steps 1-3.
 
     For callers that compute the segmented reductions elsewhere (`losses.homovar_loss` runs
     them through the `class_stats` op): z (B,) Levene deviations (`levene_deviations`),
@@ -149,7 +149,7 @@ def homovar_weights_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Te
 @torch.no_grad()
 def homovar_weights(features: Tensor, labels: Tensor, class_counts, alpha: float = HOMOVAR_ALPHA,
                     beta0: float = HOMOVAR_BETA0) -> Tensor:
-    """HomoVar class weights w (K,) (SPEC 1c steps 1-7), detached, summing to K.
+    """HomoVar class weights w (K,) (algorithms.md §1c steps 1-7), detached, summing to K.
 
     features F: (B, D) floating (pooled penultimate features); labels: (B,) integer in [0, K);
     class_counts n: the DATASET class sizes, (K,) positive integers (tensor or sequence;
@@ -182,7 +182,7 @@ def homovar_weights(features: Tensor, labels: Tensor, class_counts, alpha: float
 
 def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts, alpha: float = HOMOVAR_ALPHA,
                  beta0: float = HOMOVAR_BETA0) -> Tensor:
-    """HomoVar loss (SPEC 1c step 8): mean over (i, c) of w_{y_i} * BCE(softmax(logits)_ic, onehot_ic).
+    """HomoVar loss (algorithms.md §1c step 8): mean over (i, c) of w_{y_i} * BCE(softmax(logits)_ic, onehot_ic).
 
     BCE(p, t) = -(t * max(log p, -100) + (1 - t) * max(log(1 - p), -100)) (log clamped at -100
     like `torch.nn.functional.binary_cross_entropy`; log(1 - p) as log1p(-p)). w from
@@ -201,7 +201,7 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts,
 
 
 def homovar_bce(w: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-    """Step 8 of SPEC 1c: mean over (i, c) of w_{y_i} * BCE(softmax(logits)_ic, onehot_ic).
+    """Step 8 of algorithms.md §1c: mean over (i, c) of w_{y_i} * BCE(softmax(logits)_ic, onehot_ic).
 
     w: (K,) class weights (cast to logits' dtype, no gradient); logits (B, K); labels (B,).
     BCE as described in `homovar_loss`; 0-d result in logits' dtype.

@@ -1,4 +1,4 @@
-"""INT4 group-wise packed weights (SPEC 6): the reference.
+"""INT4 group-wise packed weights (algorithms.md §6): the reference.
 
 Format. A weight W (N, K) (out_features, in_features) is cut into groups of g consecutive
 input features per row (g in INT4_GROUP_SIZES, or g = K: one group per row). Each group has a
@@ -68,7 +68,7 @@ def _check_weight(w) -> Tensor:
 
 
 def quantize_int4(w: Tensor, group_size: int | None = 128) -> tuple[Tensor, Tensor, Tensor]:
-    """Group-wise asymmetric INT4 quantization (SPEC 6): (packed, scales, zeros).
+    """Group-wise asymmetric INT4 quantization (algorithms.md §6): (packed, scales, zeros).
 
     w: (N, K) floating, finite, K even (ValueError naming `w`); group_size g from
     INT4_GROUP_SIZES dividing K, or None / K for one group per row (`checks.check_group_size`).
@@ -96,7 +96,7 @@ def quantize_int4(w: Tensor, group_size: int | None = 128) -> tuple[Tensor, Tens
 
 def dequantize_int4(packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int | None,
                     dtype: torch.dtype = torch.float32) -> Tensor:
-    """W = (q - zero) * scale per group (SPEC 6), shape (N, K), `dtype`.
+    """W = (q - zero) * scale per group (algorithms.md §6), shape (N, K), `dtype`.
 
     Computed in float64 when dtype is float64 (the oracle), else in float32 and then rounded
     once to dtype (float16 / bfloat16 storage of a float32 result). packed: uint8 (N, K // 2);
@@ -121,7 +121,7 @@ def dequantize_int4(packed: Tensor, scales: Tensor, zeros: Tensor, group_size: i
 
 def int4_matmul(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int | None,
                 bias: Tensor | None = None) -> Tensor:
-    """y = x @ dequant(W)^T + bias (SPEC 6), in x's dtype.
+    """y = x @ dequant(W)^T + bias (algorithms.md §6), in x's dtype.
 
     x: (..., K) floating, any leading dims; W from `dequantize_int4(..., dtype=x.dtype)`
     (N, K); bias: (N,) floating or None, cast to x's dtype. Output (..., N), x's dtype. With a
@@ -143,7 +143,7 @@ def int4_matmul(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_
 
 
 def int4_from_climbq_weight(w: Tensor, bits: int = 4) -> tuple[Tensor, Tensor, Tensor]:
-    """Store a ClimbQ-quantized weight (SPEC 1b) as INT4 without loss: (packed, scales, zeros).
+    """Store a ClimbQ-quantized weight (algorithms.md §1b) as INT4 without loss: (packed, scales, zeros).
 
     w: (N, K) floating, K even; bits in [1, 4]. The codes are `climbq_weight_codes(w, bits)`
     in [0, N_b], N_b = 2**bits - 1 <= 15; one group per row with scale = 2 / N_b and

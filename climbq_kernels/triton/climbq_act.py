@@ -1,4 +1,4 @@
-"""ClimbQ activation quantizer in Triton (SPEC 1a): forward and backward, one pass each.
+"""ClimbQ activation quantizer in Triton (algorithms.md §1a): forward and backward, one pass each.
 
 The input is viewed as (B, inner) in memory order; element e belongs to sample e // inner,
 whose sigma and mu come from per-sample (B,) float32 tables. Math in float32 whatever the

@@ -1,4 +1,4 @@
-"""ClimbQ weight quantizer in Triton (SPEC 1b): one reduction and one elementwise pass forward;
+"""ClimbQ weight quantizer in Triton (algorithms.md §1b): one reduction and one elementwise pass forward;
 the statistics reduction again, the (S1, S2) reduction and one elementwise pass backward.
 
 Every pass splits w into the same at most MAX_PARTIALS chunks, one program each. Reductions:

@@ -1,4 +1,4 @@
-"""Affine fake quant with LSQ gradients in Triton (SPEC 1e): forward and backward, one pass each.
+"""Affine fake quant with LSQ gradients in Triton (algorithms.md §1e): forward and backward, one pass each.
 
 x (contiguous) is viewed as rows of `inner` elements; row r uses channel r % channels of
 the float32 tables (per tensor: one row; per channel along `axis`: rows = prod(shape[:axis+1])).

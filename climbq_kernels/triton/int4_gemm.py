@@ -1,4 +1,4 @@
-"""INT4 matmul for many rows in Triton: tiled GEMM on packed weights (SPEC 6).
+"""INT4 matmul for many rows in Triton: tiled GEMM on packed weights (algorithms.md §6).
 
 y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program (p, s) owns
 the (BLOCK_M, BLOCK_N) output tile of M block / N block picked by `_tile_of` and walks K slice s

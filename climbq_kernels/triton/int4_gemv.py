@@ -1,4 +1,4 @@
-"""INT4 matmul for a few rows (M up to ~16) in Triton: split-K GEMV on packed weights (SPEC 6).
+"""INT4 matmul for a few rows (M up to ~16) in Triton: split-K GEMV on packed weights (algorithms.md §6).
 
 y (M, N) = x (M, K) @ W^T + bias with W (N, K) packed two codes per byte. Program
 (mn, s) takes BLOCK_M rows of x, BLOCK_N rows of W and K slice s (`bytes_per_split` packed

@@ -1,4 +1,4 @@
-"""The Triton backend of `int4_matmul` (SPEC 6): picks the GEMV or the GEMM kernel by shape.
+"""The Triton backend of `int4_matmul` (algorithms.md §6): picks the GEMV or the GEMM kernel by shape.
 
 x (..., K) float32/float16/bfloat16 is flattened to M rows; `_int4_configs.pick_config` maps
 (M, N, K) to a launch config from int4_configs.json (split-K GEMV for a few rows, tiled GEMM

@@ -1,4 +1,4 @@
-"""Split-K for the Triton INT4 matmul kernels (SPEC 6): the plan of K slices, each slice's store,
+"""Split-K for the Triton INT4 matmul kernels (algorithms.md §6): the plan of K slices, each slice's store,
 and the reduction that adds the slices.
 
 A kernel launched with S > 1 slices of K writes float32 partial sums (S, M, N);

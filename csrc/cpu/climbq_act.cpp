@@ -1,4 +1,4 @@
-// ClimbQ activation quantizer on the CPU (SPEC 1a): checks, output allocation and the choice
+// ClimbQ activation quantizer on the CPU (algorithms.md §1a): checks, output allocation and the choice
 // of instruction set; the vectorised loops are in isa/climbq_act_kernel.cpp.
 #include "../climbq_act.h"
 #include "climbq_act_kernel.h"

@@ -1,4 +1,4 @@
-// The ClimbQ activation kernels (SPEC 1a) on raw pointers, compiled once per CPU instruction
+// The ClimbQ activation kernels (algorithms.md §1a) on raw pointers, compiled once per CPU instruction
 // set (csrc/cpu/isa/climbq_act_kernel.cpp with CPU_CAPABILITY = DEFAULT, AVX2 or AVX512; see
 // setup.py) and chosen at run time by csrc/cpu/climbq_act.cpp, as ATen's DispatchStub does.
 // This header stays free of at::Tensor so that the per-ISA objects hold only kernel code.

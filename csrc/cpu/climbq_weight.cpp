@@ -1,4 +1,4 @@
-// ClimbQ weight quantizer on the CPU (SPEC 1b): checks, the float64 reduction results and the
+// ClimbQ weight quantizer on the CPU (algorithms.md §1b): checks, the float64 reduction results and the
 // elementwise constants; the vectorised loops are in isa/climbq_weight_kernel.cpp.
 #include "../climbq_weight.h"
 

@@ -1,4 +1,4 @@
-// The ClimbQ weight quantizer kernels (SPEC 1b) on raw pointers, compiled once per CPU
+// The ClimbQ weight quantizer kernels (algorithms.md §1b) on raw pointers, compiled once per CPU
 // instruction set (isa/climbq_weight_kernel.cpp) and chosen at run time by climbq_weight.cpp.
 // The math is in ../climbq_weight.h.
 #pragma once

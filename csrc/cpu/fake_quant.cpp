@@ -1,4 +1,4 @@
-// Uniform fake quant on the CPU (SPEC 1e affine/LSQ, SPEC 3 per-sample bits): checks, tables,
+// Uniform fake quant on the CPU (algorithms.md §1e affine/LSQ, algorithms.md §3 per-sample bits): checks, tables,
 // output allocation and the final per-channel reduction of the backward partial sums; the
 // vectorised loops are in isa/fake_quant_kernel.cpp.
 #include "../fake_quant.h"

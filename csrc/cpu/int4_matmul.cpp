@@ -1,4 +1,4 @@
-// INT4 packed-weight matmul (SPEC 6) on the CPU: checks, the activation layouts, and the
+// INT4 packed-weight matmul (algorithms.md §6) on the CPU: checks, the activation layouts, and the
 // float32 -> x's dtype epilogue with the bias; the vectorised tiles are in
 // isa/int4_matmul_kernel.cpp.
 #include <ATen/Dispatch.h>

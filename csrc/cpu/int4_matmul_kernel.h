@@ -1,4 +1,4 @@
-// The INT4 packed-weight matmul kernel (SPEC 6) on raw pointers, compiled once per CPU
+// The INT4 packed-weight matmul kernel (algorithms.md §6) on raw pointers, compiled once per CPU
 // instruction set (isa/int4_matmul_kernel.cpp) and chosen at run time by int4_matmul.cpp.
 #pragma once
 

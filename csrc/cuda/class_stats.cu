@@ -1,4 +1,4 @@
-// Class-segmented statistics on CUDA (SPEC 1c, SPEC 4); shapes and checks in ../class_stats.h.
+// Class-segmented statistics on CUDA (algorithms.md §1c, algorithms.md §4); shapes and checks in ../class_stats.h.
 //
 // Accumulation: float64 sums of shifted values, d = x - x[0, f, 0] (the first sample's first
 // element of the same feature), sum d and sum d^2 per (class, feature), added with float64

@@ -1,4 +1,4 @@
-// ClimbQ activation quantizer on CUDA (SPEC 1a); the math and the checks are in ../climbq_act.h.
+// ClimbQ activation quantizer on CUDA (algorithms.md §1a); the math and the checks are in ../climbq_act.h.
 //
 // One grid-stride elementwise kernel per direction, shared by the plain and the fused ops
 // (folded BN before, ReLU after, threshold bucketing, uint8 codes: see ../climbq_act.h). Each thread handles packs of kVec

@@ -1,4 +1,4 @@
-// ClimbQ weight quantizer on CUDA (SPEC 1b); the math and the checks are in ../climbq_weight.h.
+// ClimbQ weight quantizer on CUDA (algorithms.md §1b); the math and the checks are in ../climbq_weight.h.
 //
 // Forward: shifted_sums_kernel writes one float64 (sum d, sum d^2) partial per block
 // (d = w - w[0]); forward_kernel's blocks each add the partials in one fixed order (so every

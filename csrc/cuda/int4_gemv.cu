@@ -1,4 +1,4 @@
-// INT4 GEMV on CUDA cores for 1..8 rows of x (SPEC 6; path choice in int4_matmul.cu: float32 x,
+// INT4 GEMV on CUDA cores for 1..8 rows of x (algorithms.md §6; path choice in int4_matmul.cu: float32 x,
 // and 16-bit x at M = 1, 2 or where the tensor-core kernel does not apply): reads the weight once.
 //
 // A block owns kRows consecutive output features (8 for M <= 4, else 4: `rows_per_block`); its

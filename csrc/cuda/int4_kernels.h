@@ -1,4 +1,4 @@
-// The CUDA INT4 matmul's kernels (SPEC 6), one file each, and what they are given; the path
+// The CUDA INT4 matmul's kernels (algorithms.md §6), one file each, and what they are given; the path
 // choice and the registration live in int4_matmul.cu.
 #pragma once
 

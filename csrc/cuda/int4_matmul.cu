@@ -1,4 +1,4 @@
-// INT4 packed-weight matmul on CUDA (SPEC 6): y (M, N) = x (M, K) @ W^T + bias, where
+// INT4 packed-weight matmul on CUDA (algorithms.md §6): y (M, N) = x (M, K) @ W^T + bias, where
 // W[n, k] = (q[n, k] - zeros[n, k / g]) * scales[n, k / g] and the 4-bit codes q come packed two
 // per byte (layout: climbq_kernels/int4.py; oracle: climbq_kernels/reference/int4.py; schema:
 // ../int4.cpp). x's leading dimensions are flattened into M. Three paths, chosen by M and dtype:

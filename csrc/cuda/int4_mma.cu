@@ -1,4 +1,4 @@
-// INT4 matmul on tensor cores for small batches of 16-bit x (SPEC 6; path choice in
+// INT4 matmul on tensor cores for small batches of 16-bit x (algorithms.md §6; path choice in
 // int4_matmul.cu): the weight is read once and dequantized in registers straight into MMA
 // operands, with no dequantized copy of W in memory (the dequantize + cuBLAS path spent ~90 us
 // of its 133 us on that copy at 11008x4096, M = 16..64, on an H100).

@@ -1,4 +1,4 @@
-// ClimbQ activation quantizer kernels (SPEC 1a), vectorised with at::vec::Vectorized<float>.
+// ClimbQ activation quantizer kernels (algorithms.md §1a), vectorised with at::vec::Vectorized<float>.
 //
 // setup.py compiles this file once per instruction set, each time with
 // -DCPU_CAPABILITY=<ISA> -DCPU_CAPABILITY_<ISA> and that ISA's -m flags, so the functions land

@@ -1,4 +1,4 @@
-// ClimbQ weight quantizer kernels (SPEC 1b; math in ../../climbq_weight.h), vectorised with
+// ClimbQ weight quantizer kernels (algorithms.md §1b; math in ../../climbq_weight.h), vectorised with
 // at::vec::Vectorized<float>. Compiled once per instruction set like climbq_act_kernel.cpp.
 //
 // Reductions are two-level: float32 vector accumulators over blocks of kBlock elements (at

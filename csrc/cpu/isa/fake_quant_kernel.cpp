@@ -1,7 +1,7 @@
 // Uniform fake quant kernels, vectorised with at::vec::Vectorized<float> and compiled once per
 // instruction set (see setup.py and csrc/cpu/isa/climbq_act_kernel.cpp).
 //
-// Affine (SPEC 1e; climbq_kernels/reference/fake_quant.py is the spec, torch the bit pattern):
+// Affine (algorithms.md §1e; climbq_kernels/reference/fake_quant.py is the spec, torch the bit pattern):
 //   v = x * inv_scale                        (float32, inv_scale = 1.0f / scale)
 //   q = rint(v) + zp | rint(fma(x, inv_scale, zp)) | rint(v + zp)   (see ZeroPointMode)
 //   out = (fmin(fmax(q, qmin), qmax) - zp) * scale   (float32, or double per channel where
@@ -9,7 +9,7 @@
 //   dx = grad * [qmin <= q <= qmax]
 //   dscale partial = sum grad * (qmin - zp | qmax - zp | (q - zp) - v)   (below | above | in)
 //   dzp partial    = sum grad * (-scale outside, 0 inside)
-// Per-sample bits (SPEC 3; reference/dynamic_bits.py), s = clip / L, c = min(max(x, 0), clip):
+// Per-sample bits (algorithms.md §3; reference/dynamic_bits.py), s = clip / L, c = min(max(x, 0), clip):
 //   out = rint(c / s) * s
 //   dx = grad * [0 <= x <= clip];  dclip partial = sum grad * ((rint(c/s) - c/s) / L inside,
 //                                                             1 above clip, 0 below 0)

@@ -1,4 +1,4 @@
-// INT4 packed-weight matmul (SPEC 6) on the CPU, compiled once per instruction set like the
+// INT4 packed-weight matmul (algorithms.md §6) on the CPU, compiled once per instruction set like the
 // other kernels in this folder; the problem and the activation layouts are described in
 // ../int4_matmul_kernel.h.
 //
