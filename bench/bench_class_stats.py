@@ -4,17 +4,12 @@ CPU: python3 -m pytest bench/bench_class_stats.py --benchmark-only (pytest-bench
 GPU: bench/gpu_bench.py runs GPU_CASES with do_bench.
 
 Floor: one read of x (the (K, F) outputs are negligible). The backward is the autograd formula
-in ops/class_stats.py, shared by every backend, so it is not benchmarked here.
+in ops/class_stats.py, shared by every backend, so it is not benchmarked here. With 100 classes
+the CPU kernel is bound by its float64 Welford update per element into the (class, feature)
+accumulator row of its sample, not by the read of x; with 10 classes and rows of 784 positions
+it summarises rows in float32 vectors and merges them once per (sample, channel).
 
-CPU, this 2-core VM, copy bandwidth measured 9.6 GB/s, 2026-11-22 (shared cores; medians
-noisy):
-  (1024, 2048) fp32, K = 100: floor 8.4 MB -> 0.87 ms; the C++ kernel took 7.9 ms (11% of the
-      floor; 1.8 ms at best when the second core was free), 25x eager, 9.9x torch.compile.
-      One float64 Welford update per element into the (class, feature) accumulator row of
-      its sample: compute and the 3.2 MB accumulator traffic, not x, bound it.
-  (256, 64, 28, 28) fp32, K = 10: floor 51 MB -> 5.4 ms; the C++ kernel took 8.6 ms (63%),
-      27x eager, 5.6x torch.compile: rows of 784 positions are summarised in float32 vectors
-      and merged once per (sample, channel).
+Measured numbers are in bench/results/ledger.jsonl (bench/results/README.md), not here.
 """
 
 import torch

@@ -7,16 +7,11 @@ Floor: forward must read w once for the mean/std reduction and once more to writ
 reads g and w for the (S1, S2) reduction, then g and w again to write dw: 7 n elements moved
 with the statistics kept from forward (the case's `floor_bytes`; "% of copy bandwidth" in the
 table is floor time / measured time). Our kernels recompute the statistics in backward (the op
-takes only w), so they move 9 n and can reach at most 7/9 = 78% of it.
+takes only w), so they move 9 n and can reach at most 7/9 = 78% of it. Beyond the memory
+traffic each element costs one erf (forward) and two exp (backward), which keeps a 2-core CPU
+compute-bound.
 
-CPU, this 2-core VM, copy bandwidth measured 9.6 GB/s, 2026-11-22 (other jobs shared the two
-cores: medians moved by up to 3x between runs):
-  (512, 512, 3, 3) fp32, 2.36M elements: floor 66 MB -> 6.9 ms; the C++ kernel took 15-44 ms
-      (44-16% of the floor), 25x-9.5x eager and 1.8x-2.4x torch.compile(reference).
-  (4096, 4096) fp32, 16.8M elements: floor 470 MB -> 49 ms; the C++ kernel took 139 ms (35%),
-      13x eager and 3.4x torch.compile(reference).
-Beyond the memory traffic each element costs one erf (forward) and two exp (backward) on two
-cores, which keeps the CPU kernel compute-bound at about a third of the floor.
+Measured numbers are in bench/results/ledger.jsonl (bench/results/README.md), not here.
 """
 
 import torch

@@ -270,7 +270,7 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
     def ours(backend: str) -> Callable[[], object]:
         if device == "cpu" and backend == "cpu" and cq.dispatch.explicit_backend() is None:
             # What automatic dispatch runs for CPU tensors, called as a serving loop calls it: a
-            # context entered per call measured 30-35 us of a batch-1 call, caches as a layer leaves them.
+            # context entered per call would add its own cost to a batch-1 call of a few hundred us.
             return lambda: cq.int4_matmul(x, qweight)
 
         def run():
@@ -279,11 +279,21 @@ def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(409
         return run
 
     candidates.update({f"climbq {name}": ours(name) for name in backends})
-    # The packed codes, the float32 scales and zeros, x and y: each once.
-    traffic = (qweight.packed.numel() + 8 * qweight.scales.numel()
-               + (batch * in_features + batch * out_features) * x.element_size())
-    return Case(f"int4_matmul {out_features}x{in_features} g={group_size} M={batch} {str(dtype)[6:]}", candidates,
-                floor_bytes=traffic)
+    return Case(int4_case_name(shape, group_size, batch, dtype), candidates,
+                floor_bytes=int4_floor_bytes(shape, group_size, batch, x.element_size()))
+
+
+def int4_case_name(shape, group_size: int, batch: int, dtype: torch.dtype) -> str:
+    out_features, in_features = shape
+    return f"int4_matmul {out_features}x{in_features} g={group_size} M={batch} {str(dtype)[6:]}"
+
+
+def int4_floor_bytes(shape, group_size: int, batch: int, x_element_size: int) -> int:
+    """The INT4 matmul's least traffic: the packed codes (two a byte), the float32 scales and
+    zeros (one each a group of a row), x and y, each moved once."""
+    out_features, in_features = shape
+    groups = out_features * -(-in_features // group_size)
+    return out_features * in_features // 2 + 8 * groups + batch * (in_features + out_features) * x_element_size
 
 
 def _bitsandbytes_candidate(w: torch.Tensor, x: torch.Tensor, group_size: int) -> dict[str, Callable[[], object]]:
@@ -345,7 +355,7 @@ def _torchao_candidate(w: torch.Tensor, x: torch.Tensor, group_size: int) -> dic
         quantize_(layer, Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d"))
         layer.requires_grad_(False)
         layer(x)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         print(f"torchao int4 weight-only left out: {type(err).__name__}: {err}")
         return {}
     return {"torchao int4 weight-only": lambda: layer(x)}

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (torch 2.11, triton 3.6, nvcc 13.0, no network): build the
 # extension from source, run the whole test suite on the GPU, tune the Triton INT4 configs, run
-# the GPU benchmarks; everything lands in bench/results/<device>-<date>/ (and $OUT, when the
+# the GPU benchmarks; logs and tables land in bench/results/<device>-<date>/ (and $OUT, when the
 # device tool sets it).
 #
 #   bash bench/gpu_run.sh [build] [tests] [tune] [bench] [paths]     (no argument: the first four)
 #
 # `paths` times every CUDA INT4 path and MMA kernel forced at every batch size
-# (bench/int4_cuda_paths.py: where the path thresholds and kernel choice come from).
+# (bench/int4/int4_cuda_paths.py: where the path thresholds and kernel choice come from).
+#
+# Measurements go to the results ledger (bench/ledger.py): bench/results/ledger.jsonl, or, where
+# the device tool sets $OUT, $OUT/ledger-rows.jsonl, to be appended to bench/results/ledger.jsonl
+# once fetched. The tree copied to a device has no .git: run with CLIMBQ_COMMIT=<sha> set to the
+# commit copied (`CLIMBQ_COMMIT=$(git rev-parse HEAD)` where the call is made) so the rows name it.
 #
 # Device calls are capped at 10 minutes, so the phases can run in separate calls. `build` also
 # leaves a stripped copy of the extension in $OUT/prebuilt/; carried back as .gpu_prebuilt/
@@ -29,6 +34,7 @@ started=$(mktemp)  # what this call writes is newer: only that goes to $OUT (the
   python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 } > "$results/environment.txt" 2>&1
 status=""
+if [ -n "${OUT:-}" ] && [ -z "${CLIMBQ_LEDGER:-}" ]; then export CLIMBQ_LEDGER="$OUT/ledger-rows.jsonl"; fi
 
 # Peers that are no dependency of ours travel as wheels: here, `python3 -m pip download --no-deps
 # --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_24_x86_64
@@ -46,7 +52,7 @@ if wants build; then
   start=$SECONDS
   # The distribution's gcc/g++ (the compilers torch's wheels are built with), not the CC/CXX
   # the image sets: its /opt/gcc wrapper links with other binutils, and every C++ exception
-  # thrown from such a build segfaulted (H100 image, 2026-11-22; bench/results/README.md).
+  # thrown from such a build segfaults.
   [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ] && export CC="${BUILD_CC:-/usr/bin/gcc}" CXX="${BUILD_CXX:-/usr/bin/g++}"
   echo "CC=${CC:-} CXX=${CXX:-}" > "$results/build.log"
   MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" \
@@ -67,7 +73,7 @@ fi
 if wants tests; then
   echo "== tests"
   workers=()
-  # worksteal: the INT4 CUDA tests' batch-1024 cases take 4-5 s each and bunch up under load scheduling.
+  # worksteal: the INT4 CUDA tests' batch-1024 cases take seconds each and bunch up under load scheduling.
   python3 -c 'import xdist' 2>/dev/null && workers=(-n "${TEST_WORKERS:-16}" --dist worksteal)
   timeout "$(budget "${TEST_TIMEOUT:-1800}")" python3 -m pytest tests -q -ra "${workers[@]}" --durations=25 ${PYTEST_ARGS:-} 2>&1 \
     | tee "$results/tests.log" | tail -n 60
@@ -77,7 +83,7 @@ fi
 
 if wants tune; then
   echo "== Triton INT4 launch configs (tuned here, kept in the package and the results)"
-  timeout "$(budget "${TUNE_TIMEOUT:-1800}")" python3 bench/tune_int4_triton.py --dtype bf16 --quick \
+  timeout "$(budget "${TUNE_TIMEOUT:-1800}")" python3 bench/int4/tune_int4_triton.py --dtype bf16 --quick \
     --raw "$results/int4_tuning_raw.json" 2>&1 | tee "$results/int4_tuning.log" | tail -n 5
   tune=${PIPESTATUS[0]}
   cp climbq_kernels/triton/int4_configs.json "$results/" 2>/dev/null
@@ -94,7 +100,7 @@ fi
 
 if wants paths; then
   echo "== CUDA INT4 paths and MMA kernels, each forced"
-  timeout "$(budget "${PATHS_TIMEOUT:-1800}")" python3 bench/int4_cuda_paths.py --out "$results" ${PATHS_ARGS:-} 2>&1 \
+  timeout "$(budget "${PATHS_TIMEOUT:-1800}")" python3 bench/int4/int4_cuda_paths.py --out "$results" ${PATHS_ARGS:-} 2>&1 \
     | tee "$results/int4_cuda_paths.log" | tail -n 40
   paths=${PIPESTATUS[0]}
   status+=" paths=$paths"

@@ -1,15 +1,14 @@
-"""Turn measured timings into the side-by-side table every runner prints and saves.
+"""Timing helpers every runner shares, and the side-by-side table it prints.
 
-Each row: candidate, median time, speed-up against the case's first candidate (the
-reference), and % of the copy-bandwidth floor (floor time / measured time).
+A table row is a ledger row (ledger.py): candidate, median time, ratio against the case's first
+candidate, and % of the copy-bandwidth floor (floor time / measured time) where the run measured
+the copy bandwidth.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -52,32 +51,28 @@ def gpu_copy_bandwidth(task: str) -> float | None:
     return copy_bandwidth_bytes_per_s("cuda", do_bench_seconds, size_bytes=1 << 30)
 
 
-def rows(case, timings: dict[str, float], bandwidth: float) -> list[dict]:
-    baseline = timings[next(iter(case.candidates))]
-    floor = case.floor_bytes / bandwidth
-    return [{"case": case.name, "candidate": label, "median_ms": seconds * 1e3,
-             "speedup_vs_reference": baseline / seconds, "pct_of_copy_bandwidth": 100 * floor / seconds}
-            for label, seconds in timings.items()]
+def _cell(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
 
 
-def markdown(all_rows: list[dict], header: str) -> str:
-    lines = [header, "", "| case | candidate | median ms | x reference | % of copy bandwidth |", "|---|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['candidate']} | {r['median_ms']:.3f} | {r['speedup_vs_reference']:.2f}x | "
-              f"{r['pct_of_copy_bandwidth']:.1f}% |" for r in all_rows]
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| case | candidate | median ms | x first candidate | GB/s | % of copy bandwidth |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['candidate']} | {r['median_ms']:.3f} | {_cell(r['ratio'], '.2f')}x | "
+              f"{_cell(r['gb_s'], '.1f')} | {_cell(r['pct_copy_bw'], '.1f')}% |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def environment(device: str, bandwidth: float) -> dict:
-    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
-    return {"device": name, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "copy_bandwidth_GBps": bandwidth / 1e9}
+def header(title: str, context: dict) -> str:
+    """A table's title line: what ran, where, when, on which commit."""
+    versions = ", ".join(f"{k} {v}" for k, v in context["versions"].items() if v)
+    return f"# {title}: {context['device']}, {context['date']}, commit {str(context['commit'])[:12]}, {versions}"
 
 
-def save(out_dir: Path, stem: str, env: dict, all_rows: list[dict]) -> Path:
+def save(out_dir: Path, stem: str, title: str, rows: list[dict]) -> Path:
+    """<stem>.json (the rows) and <stem>.md (the table) under out_dir; returns the .md path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps({"environment": env, "results": all_rows}, indent=2))
-    header = (f"# {stem}: {env['device']}, {env['date']}, torch {env['torch']}, "
-              f"copy bandwidth {env['copy_bandwidth_GBps']:.1f} GB/s")
+    (out_dir / f"{stem}.json").write_text(json.dumps(rows, indent=1))
     path = out_dir / f"{stem}.md"
-    path.write_text(markdown(all_rows, header))
+    path.write_text(markdown(rows, title))
     return path

@@ -1,4 +1,4 @@
-"""bench/int4_cpu_interleaved.py (CPU INT4 ratios measured round-robin): every round calls every
+"""bench/int4/int4_cpu_interleaved.py (CPU INT4 ratios measured round-robin): every round calls every
 candidate once, in an order that rotates, each after the untimed cache flush; ratios are taken
 within a round; and the cache flush reads its buffer without changing it."""
 
@@ -8,7 +8,7 @@ from .conftest import load_bench_script
 
 
 def _runner():
-    return load_bench_script("int4_cpu_interleaved")
+    return load_bench_script("int4/int4_cpu_interleaved")
 
 
 def test_rounds_rotate_the_order_and_flush_before_every_call():

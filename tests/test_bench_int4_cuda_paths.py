@@ -1,4 +1,4 @@
-"""bench/int4_cuda_paths.py (the CUDA INT4 path sweep) without a GPU: its forced-path timing
+"""bench/int4/int4_cuda_paths.py (the CUDA INT4 path sweep) without a GPU: its forced-path timing
 helper restores the environment and skips paths that do not apply, and its plan covers every
 path's batch sizes."""
 
@@ -10,7 +10,7 @@ from .conftest import load_bench_script
 
 
 def _sweep():
-    return load_bench_script("int4_cuda_paths")
+    return load_bench_script("int4/int4_cuda_paths")
 
 
 def test_a_path_that_does_not_apply_is_skipped_and_the_environment_restored(monkeypatch):
@@ -43,3 +43,7 @@ def test_without_a_gpu_it_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["int4_cuda_paths.py", "--out", str(tmp_path)])
     assert _sweep().main() == 1
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_the_mma_kernels_swept_are_the_ones_the_dispatcher_chooses_from():
+    assert _sweep().MMA_KERNELS == ("registers", "pipelined")

@@ -1,4 +1,4 @@
-"""bench/int4_triton_sass.py compiles the Triton INT4 kernels for sm_90 without a GPU and finds
+"""bench/int4/int4_triton_sass.py compiles the Triton INT4 kernels for sm_90 without a GPU and finds
 their K loop, which holds what each kernel was shaped for: in the GEMV at g = 128, one scale and
 zero per row per step (not per byte) and no cross-thread reduction; in the GEMM, Hopper tensor-core
 instructions fed the dequantized tile from registers (no shared-memory stores in the loop), and a
@@ -11,13 +11,13 @@ from .conftest import run_with_compiler
 SCRIPT = """
 import json, sys
 sys.path.insert(0, "bench")
-import int4_triton_sass as sass
+from int4 import int4_triton_sass as sass
 print(json.dumps(sass.count(*sass.PLAN[int(sys.argv[1])])))
 """
 
 
 def _count(plan_index: int) -> dict:
-    """bench/int4_triton_sass.py's row for PLAN[plan_index], compiled in a process without
+    """bench/int4/int4_triton_sass.py's row for PLAN[plan_index], compiled in a process without
     TRITON_INTERPRET (the compiler, not the interpreter)."""
     done = run_with_compiler("-c", SCRIPT, str(plan_index))
     assert done.returncode == 0, done.stderr

@@ -2,27 +2,28 @@
 repeated, and each ratio taken within its round.
 
 On a shared VM the load moves between the minutes pytest-benchmark spends on one candidate and
-the next (dense F.linear at batch 1 measured 6.6-10.7 ms minutes apart), which moves the ratios
-the INT4 targets are stated in. Here every round times all candidates back to back (their order
-rotating), so a ratio compares calls made within the same second; the report gives each
-candidate's median time and, against the case's first candidate (dense F.linear), the median and
-quartiles of the per-round ratios. Before each call the caches are flushed (report.CpuCacheFlush),
-as in the pytest-benchmark runner: a packed weight of 8-22 MB would otherwise be read from the
-last-level cache call after call while dense F.linear's 64-180 MB never is (`--hot` keeps them).
+the next, which moves the ratios the INT4 targets are stated in. Here every round times all
+candidates back to back (their order rotating), so a ratio compares calls made within the same
+second; the report gives each candidate's median time and, against the case's first candidate
+(dense F.linear), the median and quartiles of the per-round ratios. Before each call the caches
+are flushed (report.CpuCacheFlush), as in the pytest-benchmark runner: a packed weight of 8-22 MB
+would otherwise be read from the last-level cache call after call while dense F.linear's
+64-180 MB never is (`--hot` keeps them).
 
 `--rotate` models a model's consecutive layers instead: no flush; each candidate runs
 CALLS_PER_TURN calls in a row, each on the next of enough copies of its operands that every
 call finds its weights evicted (4x the last-level cache between two uses of a copy, or as many
-copies as half the free memory holds, printed per case), while its
-code, x and the allocator's memory stay as warm as a serving loop keeps them. The flush also
-evicts those, charging every call the cost of fetching its own code from memory. Every copy is
-called once, untimed, before the rounds: on this VM the first read of memory after it was
-written runs at about 60% of the speed of later reads from DRAM (batch 1 at 4096x4096: 640 us
-for a copy's first INT4 call, 370-390 us for later ones and for first calls after a plain read of
-the codes; dense F.linear 2.6-3.0 ms and 2.1-2.2 ms), and a served layer's weights have been read
-before.
+copies as half the free memory holds, printed per case), while its code, x and the allocator's
+memory stay as warm as a serving loop keeps them. The flush also evicts those, charging every
+call the cost of fetching its own code from memory. Every copy is called once, untimed, before
+the rounds: a first read of memory after it was written can run well below the speed of later
+reads from DRAM (on a VM it did, for INT4 and dense candidates alike), and a served layer's
+weights have been read before.
 
-    python3 bench/int4_cpu_interleaved.py [--rounds 30] [--batches 1 4] [--hot | --rotate] [--out DIR]
+Rows go to the results ledger (bench/ledger.py; `--ledger PATH`, `--no-ledger`), with the
+per-round ratio quartiles beside the ratio of medians; `--out DIR` also writes the table.
+
+    python3 bench/int4/int4_cpu_interleaved.py [--rounds 30] [--batches 1 4] [--hot | --rotate] [--out DIR]
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-sys.path.insert(0, str(BENCH_DIR.parent))
+BENCH_DIR = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+import ledger  # noqa: E402
 from cases import cpu_backends, int4_matmul_case  # noqa: E402
-from report import CpuCacheFlush, environment  # noqa: E402
+from report import CpuCacheFlush, header  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -76,8 +77,9 @@ def available_memory_bytes(default: int = 8 * 2**30) -> int:
 
 def copies_to_rotate(weight_bytes: int, cache_bytes: int, copy_bytes: int = 0, memory_bytes: int = 0) -> int:
     """Copies of a case whose weights take `weight_bytes` so that 4x the cache is read between two
-    uses of one copy, but no more than half of `memory_bytes` holds at `copy_bytes` a copy (a
-    480 MiB last-level cache asked for 214 copies of a case that also holds a 64 MiB dense weight)."""
+    uses of one copy, but no more than half of `memory_bytes` holds at `copy_bytes` a copy (a large
+    last-level cache would otherwise ask for more copies of a case that holds a dense weight too
+    than the memory takes)."""
     wanted = max(2, -(-4 * cache_bytes // max(weight_bytes, 1)))
     if copy_bytes > 0 and memory_bytes > 0:
         wanted = min(wanted, max(2, memory_bytes // 2 // copy_bytes))
@@ -151,20 +153,30 @@ def summarize(name: str, times: dict[str, list[float]]) -> list[dict]:
     baseline = next(iter(times))
     out = []
     for label, seconds in times.items():
-        ratios = [b / s for b, s in zip(times[baseline], seconds)]
+        ratios = [b / s for b, s in zip(times[baseline], seconds, strict=True)]
         q1, ratio, q3 = statistics.quantiles(ratios, n=4)
         out.append({"case": name, "candidate": label, "median_ms": statistics.median(seconds) * 1e3,
                     "ratio_median": ratio, "ratio_q1": q1, "ratio_q3": q3, "rounds": len(seconds)})
     return out
 
 
-def markdown(all_rows: list[dict], header: str) -> str:
-    lines = [header, "", "| case | candidate | median ms | x first candidate, per round: median (quartiles) |",
-             "|---|---|---|---|"]
+def markdown(all_rows: list[dict], title: str) -> str:
+    """The table of ledger rows: median, GB/s of the floor traffic, and the per-round ratio."""
+    lines = [title, "", "| case | candidate | median ms | GB/s | x first candidate, per round: median (quartiles) |",
+             "|---|---|---|---|---|"]
     for r in all_rows:
-        lines.append(f"| {r['case']} | {r['candidate']} | {r['median_ms']:.3f} | "
-                     f"{r['ratio_median']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}) |")
+        lines.append(f"| {r['case']} | {r['candidate']} | {r['median_ms']:.3f} | {r['gb_s']:.1f} | "
+                     f"{r['round_ratio_median']:.2f}x ({r['round_ratio_q1']:.2f}-{r['round_ratio_q3']:.2f}) |")
     return "\n".join(lines) + "\n"
+
+
+def ledger_rows(run: ledger.Ledger, case, summary: list[dict]) -> list[dict]:
+    """summarize()'s rows as ledger rows: the ratio of medians, and the per-round ratio's quartiles."""
+    baseline = summary[0]
+    return [run.row(case.name, r["candidate"], r["median_ms"] / 1e3, floor_bytes=case.floor_bytes,
+                    baseline_s=baseline["median_ms"] / 1e3, ratio_vs=baseline["candidate"],
+                    round_ratio_median=r["ratio_median"], round_ratio_q1=r["ratio_q1"],
+                    round_ratio_q3=r["ratio_q3"], rounds=r["rounds"]) for r in summary]
 
 
 def warmth_name(args) -> str:
@@ -173,8 +185,9 @@ def warmth_name(args) -> str:
     return "caches warm" if args.hot else "caches flushed"
 
 
-def measure_case(shape, batch: int, dtype: torch.dtype, args, before_each, cache_bytes: int) -> list[dict]:
-    """summarize()'s rows for one case; under --rotate timed on copies of it (copies_to_rotate)."""
+def measure_case(shape, batch: int, dtype: torch.dtype, args, before_each, cache_bytes: int,
+                 run: ledger.Ledger) -> list[dict]:
+    """Ledger rows for one case; under --rotate timed on copies of it (copies_to_rotate)."""
     def make_case():
         case = int4_matmul_case("cpu", dtype, shape, batch, backends=cpu_backends())
         if dtype == torch.float32 and batch > 1:
@@ -189,7 +202,8 @@ def measure_case(shape, batch: int, dtype: torch.dtype, args, before_each, cache
         tqdm.write(f"{case.name}: {count} copies, {read_between:.1f}x the last-level cache read between two uses")
         candidates, calls_per_turn = rotating(copies), CALLS_PER_TURN
         read_each_copy_once(candidates, count)
-    return summarize(case.name, interleaved_seconds(candidates, args.rounds, before_each, calls_per_turn=calls_per_turn))
+    times = interleaved_seconds(candidates, args.rounds, before_each, calls_per_turn=calls_per_turn)
+    return ledger_rows(run, case, summarize(case.name, times))
 
 
 def main() -> int:
@@ -200,25 +214,27 @@ def main() -> int:
     warmth = parser.add_mutually_exclusive_group()
     warmth.add_argument("--hot", action="store_true", help="no cache flush between calls")
     warmth.add_argument("--rotate", action="store_true", help="no flush; weights rotated through copies")
-    parser.add_argument("--out", type=Path, help="write int4-interleaved.md and .json here")
+    parser.add_argument("--out", type=Path, help="write int4-interleaved[-hot|-rotated].md and .json here")
+    ledger.add_arguments(parser)
     args = parser.parse_args()
     plan = [(shape, batch, DTYPES[d]) for batch in args.batches for shape in SHAPES for d in args.dtypes]
     before_each = (lambda: None) if args.hot or args.rotate else CpuCacheFlush()
     cache_bytes = last_level_cache_bytes()
+    run = ledger.Ledger("cpu", "bench/int4/int4_cpu_interleaved.py",
+                        ledger.resolve_path(args.ledger, not args.no_ledger),
+                        method=f"interleaved, {args.rounds} rounds, {warmth_name(args)}")
     all_rows = []
     for shape, batch, dtype in tqdm(plan, desc="cases"):
-        all_rows += measure_case(shape, batch, dtype, args, before_each, cache_bytes)
+        all_rows += run.append(measure_case(shape, batch, dtype, args, before_each, cache_bytes, run))
         gc.collect()  # the case's copies, before the next case counts the memory left
-    env = {key: value for key, value in environment("cpu", 0.0).items() if key != "copy_bandwidth_GBps"}
-    header = (f"# CPU INT4 matmul, candidates interleaved ({env['device']}, {env['date']}, torch {env['torch']}, "
-              f"{env['threads']} threads, {args.rounds} rounds, {warmth_name(args)})")
-    table = markdown(all_rows, header)
+    table = markdown(all_rows, header(f"CPU INT4 matmul, candidates interleaved ({run.method})", run.context))
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = "int4-interleaved-rotated" if args.rotate else "int4-interleaved-hot" if args.hot else "int4-interleaved"
         (args.out / f"{stem}.md").write_text(table)
-        (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": all_rows}, indent=1))
+        (args.out / f"{stem}.json").write_text(json.dumps(all_rows, indent=1))
+    print(f"{len(all_rows)} ledger rows appended to {run.path or '(none: --no-ledger)'}")
     return 0
 
 

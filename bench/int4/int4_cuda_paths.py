@@ -5,10 +5,14 @@ one run.
 
 Each path is forced with CLIMBQ_INT4_CUDA_PATH (csrc/cuda/int4_matmul.cu), the MMA path's kernel
 with CLIMBQ_INT4_MMA_KERNEL, the split with CLIMBQ_INT4_MMA_SPLIT_K, the GEMV's threads per block
-with CLIMBQ_INT4_GEMV_THREADS; "climbq cuda" is the automatic choice. Timed with triton.testing.do_bench (median, L2 flushed). What it shows is what
-int4_matmul.cu's thresholds and int4_mma.cu's kernel choice are set from.
+with CLIMBQ_INT4_GEMV_THREADS; "climbq cuda" is the automatic choice. Timed with
+triton.testing.do_bench (median, L2 flushed). What it shows is what int4_matmul.cu's thresholds
+and int4_mma.cu's kernel choice are set from.
 
-Run on a GPU machine:  python3 bench/int4_cuda_paths.py --out DIR [--quick]
+Rows go to the results ledger (bench/ledger.py; `--ledger PATH`, `--no-ledger`); `--out DIR`
+also writes int4_cuda_paths.md and .json.
+
+Run on a GPU machine:  python3 bench/int4/int4_cuda_paths.py [--out DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -22,17 +26,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-sys.path.insert(0, str(BENCH_DIR.parent))
+BENCH_DIR = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+import ledger  # noqa: E402
 from cases import int4_matmul_case  # noqa: E402
-from report import do_bench_seconds, environment, gpu_copy_bandwidth, markdown, rows  # noqa: E402
+from report import do_bench_seconds, gpu_copy_bandwidth, header, markdown  # noqa: E402
 
 PATHS = ("gemv", "mma", "dequantize")
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 GEMV_THREADS = (64, 128, 256)
 """Threads per GEMV block (CLIMBQ_INT4_GEMV_THREADS), timed at every batch size the GEMV takes."""
-MMA_KERNELS = ("registers", "registers-wide", "pipelined", "pipelined-wide")
+MMA_KERNELS = ("registers", "pipelined")
 # (dtype, (N, K), batch sizes, batch sizes that also sweep the MMA's split of K)
 PLAN = [
     (torch.bfloat16, (16384, 16384), (1, 4, 16, 64), (16,)),
@@ -64,13 +68,15 @@ def timed_with_env(fn, **env: str) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="write int4_cuda_paths.md and .json here")
     parser.add_argument("--quick", action="store_true", help="one shape, five batch sizes")
+    ledger.add_arguments(parser)
     args = parser.parse_args()
     bandwidth = gpu_copy_bandwidth("time")
     if bandwidth is None:
         return 1
-    env = environment("cuda", bandwidth)
+    run = ledger.Ledger("cuda", "bench/int4/int4_cuda_paths.py", ledger.resolve_path(args.ledger, not args.no_ledger),
+                        method="triton.testing.do_bench median, L2 flushed; paths forced by environment")
     all_rows = []
     plan = QUICK_PLAN if args.quick else PLAN
     for dtype, shape, batches, split_batches in tqdm(plan, desc="shapes"):
@@ -95,13 +101,15 @@ def main() -> int:
                     seconds = timed_with_env(ours, CLIMBQ_INT4_CUDA_PATH="mma", CLIMBQ_INT4_MMA_SPLIT_K=str(split))
                     if seconds is not None:
                         timings[f"climbq cuda mma split_k={split}"] = seconds
-            case_rows = rows(case, timings, bandwidth)
+            case_rows = run.append(run.case_rows(case, timings, bandwidth))
             all_rows += case_rows
             print(markdown(case_rows, case.name), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "int4_cuda_paths.json").write_text(json.dumps({"environment": env, "rows": all_rows}, indent=1))
-    (args.out / "int4_cuda_paths.md").write_text(markdown(all_rows, f"CUDA INT4 paths: {env}"))
-    print(f"saved to {args.out / 'int4_cuda_paths.md'}")
+    print(f"{len(all_rows)} ledger rows appended to {run.path or '(none: --no-ledger)'}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "int4_cuda_paths.json").write_text(json.dumps(all_rows, indent=1))
+        (args.out / "int4_cuda_paths.md").write_text(markdown(all_rows, header("CUDA INT4 paths", run.context)))
+        print(f"saved to {args.out / 'int4_cuda_paths.md'}")
     return 0
 
 

@@ -7,7 +7,7 @@ under build/temp*/csrc/cuda/int4_mma.o) with cuobjdump, from the CUDA toolkit or
 ships. Static counts, not timings: they show what a change costs in instructions before a GPU is
 at hand to time it.
 
-    python3 bench/int4_cuda_sass.py [--object PATH] [--dtype BFloat16|Half] [--out DIR]
+    python3 bench/int4/int4_cuda_sass.py [--object PATH] [--dtype BFloat16|Half] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,16 +20,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-from int4_triton_sass import INSTRUCTION, report  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+from int4.int4_triton_sass import INSTRUCTION, report  # noqa: E402
 
-KERNEL = re.compile(r"(int4_mma_kernel|int4_mma_registers_kernel)<c10::(\w+), (\d+), (\d+)(?:, (\d+), (\w+))?>")
+KERNEL = re.compile(r"\b(int4_mma_kernel|int4_mma_registers_kernel)<c10::(\w+), ([^<>]*)>")
+"""An MMA kernel instantiation: its name, x's c10 dtype, and the rest of its template arguments
+(pipelined: n-tiles, stages, row tables; registers: n-tiles)."""
 ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
 BRANCH_TARGET = re.compile(r"\bBRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
 RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 ROWS_PER_LANE = 2           # a lane's rows in each 16-row tile: g and g + 8
 FEATURES_PER_K_BLOCK = 32   # a lane's features of each row per k-block
+
+
+def template_arguments(kernel: str, arguments: str) -> tuple[int, bool | None] | None:
+    """(n-tiles, row tables or None) of an instantiation's template arguments after the dtype;
+    None where they carry a count of 16-row tiles a warp other than 1: what is counted is the
+    kernels the dispatcher launches, one tile a warp."""
+    values = [value.strip() for value in arguments.split(",")]
+    numbers = [int(value) for value in values if value.isdigit()]
+    flags = [value == "true" for value in values if value in ("true", "false")]
+    with_tile_count = len(numbers) == (3 if kernel == "int4_mma_kernel" else 2)
+    if with_tile_count and numbers[1] != 1:
+        return None
+    return numbers[0], (flags[0] if flags else None)
 
 
 def _cuobjdump() -> str:
@@ -68,33 +83,37 @@ def count(object_path: Path, dtype: str) -> list[dict]:
     bodies = re.split(r"\n\s*Function : ", sass)[1:]
     names = [body.split("\n", 1)[0].strip() for body in bodies]
     rows = []
-    for mangled, demangled, body in zip(names, _demangle(names), bodies):
+    for mangled, demangled, body in zip(names, _demangle(names), bodies, strict=True):
         m = KERNEL.search(demangled)
         if not m or m.group(2) != dtype:
             continue
-        kernel, n_tiles, m_tiles = m.group(1), int(m.group(3)), int(m.group(4))
+        kernel = m.group(1)
+        parsed = template_arguments(kernel, m.group(3))
+        if parsed is None:
+            continue
+        n_tiles, row_tables = parsed
         loop = _k_loop(body.splitlines())
         ops = collections.Counter(op.split(".")[0] for op in loop)
         reg, stack, _, local = (int(v) for v in RESOURCES.search(resources.get(mangled, "")).groups())
-        weights = m_tiles * ROWS_PER_LANE * FEATURES_PER_K_BLOCK
+        weights = ROWS_PER_LANE * FEATURES_PER_K_BLOCK
         rows.append({
             "kernel": "pipelined" if kernel == "int4_mma_kernel" else "registers",
-            "n_tiles": n_tiles, "m_tiles": m_tiles, "row_tables": m.group(6) == "true" if m.group(6) else None,
+            "n_tiles": n_tiles, "row_tables": row_tables,
             "registers": reg, "spill_bytes": stack + local, "instructions_per_k_block": len(loop),
             "weights_per_lane": weights, "instructions_per_weight": round(len(loop) / weights, 2),
             "global_loads": ops["LDG"] + ops["LDGSTS"], "shared_loads": ops["LDS"] + ops["LDSM"],
             "barriers": ops["BAR"], "mma": ops["HMMA"],
         })
-    return sorted(rows, key=lambda r: (r["kernel"], r["n_tiles"], r["m_tiles"], bool(r["row_tables"])))
+    return sorted(rows, key=lambda r: (r["kernel"], r["n_tiles"], bool(r["row_tables"])))
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| kernel | n-tiles (M <= 8n) | 16-row tiles a warp | row tables | registers | spill bytes | "
+    lines = ["| kernel | n-tiles (M <= 8n) | row tables | registers | spill bytes | "
              "instructions / k-block | weights / lane | instructions / weight | global loads | shared loads | "
-             "barriers | MMAs |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "barriers | MMAs |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tables = "" if r["row_tables"] is None else ("yes" if r["row_tables"] else "no")
-        lines.append(f"| {r['kernel']} | {r['n_tiles']} | {r['m_tiles']} | {tables} | {r['registers']} | "
+        lines.append(f"| {r['kernel']} | {r['n_tiles']} | {tables} | {r['registers']} | "
                      f"{r['spill_bytes']} | {r['instructions_per_k_block']} | {r['weights_per_lane']} | "
                      f"{r['instructions_per_weight']} | {r['global_loads']} | {r['shared_loads']} | "
                      f"{r['barriers']} | {r['mma']} |")
@@ -111,7 +130,8 @@ def main() -> int:
     if not objects or not objects[0].exists():
         sys.exit("no int4_mma.o: build the extension first (python3 setup.py build_ext --inplace) or pass --object")
     rows = count(objects[0], args.dtype)
-    report(rows, markdown(rows), args.out, "int4_cuda_sass", "CUDA INT4 MMA kernels: SASS of the K loop (sm_90a, static)")
+    report(rows, markdown(rows), args.out, "int4_cuda_sass",
+           "CUDA INT4 MMA kernels: SASS of the K loop (sm_90a, static)")
     return 0
 
 

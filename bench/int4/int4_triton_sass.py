@@ -6,7 +6,7 @@ loads, per-step cross-thread reductions, integer-to-float conversions) before a 
 to time it. Integer arguments that are multiples of 16 at run time (pointers, N, K, the group
 count, the split's byte count) get Triton's divisibility hint, as its JIT would give them.
 
-    python3 bench/int4_triton_sass.py [--out DIR]     (no GPU needed; TRITON_INTERPRET unset)
+    python3 bench/int4/int4_triton_sass.py [--out DIR]     (no GPU needed; TRITON_INTERPRET unset)
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent))
+BENCH_DIR = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
 
 # (kernel, x dtype, constexprs, num_warps, num_stages): the tuned H100 configs of
 # climbq_kernels/triton/int4_configs.json at M = 1 and 8 (GEMV) and 64 (GEMM), g = 128, and g = 32
@@ -49,7 +49,7 @@ def sass_of(kernel_name: str, dtype: str, constexprs: dict, num_warps: int, num_
     """The kernel compiled for sm_90, disassembled with the nvdisasm that ships with Triton."""
     import triton
 
-    from climbq_kernels.triton.registry import TORCH_TO_TRITON, aot_stages, all_kernels
+    from climbq_kernels.triton.registry import TORCH_TO_TRITON, all_kernels, aot_stages
 
     entry = all_kernels()[f"int4_{kernel_name}"]
     torch_dtype = next(t for t, name in TORCH_TO_TRITON.items() if name == dtype)
@@ -124,7 +124,8 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
     rows = [count(*entry) for entry in PLAN]
-    report(rows, markdown(rows), args.out, "int4_triton_sass", "Triton INT4 kernels: SASS of the K loop (sm_90, static)")
+    report(rows, markdown(rows), args.out, "int4_triton_sass",
+           "Triton INT4 kernels: SASS of the K loop (sm_90, static)")
     return 0
 
 

@@ -6,9 +6,11 @@ every candidate config (split-K GEMV for M <= 16, tiled GEMM for every M, its K 
 triton.testing.do_bench (median). The fastest becomes that shape's bucket for M in `by_shape`;
 the `default` table takes, per M, the candidate whose mean slowdown against each shape's winner
 is smallest.
-The device name and the date go into the file; `--raw` also saves every measured time.
+The device name and the date go into the file; `--raw` also saves every measured time, and each
+shape and M's fastest config goes to the results ledger (bench/ledger.py; `--ledger PATH`,
+`--no-ledger`).
 
-Run on a GPU machine:  python3 bench/tune_int4_triton.py [--dtype bf16] [--quick] [--raw out.json]
+Run on a GPU machine:  python3 bench/int4/tune_int4_triton.py [--dtype bf16] [--quick] [--raw out.json]
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ import functools
 import itertools
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+
+BENCH_DIR = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+import ledger  # noqa: E402
+from cases import int4_case_name, int4_floor_bytes  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 ROW_COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
@@ -43,9 +50,9 @@ GEMM_BLOCK_M = (16, 32, 64, 128, 256)
 GEMM_TILE_LIMIT = 256 * 128
 """Most outputs (BLOCK_M x BLOCK_N) per GEMM tile: float32 accumulators in registers. On sm_90
 256x128 tiles with BLOCK_K 64 and 8 warps compile without spills and carry 778-797 MMA
-multiply-adds per warp instruction in the K loop, against 524-526 at 128x128x128 (bench/
-int4_triton_sass.py: that loop is bound by instruction issue, not the tensor cores); 128x256
-and 256x128 with BLOCK_K 128 spill."""
+multiply-adds per warp instruction in the K loop, against 524-526 at 128x128x128
+(bench/int4/int4_triton_sass.py: that loop is bound by instruction issue, not the tensor cores);
+128x256 and 256x128 with BLOCK_K 128 spill."""
 QUICK = {"BLOCK_N": (64, 128), "BLOCK_K": (64, 128), "SPLIT_K": (4, 8), "num_warps": (4,), "num_stages": (3,)}
 """--quick: each grid restricted to these values (about a tenth of the configs to compile and time)."""
 QUICK_WIDE_TILE = 128 * 128
@@ -59,7 +66,7 @@ GEMM_SPLIT_MAX_M = 64
 def _grid(grid: dict, quick: bool) -> list[dict]:
     if quick:
         grid = {key: tuple(v for v in values if v in QUICK[key]) or values[:1] for key, values in grid.items()}
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
 def _gemm_point(point: dict, outputs: int, quick: bool) -> dict:
@@ -77,7 +84,8 @@ def candidates(m: int, quick: bool = False) -> list[dict]:
         splits = GEMM_SPLITS["quick" if quick else "full"] if m <= GEMM_SPLIT_MAX_M else (1,)
         found += [{"kernel": "gemm", "BLOCK_M": block_m, "SPLIT_K": split,
                    **_gemm_point(point, block_m * point["BLOCK_N"], quick)}
-                  for point in _grid(GEMM_GRID, quick) for split in splits if block_m * point["BLOCK_N"] <= GEMM_TILE_LIMIT]
+                  for point in _grid(GEMM_GRID, quick) for split in splits
+                  if block_m * point["BLOCK_N"] <= GEMM_TILE_LIMIT]
     return found
 
 
@@ -104,7 +112,7 @@ def build_configs(times: dict[str, dict[int, dict[str, float]]], device: str, dt
                 slowdowns.setdefault(key, []).append(seconds / best)
         complete = {k: sum(v) / len(v) for k, v in slowdowns.items() if len(v) == len(times)}
         default[m] = json.loads(min(complete, key=complete.get))
-    return {"note": f"Tuned by bench/tune_int4_triton.py for {dtype} inputs, group size {GROUP_SIZE}: by_shape "
+    return {"note": f"Tuned by bench/int4/tune_int4_triton.py for {dtype} inputs, group size {GROUP_SIZE}: by_shape "
                     "holds each shape's fastest config per M; default the config with the smallest mean slowdown "
                     "over those shapes.",
             "device": device, "date": date, "default": _table(default), "by_shape": by_shape}
@@ -123,7 +131,8 @@ def dumps(configs: dict) -> str:
     return "{\n" + "\n".join(lines) + "\n}\n"
 
 
-def measure(dtype: torch.dtype, quick: bool, shapes=SHAPES, row_counts=ROW_COUNTS) -> dict[str, dict[int, dict[str, float]]]:
+def measure(dtype: torch.dtype, quick: bool, shapes=SHAPES,
+            row_counts=ROW_COUNTS) -> dict[str, dict[int, dict[str, float]]]:
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
     from triton.testing import do_bench
@@ -159,6 +168,20 @@ def measure(dtype: torch.dtype, quick: bool, shapes=SHAPES, row_counts=ROW_COUNT
     return times
 
 
+def winner_rows(run: ledger.Ledger, times: dict[str, dict[int, dict[str, float]]], dtype: torch.dtype) -> list[dict]:
+    """Ledger rows: each shape and M's fastest config (the config in the row), no baseline."""
+    found = []
+    for shape, per_m in times.items():
+        n, k = (int(side) for side in shape.split("x"))
+        for m, per_config in per_m.items():
+            best = min(per_config, key=per_config.get)
+            found.append(run.row(int4_case_name((n, k), GROUP_SIZE, int(m), dtype), "climbq triton (tuned config)",
+                                 per_config[best], floor_bytes=int4_floor_bytes((n, k), GROUP_SIZE, int(m),
+                                                                                dtype.itemsize),
+                                 config=json.loads(best), configs_timed=len(per_config)))
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
@@ -169,18 +192,22 @@ def main() -> int:
                         help="weight shapes to tune (default: %(default)s)")
     parser.add_argument("--rows", nargs="+", type=int, default=ROW_COUNTS, metavar="M",
                         help="row counts to tune (default: %(default)s)")
+    ledger.add_arguments(parser)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to tune", file=sys.stderr)
         return 1
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from climbq_kernels.triton._int4_configs import CONFIG_PATH, validate_configs
 
+    run = ledger.Ledger("cuda", "bench/int4/tune_int4_triton.py", ledger.resolve_path(args.ledger, not args.no_ledger),
+                        method=f"triton.testing.do_bench median (warmup 10, rep 50); fastest of the "
+                               f"{'quick' if args.quick else 'full'} grid")
     shapes = [tuple(int(side) for side in shape.split("x")) for shape in args.shapes]
     times = measure(DTYPES[args.dtype], args.quick, shapes, args.rows)
     if args.raw:
         args.raw.write_text(json.dumps(times, indent=1))
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    run.append(winner_rows(run, times, DTYPES[args.dtype]))
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
     configs = validate_configs(build_configs(times, torch.cuda.get_device_name(), args.dtype, date))
     out = args.out or CONFIG_PATH
     out.write_text(dumps(configs))
