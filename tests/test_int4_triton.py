@@ -94,10 +94,10 @@ print(json.dumps([accumulator in zeros for accumulator in re.findall(r"tt.dot %[
 @pytest.mark.parametrize("dtype,each_step_apart", [("float32", True), ("bfloat16", False)])
 def test_float32_gemm_sums_each_k_step_apart(dtype, each_step_apart):
     """A compiled float32 tl.dot is one FMA chain. Carried across K steps (Triton's combiner folds
-    acc + tl.dot(w, x) into tl.dot(w, x, acc)) it broke the error rule at K = 512 on the H100
-    (2026-11-23; mean error 3.1x the float32 reference's) where the interpreter, which multiplies
-    with numpy, passed. So in the compiled float32 GEMM every dot starts from zero; 16-bit x keeps
-    the tensor cores' accumulator, which is what tells the check can see a carried one."""
+    acc + tl.dot(w, x) into tl.dot(w, x, acc)) it breaks the error rule on a GPU from K = 512 (a
+    mean error about 3x the float32 reference's), while the interpreter, which multiplies with
+    numpy, passes. So in the compiled float32 GEMM every dot starts from zero; 16-bit x keeps the
+    tensor cores' accumulator, which shows that the check can see a carried one."""
     run = run_with_compiler("-c", DOT_ACCUMULATORS, dtype)
     assert run.returncode == 0, run.stderr[-4000:]
     starts_from_zero = json.loads(run.stdout.strip().splitlines()[-1])
@@ -209,7 +209,7 @@ def test_validate_configs_rejects_unordered_buckets():
 
 
 def _tuner():
-    return load_bench_script("tune_int4_triton")
+    return load_bench_script("int4/tune_int4_triton")
 
 
 def test_tuner_candidates_and_output_are_valid_configs():
