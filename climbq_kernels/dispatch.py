@@ -1,6 +1,6 @@
 """Which compute backends exist here, and which one a call uses.
 
-Four backends implement the ops declared in `ops.py`:
+Four backends implement the ops declared in `climbq_kernels.ops`:
 
 - `reference`: the pure-PyTorch oracle (`climbq_kernels.reference`), any device, any dtype.
 - `cpu`: the C++ extension `climbq_kernels._C` on CPU tensors.
@@ -10,10 +10,10 @@ Four backends implement the ops declared in `ops.py`:
 
 Choice, first match wins: `use_backend(name)` (a context manager), the `CLIMBQ_BACKEND`
 environment variable (read once, when the process first asks for it), then by device: CPU
-tensors go to `cpu`, CUDA tensors to the fastest GPU backend (`triton`, then `cuda`). An
-automatic choice falls through to the next backend that implements the op, ending at
-`reference`; an explicit choice never falls through: it raises if the backend is unavailable
-or lacks the op.
+tensors go to `cpu`, CUDA tensors to the faster GPU backend for the op (`triton`, then `cuda`;
+`cuda` first for `int4_matmul`). An automatic choice falls through to the next backend that
+implements the op, ending at `reference`; an explicit choice never falls through: it raises if
+the backend is unavailable or lacks the op.
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ from . import _native
 BACKEND_NAMES = ("reference", "cpu", "triton", "cuda")
 _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
 _AUTO_ORDER_BY_OP = {
-    # H100, 2026-11-22 (bench/results/NVIDIA-H100-80GB-HBM3-2026-11-22/gpu.md, int4-gpu.md): the
-    # CUDA INT4 kernels ran 4-19x, then (GEMV offset codes, MMA kernel) 5-28x faster than the
-    # Triton ones at every batch size measured (1 to 1024).
+    # The CUDA INT4 kernels beat the Triton ones at every batch size benchmarked (bench/results/).
     ("int4_matmul", "cuda"): ("cuda", "triton", "reference"),
 }
 
@@ -121,15 +119,16 @@ def explicit_backend() -> str | None:
 
 @functools.cache
 def _environment_backend() -> str | None:
-    """CLIMBQ_BACKEND, read once (a bad name raises on every call): looking up an unset variable
-    in os.environ raises and catches two KeyErrors, measured at 30-40 us of a cold batch-1 INT4
-    call on the CPU (rows rotated out of the caches between calls)."""
+    """CLIMBQ_BACKEND, read once per process (a bad name raises on every call): every op launch
+    asks for it, and looking up an unset variable in os.environ raises and catches KeyErrors, a
+    noticeable share of a batch-1 serving call."""
     env = os.environ.get("CLIMBQ_BACKEND", "").strip()
     return _check_name(env) if env else None
 
 
 def tensor_device_type(t: torch.Tensor) -> str:
-    """t.device.type without building a torch.device object (10-40 us of the same cold call)."""
+    """t.device.type without building a torch.device object (another per-launch cost that a
+    batch-1 serving call notices)."""
     return "cpu" if t.is_cpu else "cuda" if t.is_cuda else t.device.type
 
 

@@ -1,4 +1,4 @@
-"""Int4Weight and int4_matmul through the public API (the kernels arrive with the INT4 issue)."""
+"""Int4Weight, quantize_int4 and int4_matmul through the public API: results, state dicts, gradients, bad input."""
 
 import io
 

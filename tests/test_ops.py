@@ -172,7 +172,8 @@ def test_tensor_device_type_names_the_device_without_a_device_object():
 
 
 def test_int4_matmul_prefers_cuda_on_gpus_and_other_ops_prefer_triton(monkeypatch):
-    """Automatic order on CUDA tensors when every backend is available: the measured faster one."""
+    """Automatic order on CUDA tensors when every backend is available: the backend the GPU
+    benchmarks found faster for each op."""
     from climbq_kernels import dispatch
 
     everything = {name: dispatch.BackendStatus(True, "test") for name in dispatch.BACKEND_NAMES}

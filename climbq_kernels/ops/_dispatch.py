@@ -42,10 +42,10 @@ def register_kernels(tables: dict[str, dict[str, Callable]], *, any_strides: boo
 
 def native(name: str, *, direct: bool = False) -> Callable:
     """The C++/CUDA op `climbq_native::name` (CPU or CUDA kernel chosen by the tensors' device),
-    looked up on first use (the extension loads after this module) and kept: the lookup through
-    torch.ops costs about half a microsecond a call. `direct`: call it through the extension's
-    own binding of the same op (`climbq_kernels._C.name`, a typed dispatcher call from C++),
-    skipping torch.ops' boxing of every argument (see csrc/int4.h)."""
+    looked up on first use (the extension loads after this module) and kept, so that no call
+    repeats the lookup through torch.ops. `direct`: call it through the extension's own binding
+    of the same op (`climbq_kernels._C.name`, a typed dispatcher call from C++), skipping
+    torch.ops' boxing of every argument (see csrc/int4.h)."""
     found = None
 
     def call(*args):

@@ -3,10 +3,9 @@
 A `torch.library` custom op is what torch.compile, fake tensors, tensor subclasses and
 `opcheck` need. Each eager call through it also goes through the dispatcher (Autograd, then
 backend key), fills in schema defaults and runs a generated torch.autograd.Function: tens of
-microseconds a call (measured on tiny CPU tensors: 11-33% of a forward + backward, about 45%
-of a call without grad; within noise on `climbq demo`'s whole QAT step). `eager(op)` runs the
-op's own function, setup_context and backward through one torch.autograd.Function instead (what
-the custom op runs underneath), and the op itself wherever torch.compile traces or a tensor
+microseconds a call, as much as a small tensor's kernels take. `eager(op)` runs the op's own
+function, setup_context and backward through one torch.autograd.Function instead (what the
+custom op runs underneath), and the op itself wherever torch.compile traces or a tensor
 subclass comes in.
 """
 

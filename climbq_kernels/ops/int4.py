@@ -11,8 +11,8 @@ from ._eager import custom_op, eager
 
 register_kernels({"quantize_int4": {"reference": reference.quantize_int4}})
 # Every int4_matmul backend copies to contiguous itself where it needs to (the native op in C++,
-# the Triton launcher, the reference through torch ops): a serving call, whose kernel can take
-# ~10 us on a GPU, skips the Python pass over its five tensors.
+# the Triton launcher, the reference through torch ops): a serving call, whose GPU kernel may
+# take only microseconds, skips the Python pass over its five tensors.
 register_kernels({
     "int4_matmul": {
         "reference": reference.int4_matmul,

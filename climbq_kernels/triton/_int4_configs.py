@@ -7,7 +7,8 @@ M <= max_m (null: no upper bound) gives the launch config for an M-row input:
     {"kernel": "gemv" | "gemm", "BLOCK_M", "BLOCK_N", "BLOCK_K" (input features, so
      BLOCK_K / 2 packed bytes), "SPLIT_K" (most K slices), "num_warps", "num_stages"}
 
-`bench/tune_int4_triton.py` rewrites the file on a GPU; until then it holds untuned defaults.
+`bench/int4/tune_int4_triton.py` rewrites the file on a GPU; its `note` says where the buckets
+came from (tuned on the named device and date, or untuned defaults).
 """
 
 from __future__ import annotations

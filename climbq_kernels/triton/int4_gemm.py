@@ -11,16 +11,16 @@ tile with the step's one scale and zero per row, and accumulates one product
     acc^T (BLOCK_N, BLOCK_M) += W_tile @ x_tile^T
 
 in float32: W is the left operand so that on Hopper the dequantized tile feeds the tensor cores
-from registers (as the right operand it took a round trip through shared memory: 563 against 492
-SASS instructions a step at 128x128x128, bench/int4_triton_sass.py). A step never spans two
-groups: the launcher caps BLOCK_K at the group size.
+from registers (as the right operand it makes a round trip through shared memory, about 15% more
+SASS instructions a step at 128x128x128; bench/int4/int4_triton_sass.py counts them). A step
+never spans two groups: the launcher caps BLOCK_K at the group size.
 
 Dequantization follows the reference's float32 (q - zero) * scale where x is float32. For 16-bit
 x the weight is rounded to x's dtype before the product anyway, so it is formed with one FMA
 from an offset code (climbq_kernels/triton/_int4_common.py, `offset_code_weights`), as the CUDA
 tensor-core kernel does. float32 x multiplies with input_precision "ieee" (TF32 would break the
-error rule), sums each K step apart and adds it to acc with Kahan compensation (a plain
-acc += step is folded back into one FMA chain over K, which broke the error rule on the H100).
+error rule), sums each K step apart and adds it to acc with Kahan compensation (the compiler
+folds a plain acc += step back into one FMA chain over K, which breaks the error rule).
 
 Under TRITON_INTERPRET bfloat16 is stored as raw bits: a bfloat16 tl.dot multiplies the bit
 patterns (triton-lang/triton#11584, not supported there yet) and the float32 -> bfloat16 cast

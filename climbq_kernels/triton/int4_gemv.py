@@ -9,9 +9,9 @@ and group of the step; for 16-bit x one FMA a weight from offset codes), and add
     lanes[m, n, j] += x[m, 2j] * W[n, 2j] + x[m, 2j + 1] * W[n, 2j + 1]
 
 in float32, one sum per byte lane j; the lanes are added once after the loop (a sum over j per
-step would cost cross-thread shuffles every step: bench/int4_triton_sass.py counts them). With
-one slice the program writes the sum + bias to the output directly; otherwise float32 partials
-that int4_split_k.py adds in slice order.
+step would cost cross-thread shuffles every step: bench/int4/int4_triton_sass.py counts them).
+With one slice the program writes the sum + bias to the output directly; otherwise float32
+partials that int4_split_k.py adds in slice order.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import triton.language as tl
 
 from ._int4_common import ONE_GROUP_PER_ROW, dequantize_bytes, group_constexpr, kernel_example, load_x_pairs
 from .int4_split_k import (REDUCE_BLOCK, int4_splitk_reduce_kernel, partials_for, reduce_slices, split_plan,
-                           store_slice)
 from .registry import KernelEntry, register
 
 
@@ -41,9 +40,9 @@ def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
     w_row_mask = (cols < N)[:, None]
     # One float32 sum per (x row, W row, byte lane), reduced over the lanes once after the loop:
     # a reduction per step would cost cross-thread shuffles every step. One x row keeps the sums
-    # in the weight tile's own shape: with a unit leading axis, Triton 3.6 dequantized in the
-    # products' layout (16 rows a thread: 32 group-table loads a step, not 4; the 3.8 compiler
-    # moved the tile through shared memory instead).
+    # in the weight tile's own shape: with a unit leading axis the compiler dequantizes in the
+    # products' layout (16 rows a thread: 8x the group-table loads a step) or moves the tile
+    # through shared memory.
     if BLOCK_M == 1:
         lanes = tl.zeros([BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
     else:
