@@ -6,8 +6,15 @@ Public API only; README.md sketches the architecture.
 from . import nn
 from .checks import raise_pending_label_errors
 from .dispatch import BackendStatus, backends, use_backend
-from .functional import (class_sigma, class_stats, climbq_act_codes, climbq_act_quant, climbq_weight_quant, fake_quant,
-                         fake_quant_per_sample_bits)
+from .functional import (
+    class_sigma,
+    class_stats,
+    climbq_act_codes,
+    climbq_act_quant,
+    climbq_weight_quant,
+    fake_quant,
+    fake_quant_per_sample_bits,
+)
 from .int4 import Int4Weight, int4_matmul, quantize_int4
 from .int4_interop import from_torch_int4pack, from_torch_int4pack_cuda, to_torch_int4pack, to_torch_int4pack_cuda
 from .losses import homovar_loss

@@ -28,8 +28,8 @@ def _info() -> int:
     for name, status in backends().items():
         print(f"  {name:<10} {'available' if status.available else 'unavailable':<12} {status.reason}")
     print("devices:")
-    print(f"  cpu: {platform.processor() or platform.machine()}, torch capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"  cpu: {platform.processor() or platform.machine()}, "
+          f"torch capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
         print(f"  cuda:{index}: {props.name}, sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB")

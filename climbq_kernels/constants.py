@@ -12,7 +12,8 @@ DEFAULT_ACT_RANGE = 2.0
 """algorithms.md §1a: the ClimbQ activation output lies in [-A, A] with A = act_range."""
 
 MAX_CODE_BITS = 8
-"""algorithms.md §1a integer path: activation codes are stored as uint8 (mirrored by kMaxCodeBits in csrc/climbq_act.h)."""
+"""algorithms.md §1a integer path: activation codes are stored as uint8 (mirrored by kMaxCodeBits in
+csrc/climbq_act.h)."""
 
 DEFAULT_INFERENCE_SIGMA = 2.0
 """algorithms.md §1a: with no labels (inference) the activation quantizer uses one constant sigma."""

@@ -54,7 +54,7 @@ def triton_interpret() -> bool:
 
 def _triton_status() -> BackendStatus:
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as err:
         return BackendStatus(False, f"triton is not importable: {err}")
     if triton_interpret():

@@ -12,8 +12,18 @@ import torch
 from torch import Tensor
 
 from . import ops, reference
-from .checks import (can_sync, check_bits, check_class_table, check_labels, check_positive, check_positive_float,
-                     check_same_device, check_sample_bits, check_tensor, raise_pending_label_errors)
+from .checks import (
+    can_sync,
+    check_bits,
+    check_class_table,
+    check_labels,
+    check_positive,
+    check_positive_float,
+    check_same_device,
+    check_sample_bits,
+    check_tensor,
+    raise_pending_label_errors,
+)
 from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, MAX_CODE_BITS
 
 

@@ -33,7 +33,8 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts:
                          f"and {tuple(logits.shape)}")
     num_classes = logits.shape[1]
     if class_counts.shape != (num_classes,):
-        raise ValueError(f"class_counts must have shape ({num_classes},) to match logits, got {tuple(class_counts.shape)}")
+        raise ValueError(f"class_counts must have shape ({num_classes},) to match logits, "
+                         f"got {tuple(class_counts.shape)}")
     raise_pending_label_errors()
     labels = check_labels(labels, features.shape[0], num_classes)
     check_same_device(features=features, logits=logits, labels=labels, class_counts=class_counts)

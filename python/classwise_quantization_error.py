@@ -40,7 +40,7 @@ def main() -> None:
     # the correlation between input and quantized output per class.
     thirds = torch.tensor_split(torch.arange(args.classes), 3)
     print(f"{'group':<8}{'uniform corr':>14}{'climbq corr':>14}")
-    for name, members in zip(("head", "middle", "tail"), thirds):
+    for name, members in zip(("head", "middle", "tail"), thirds, strict=True):
         mask = torch.isin(labels, members)
         corr = [torch.corrcoef(torch.stack([x[mask].flatten(), q[mask].flatten()]))[0, 1].item()
                 for q in (uniform, climbq)]

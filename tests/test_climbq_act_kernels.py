@@ -254,7 +254,7 @@ def test_torch_compile_fullgraph_fused_and_inference(gen):
     compiled = torch.compile(train_step, fullgraph=True)(x, labels)
     compiled_grads = torch.autograd.grad(compiled, (scale, shift, conv.weight))
     torch.testing.assert_close(compiled, eager)
-    for got, want in zip(compiled_grads, eager_grads):
+    for got, want in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(got, want)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(infer, fullgraph=True)(x), infer(x))

@@ -143,7 +143,8 @@ class _DynamicQuantBlock(torch.nn.Module):
 
     def forward(self, x, bits):
         h = cq.fake_quant_per_sample_bits(self.bn(self.conv1(x)).relu(), bits, self.clip)
-        w = cq.fake_quant(self.conv2.weight, self.step, torch.zeros(4, dtype=torch.int32, device=x.device), -8, 7, axis=0)
+        zero_point = torch.zeros(4, dtype=torch.int32, device=x.device)
+        w = cq.fake_quant(self.conv2.weight, self.step, zero_point, -8, 7, axis=0)
         return torch.nn.functional.conv2d(h, w, self.conv2.bias, padding=1).mean(dim=(2, 3))
 
 
@@ -160,7 +161,7 @@ def test_torch_compile_fullgraph_model(backend, device, gen):
         compiled = torch.compile(model, fullgraph=True)(x, bits)
         compiled_grads = torch.autograd.grad(compiled.sum(), (model.clip, model.step))
     torch.testing.assert_close(compiled, eager)
-    for got, expected in zip(compiled_grads, eager_grads):
+    for got, expected in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(got, expected)
 
 

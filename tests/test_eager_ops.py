@@ -57,7 +57,7 @@ def test_eager_twin_matches_the_custom_op(name, backend, device, gen):
     with cq.use_backend(backend):
         expected = _outputs_and_grads(op, args, torch.Generator().manual_seed(1))
         got = _outputs_and_grads(twin, args, torch.Generator().manual_seed(1))
-    for a, b in zip((*expected[0], *expected[1]), (*got[0], *got[1])):
+    for a, b in zip((*expected[0], *expected[1]), (*got[0], *got[1]), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 

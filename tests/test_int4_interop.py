@@ -54,8 +54,13 @@ def test_bad_arguments():
 
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
-from climbq_kernels.int4_interop import (TORCH_INT4_OFFSET, from_torch_int4pack_cuda, swap_nibbles,  # noqa: E402
-                                         to_torch_int4pack_cuda, torch_scales_and_zeros)
+from climbq_kernels.int4_interop import (  # noqa: E402
+    TORCH_INT4_OFFSET,
+    from_torch_int4pack_cuda,
+    swap_nibbles,
+    to_torch_int4pack_cuda,
+    torch_scales_and_zeros,
+)
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch's CUDA int4 kernel needs a CUDA device")
 

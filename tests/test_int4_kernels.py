@@ -185,7 +185,7 @@ def test_each_cpu_instruction_set(isa, tmp_path, gen):
                          timeout=300, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[-1] == isa
-    for (x, packed, scales, zeros, group_size, bias), got in zip(cases, torch.load(outputs)):
+    for (x, packed, scales, zeros, group_size, bias), got in zip(cases, torch.load(outputs), strict=True):
         ref64 = reference.int4_matmul(x.double(), packed, scales, zeros, group_size, bias.double())
         assert_error_rule(got, ref64, reference.int4_matmul(x, packed, scales, zeros, group_size, bias))
 

@@ -14,10 +14,15 @@ import climbq_kernels as cq
 from climbq_kernels import backends
 from climbq_kernels.testing import assert_error_rule, poison_like
 from climbq_kernels.triton._int4_common import random_case, references
-from climbq_kernels.triton._int4_configs import (CONFIG_PATH, load_configs, pick_config, validate_config,
-                                                  validate_configs)
-from climbq_kernels.triton.int4_split_k import split_plan
+from climbq_kernels.triton._int4_configs import (
+    CONFIG_PATH,
+    load_configs,
+    pick_config,
+    validate_config,
+    validate_configs,
+)
 from climbq_kernels.triton.int4_matmul import int4_matmul
+from climbq_kernels.triton.int4_split_k import split_plan
 
 from .conftest import GPU, load_bench_script, run_with_compiler
 

@@ -299,7 +299,7 @@ def test_inputs_are_not_modified(device, gen):
     before = [t.clone() for t in (x, sigma, mu, grad)]
     OPS.climbq_act_quant_forward(x, sigma, mu, 8, ACT_RANGE)
     OPS.climbq_act_quant_backward(grad, x, sigma, mu, 8, ACT_RANGE)
-    assert all(torch.equal(a, b) for a, b in zip(before, (x, sigma, mu, grad)))
+    assert all(torch.equal(a, b) for a, b in zip(before, (x, sigma, mu, grad), strict=True))
 
 
 @pytest.mark.parametrize("device", DEVICES)

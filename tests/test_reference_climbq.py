@@ -7,11 +7,20 @@ import pytest
 import torch
 
 from climbq_kernels.constants import levels
-from climbq_kernels.reference import (class_counts, class_sigma, climbq_act_codes, climbq_act_project,
-                                      climbq_act_quant, climbq_act_quant_backward,
-                                      climbq_act_quant_inference, climbq_act_thresholds,
-                                      climbq_weight_codes, climbq_weight_project, climbq_weight_quant,
-                                      climbq_weight_quant_backward)
+from climbq_kernels.reference import (
+    class_counts,
+    class_sigma,
+    climbq_act_codes,
+    climbq_act_project,
+    climbq_act_quant,
+    climbq_act_quant_backward,
+    climbq_act_quant_inference,
+    climbq_act_thresholds,
+    climbq_weight_codes,
+    climbq_weight_project,
+    climbq_weight_quant,
+    climbq_weight_quant_backward,
+)
 
 A = 2.0
 SHAPES = [(1,), (1, 3), (4, 7), (5, 123, 7), (3, 2, 5, 4)]
@@ -104,7 +113,7 @@ def test_act_levels_antisymmetric():
             ones = torch.ones(1, dtype=dtype)
             out = climbq_act_quant(x, 2 * ones, 0 * ones, bits, A).flatten()
             q = climbq_act_codes(x, 2 * ones, 0 * ones, bits).flatten()
-            level = {int(code): value for code, value in zip(q.tolist(), out.tolist())}
+            level = {int(code): value for code, value in zip(q.tolist(), out.tolist(), strict=True)}
             if dtype == torch.float64:
                 assert sorted(level) == list(range(n + 1))
             assert all(level[n - code] == -level[code] for code in level if n - code in level)
@@ -370,5 +379,5 @@ def test_inputs_not_mutated():
     climbq_act_quant_inference(x, 4, A)
     climbq_weight_quant(x, 4)
     climbq_weight_quant_backward(grad, x, 4)
-    for before, after in zip(saved, (x, labels, sigma, mu, grad)):
+    for before, after in zip(saved, (x, labels, sigma, mu, grad), strict=True):
         assert torch.equal(before, after)

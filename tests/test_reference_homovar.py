@@ -45,7 +45,7 @@ def homovar_loop(F, labels, n, alpha=0.05, beta0=0.999):
                 betas[c], branch[c] = beta0 ** (1 / (n[c] - hi)), "above"
             else:
                 branch[c] = "inside"
-    w = [(1 - bt) / (1 - bt ** nc) for bt, nc in zip(betas, n)]
+    w = [(1 - bt) / (1 - bt ** nc) for bt, nc in zip(betas, n, strict=True)]
     total = sum(w)
     return [wc * K / total for wc in w], betas, branch
 
@@ -248,4 +248,4 @@ def test_bad_inputs():
         homovar_loss(F, logits.long(), labels, [5, 3, 2])
     saved = (F.clone(), labels.clone(), logits.clone())
     homovar_loss(F, logits, labels, [5, 3, 2])
-    assert all(torch.equal(a, b) for a, b in zip(saved, (F, labels, logits)))
+    assert all(torch.equal(a, b) for a, b in zip(saved, (F, labels, logits), strict=True))

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from climbq_kernels.reference import (climbq_weight_quant, dequantize_int4, int4_from_climbq_weight, int4_matmul,
-                                      pack_int4, quantize_int4, unpack_int4)
+from climbq_kernels.reference import (
+    climbq_weight_quant,
+    dequantize_int4,
+    int4_from_climbq_weight,
+    int4_matmul,
+    pack_int4,
+    quantize_int4,
+    unpack_int4,
+)
 
 
 def make_gen(seed: int) -> torch.Generator:
@@ -54,7 +61,7 @@ def test_quantize_float32_determinism_and_constant_group():
     deq = dequantize_int4(packed, scales, zeros, 32)
     assert bool((deq[1, :32] == torch.tensor(0.37)).all())
     again = quantize_int4(w.double(), 32)  # cast to float32 first: same result
-    assert all(torch.equal(a, b) for a, b in zip(again, (packed, scales, zeros)))
+    assert all(torch.equal(a, b) for a, b in zip(again, (packed, scales, zeros), strict=True))
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])

@@ -59,7 +59,7 @@ class Int4Conv2d(Int4Module):
         if self.padding == "valid":
             return None, (0, 0)
         if self.padding == "same":  # as F.conv2d: total d*(k-1) per side pair, the odd one extra at the end
-            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
             (top, bottom), (left, right) = [(t // 2, t - t // 2) for t in totals]
         else:
             (top, bottom), (left, right) = [(p, p) for p in self.padding]
@@ -96,7 +96,7 @@ class Int4Conv2d(Int4Module):
     def _output_size(self, height: int, width: int) -> tuple[int, int]:
         sizes = []
         for size, pad, d, k, s in zip((height, width), self._unfold_padding, self.dilation, self.kernel_size,
-                                      self.stride):
+                                      self.stride, strict=True):
             sizes.append((size + 2 * pad - d * (k - 1) - 1) // s + 1)
         if min(sizes) < 1:
             raise ValueError(f"x of spatial size {(height, width)} (after padding) is smaller than the dilated "

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_tensor
 from .. import ops
+from ..checks import check_tensor
 from ..int4 import Int4Weight
 from .packing import padded_width, resolve_group_size
 

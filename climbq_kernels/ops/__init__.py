@@ -10,11 +10,22 @@ torch.compile and skips torch.library's dispatch layers in plain eager mode.
 
 from ._dispatch import KERNELS
 from .class_stats import class_stats, class_stats_eager
-from .climbq_act import (climbq_act_codes, climbq_act_codes_eager, climbq_act_fused, climbq_act_fused_backward,
-                         climbq_act_fused_eager, climbq_act_quant, climbq_act_quant_backward, climbq_act_quant_eager)
+from .climbq_act import (
+    climbq_act_codes,
+    climbq_act_codes_eager,
+    climbq_act_fused,
+    climbq_act_fused_backward,
+    climbq_act_fused_eager,
+    climbq_act_quant,
+    climbq_act_quant_backward,
+    climbq_act_quant_eager,
+)
 from .climbq_weight import climbq_weight_quant, climbq_weight_quant_backward, climbq_weight_quant_eager
-from .dynamic_bits import (fake_quant_per_sample_bits, fake_quant_per_sample_bits_backward,
-                           fake_quant_per_sample_bits_eager)
+from .dynamic_bits import (
+    fake_quant_per_sample_bits,
+    fake_quant_per_sample_bits_backward,
+    fake_quant_per_sample_bits_eager,
+)
 from .fake_quant import fake_quant_affine, fake_quant_affine_backward, fake_quant_affine_eager
 from .int4 import int4_matmul, int4_matmul_eager, quantize_int4
 

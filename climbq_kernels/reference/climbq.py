@@ -19,12 +19,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..checks import (check_bits, check_finite, check_labels, check_positive, check_positive_float,
-                      check_same_device, check_tensor)
+from ..checks import (
+    check_bits,
+    check_finite,
+    check_labels,
+    check_positive,
+    check_positive_float,
+    check_same_device,
+    check_tensor,
+)
 from ..constants import DEFAULT_INFERENCE_SIGMA, FLOAT_DTYPES, IDENTITY_BITS, levels
 from ._args import check_batched, check_finite_float, check_grad
 from ._normal import normal_cdf, normal_pdf, normal_ppf
-
 
 # --- shared pieces --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..checks import check_positive, check_sample_bits, check_tensor
 from ._args import check_batched, check_grad, scalar_tensor
 
+
 def _grid(x: Tensor, bits, clip) -> tuple[Tensor, Tensor, Tensor]:
     """(clip, levels, step) in x's dtype: clip 0-d, levels L_i and step s_i = clip / L_i
     viewed as (B, 1, ..., 1)."""

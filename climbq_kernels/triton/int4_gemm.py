@@ -36,8 +36,15 @@ import triton
 import triton.language as tl
 
 from ..dispatch import triton_interpret
-from ._int4_common import (LOW_NIBBLE, NIBBLE_BITS, ONE_GROUP_PER_ROW, group_constexpr, kernel_example, nibble_to_float,
-                           offset_code_weights)
+from ._int4_common import (
+    LOW_NIBBLE,
+    NIBBLE_BITS,
+    ONE_GROUP_PER_ROW,
+    group_constexpr,
+    kernel_example,
+    nibble_to_float,
+    offset_code_weights,
+)
 from .int4_split_k import partials_for, reduce_slices, split_plan, store_slice
 from .math import cast_rne
 from .registry import KernelEntry, register

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._int4_common import ONE_GROUP_PER_ROW, dequantize_bytes, group_constexpr, kernel_example, load_x_pairs
-from .int4_split_k import (REDUCE_BLOCK, int4_splitk_reduce_kernel, partials_for, reduce_slices, split_plan,
+from .int4_split_k import REDUCE_BLOCK, int4_splitk_reduce_kernel, partials_for, reduce_slices, split_plan, store_slice
 from .registry import KernelEntry, register
 
 
