@@ -15,7 +15,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from climbq_kernels import backends  # noqa: E402
+from climbq_kernels import backends
 
 GPU = torch.cuda.is_available()
 _BACKEND_DEVICE = {"cpu": "cpu", "triton": "cuda" if GPU else "cpu", "cuda": "cuda"}

@@ -174,6 +174,7 @@ def test_homovar_loss_builds_no_batch_by_class_by_dim_tensor(gen, monkeypatch):
     assert largest < 40 * 7 * 50 * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_torch_compile_fullgraph_with_weight_quant_and_class_stats(backend, device, gen):
     """A quantized conv whose per-class channel statistics feed a loss (as in ClusterQ's L_FDA),

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def test_info_prints_versions_backends_and_devices():
     out = subprocess.run([sys.executable, "-m", "climbq_kernels.cli", "info"], capture_output=True, text=True,
@@ -14,6 +16,7 @@ def test_info_prints_versions_backends_and_devices():
     assert "devices:" in out and "cpu:" in out
 
 
+@pytest.mark.slow
 def test_demo_trains_converts_and_serves():
     """`climbq demo` end to end, shortened: both models train, the INT4 model predicts as the QAT
     model did, and the serving comparison prints."""

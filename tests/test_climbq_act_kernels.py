@@ -233,6 +233,7 @@ def test_full_precision_keeps_the_fused_bn_and_relu(gen):
     torch.testing.assert_close(out, torch.relu(x * scale.view(1, -1, 1) + shift.view(1, -1, 1)))
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_fused_and_inference(gen):
     """A conv -> folded BN -> ClimbQ -> ReLU block, trained and then run label-free, compiled whole."""
     torch._dynamo.reset()

@@ -148,6 +148,7 @@ class _DynamicQuantBlock(torch.nn.Module):
         return torch.nn.functional.conv2d(h, w, self.conv2.bias, padding=1).mean(dim=(2, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_torch_compile_fullgraph_model(backend, device, gen):
     """Both fake quants in one small model, compiled whole: same outputs and gradients as eager."""

@@ -17,6 +17,7 @@ def test_there_are_examples():
     assert EXAMPLES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(path):
     run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300, env=_ENV)

@@ -92,9 +92,8 @@ def test_large_m_path_dequantizes_block_by_block(block_bytes, n, dtype, monkeypa
 PATH_WEIGHTS = [(45, 96, 32), (70, 160, 32), (45, 160, None), (45, 4096, 128), (4097, 256, 64), (45, 256, None),
                 (45, 512, 256)]
 PATH_ROWS = {"gemv": [1, 3, 8], "mma": [1, 2, 7, 8, 9, 16, 33, 57, 64], "dequantize": [1, 9, 70]}
-# Each MMA kernel forced over every batch size (by default: registers up to M = 16, pipelined beyond;
-# the wide variants, two 16-row tiles a warp, only when asked for).
-MMA_KERNELS = ["registers", "registers-wide", "pipelined", "pipelined-wide"]
+# Each MMA kernel forced over every batch size (by default: registers up to M = 16, pipelined beyond).
+MMA_KERNELS = ["registers", "pipelined"]
 PATH_CASES = [(path, kernel, m) for path, rows in PATH_ROWS.items()
               for kernel in (MMA_KERNELS if path == "mma" else [None]) for m in rows]
 
@@ -169,7 +168,8 @@ def test_forced_path_that_does_not_apply_is_an_error(path, m, dtype, k, monkeypa
 @needs_gpu
 @pytest.mark.parametrize("name,value,m,dtype,message", [
     ("CLIMBQ_INT4_MMA_SPLIT_K", "-2", 16, torch.bfloat16, "must be a non-negative integer"),
-    ("CLIMBQ_INT4_MMA_KERNEL", "fastest", 16, torch.bfloat16, "must be 'registers', 'registers-wide', 'pipelined' or 'pipelined-wide'"),
+    ("CLIMBQ_INT4_MMA_KERNEL", "fastest", 16, torch.bfloat16, "must be 'registers' or 'pipelined'"),
+    ("CLIMBQ_INT4_MMA_KERNEL", "registers-wide", 16, torch.bfloat16, "must be 'registers' or 'pipelined'"),
     ("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES", "lots", 9, torch.float32, "must be a positive byte count"),
     ("CLIMBQ_INT4_GEMV_THREADS", "48", 1, torch.float16, "must be a multiple of 32 from 32 to 256"),
     ("CLIMBQ_INT4_GEMV_THREADS", "512", 1, torch.float16, "must be a multiple of 32 from 32 to 256"),

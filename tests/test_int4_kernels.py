@@ -161,6 +161,7 @@ def _isas_to_test():
     return [isa for isa in _ISA_ORDER if isa in compiled and isa in usable]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", _isas_to_test())
 def test_each_cpu_instruction_set(isa, tmp_path, gen):
     """Every ISA variant in a fresh process (ATen reads ATEN_CPU_CAPABILITY once): fused tiles

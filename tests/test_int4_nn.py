@@ -260,6 +260,7 @@ def test_loading_a_truncated_or_wrong_packed_weight_names_the_tensor_and_shape(g
 
 # --- convert_int4 -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_convert_int4_resnet18_matches_its_dequantized_float_model(gen):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)

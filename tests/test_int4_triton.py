@@ -96,6 +96,7 @@ print(json.dumps([accumulator in zeros for accumulator in re.findall(r"tt.dot %[
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,each_step_apart", [("float32", True), ("bfloat16", False)])
 def test_float32_gemm_sums_each_k_step_apart(dtype, each_step_apart):
     """A compiled float32 tl.dot is one FMA chain. Carried across K steps (Triton's combiner folds

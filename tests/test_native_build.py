@@ -219,6 +219,7 @@ def test_half_precision_is_float32_math_rounded_once(dtype, device, gen):
     assert torch.equal(dx, dx32.to(dtype))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_sixteen_bits_on_a_large_tensor(device, gen):
     """8M elements on the finest grid: codes differ from float64 only at boundaries, and rarely.
@@ -407,6 +408,7 @@ def _isas_to_test():
     return [isa for isa in _ISA_ORDER if isa in compiled and isa in usable]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", _isas_to_test())
 def test_each_cpu_instruction_set_matches_spec(isa, tmp_path, gen):
     """Run the kernels under ATEN_CPU_CAPABILITY=<isa> in a fresh process (ATen reads it once)."""

@@ -76,6 +76,7 @@ class _TinyQuantNet(torch.nn.Module):
         return cq.fake_quant(h, self.scale, 0, 0, 255).mean(dim=(2, 3))
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_model(gen):
     """A small QAT model with every differentiable op, compiled whole, on the automatic backends."""
     torch._dynamo.reset()
@@ -89,6 +90,7 @@ def test_torch_compile_fullgraph_model(gen):
     assert model.scale.grad is not None and model.conv.weight.grad is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_torch_compile_fullgraph_on_each_backend(backend, device, gen):
     torch._dynamo.reset()
@@ -147,6 +149,7 @@ def test_explicit_backend_without_kernel_or_dtype_raises(gen):
         cq.climbq_act_quant(torch.randn(2, 3), bits=4)
 
 
+@pytest.mark.slow
 def test_climbq_backend_environment_variable_sets_the_default():
     """Read once per process: changing it later leaves the choice as it was (use_backend is the
     run-time switch)."""

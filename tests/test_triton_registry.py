@@ -40,6 +40,7 @@ def compiled():
         pytest.fail(f"AOT compile crashed (exit {run.returncode}):\n{run.stderr[-4000:]}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("capability", AOT_TARGETS)
 @pytest.mark.parametrize("name,dtype", CASES, ids=IDS)
 def test_kernel_compiles_to_cubin(compiled, name, dtype, capability):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import sys, warnings
     sys.modules["climbq_kernels._C"] = None          # as if the extension had never been built
@@ -33,6 +35,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_package_works_without_the_extension():
     env = {**os.environ, "TRITON_INTERPRET": "1", "CLIMBQ_BACKEND": ""}
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True)
