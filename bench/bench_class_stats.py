@@ -1,4 +1,4 @@
-"""Class-segmented statistics benchmarks, forward (algorithms.md §1c steps 1-3, algorithms.md §4).
+"""Class-segmented statistics benchmarks, forward (algorithms.md §1c steps 1-3, §4a).
 
 CPU: python3 -m pytest bench/bench_class_stats.py --benchmark-only (pytest-benchmark).
 GPU: bench/gpu_bench.py runs GPU_CASES with do_bench.

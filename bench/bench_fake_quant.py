@@ -1,5 +1,5 @@
 """Uniform fake quant benchmarks, forward + backward: per-channel LSQ (algorithms.md §1e) and per-sample
-bit-width fake quant (algorithms.md §3).
+bit-width fake quant (algorithms.md §3a).
 
 CPU: python -m pytest bench/bench_fake_quant.py --benchmark-only (pytest-benchmark).
 GPU: bench/gpu_bench.py runs GPU_CASES with do_bench.

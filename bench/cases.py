@@ -138,7 +138,7 @@ def climbq_weight_case(device: str, dtype: torch.dtype = torch.float32, shape=(5
 
 def class_stats_case(device: str, dtype: torch.dtype = torch.float32, shape=(1024, 2048), num_classes: int = 100,
                      backends: tuple[str, ...] = ()) -> Case:
-    """Per-class count, mean and biased variance by label (algorithms.md §1c steps 1-3, algorithms.md §4), forward."""
+    """Per-class count, mean and biased variance by label (algorithms.md §1c steps 1-3, §4a), forward."""
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(shape, generator=gen) + 0.5).to(device, dtype)
     labels = torch.randint(0, num_classes, (shape[0],), generator=gen).to(device)
@@ -210,7 +210,7 @@ def _per_sample_bits_reference(x, bits, clip, grad):
 
 def per_sample_bits_case(device: str, dtype: torch.dtype = torch.float32, shape=(128, 64, 32, 32),
                          backends: tuple[str, ...] = ()) -> Case:
-    """Per-sample bit-width fake quant (algorithms.md §3), forward + backward to x and clip."""
+    """Per-sample bit-width fake quant (algorithms.md §3a), forward + backward to x and clip."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device, dtype)
     grad = torch.randn(shape, generator=gen).to(device, dtype)

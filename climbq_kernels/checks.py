@@ -150,7 +150,7 @@ def check_labels(labels, batch: int, num_classes: int | None) -> torch.Tensor:
 
 
 def check_sample_bits(bits, batch: int) -> torch.Tensor:
-    """Require an integer (batch,) tensor of bit-widths in [MIN_BITS, MAX_BITS] (algorithms.md §3)."""
+    """Require an integer (batch,) tensor of bit-widths in [MIN_BITS, MAX_BITS] (algorithms.md §3a)."""
     check_tensor("bits", bits)
     if bits.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"bits must be an integer tensor (one bit-width per sample), got dtype {bits.dtype}")

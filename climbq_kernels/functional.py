@@ -253,7 +253,7 @@ def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axi
 
 
 def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-class counts, mean and biased variance of x by label (algorithms.md §1c steps 1-3, algorithms.md §4).
+    """Per-class counts, mean and biased variance of x by label (algorithms.md §1c steps 1-3, §4a).
 
     x (B, D) -> stats (K, D) per feature; x (B, C, *spatial) -> stats (K, C) per channel over
     samples and positions; counts (K,) int64 are the number of reduced elements. Absent classes
@@ -271,7 +271,7 @@ def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Te
 
 
 def fake_quant_per_sample_bits(x: Tensor, bits: Tensor, clip) -> Tensor:
-    """Fake quant with a per-sample bit-width (algorithms.md §3, DynaDFQ), one pass.
+    """Fake quant with a per-sample bit-width (algorithms.md §3a, DynaDFQ), one pass.
 
     out = rint(clamp(x, 0, clip) / s_i) * s_i with s_i = clip / (2**bits_i - 1): unsigned
     (post-ReLU) levels {0, s_i, ..., clip} for sample i. x: (B, ...) floating; bits: (B,) integer

@@ -1,4 +1,4 @@
-"""Class-segmented statistics kernels (algorithms.md §1c steps 1-3, algorithms.md §4) and the HomoVar loss built on
+"""Class-segmented statistics kernels (algorithms.md §1c steps 1-3, §4a) and the HomoVar loss built on
 them, on every backend against the float64 reference."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Per-sample bit-width fake quant (algorithms.md §3, DynaDFQ) on every backend against the float64
+"""Per-sample bit-width fake quant (algorithms.md §3a, DynaDFQ) on every backend against the float64
 reference: forward, backward (dx and the clip gradient), opcheck and bad input."""
 
 import pytest

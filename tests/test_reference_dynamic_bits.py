@@ -1,4 +1,4 @@
-"""Per-sample bit-width fake quant reference (algorithms.md §3, DynaDFQ)."""
+"""Per-sample bit-width fake quant reference (algorithms.md §3a, DynaDFQ)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Per-class segmented statistics reference (algorithms.md §1c steps 1-3, algorithms.md §4) against per-class loops."""
+"""Per-class segmented statistics reference (algorithms.md §1c steps 1-3, §4a) against per-class loops."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Class-segmented statistics op (algorithms.md §1c steps 1-3, algorithms.md §4)."""
+"""Class-segmented statistics op (algorithms.md §1c steps 1-3, §4a)."""
 
 from __future__ import annotations
 

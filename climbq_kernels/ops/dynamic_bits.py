@@ -1,4 +1,4 @@
-"""Per-sample bit-width fake quant ops (algorithms.md §3, DynaDFQ)."""
+"""Per-sample bit-width fake quant ops (algorithms.md §3a, DynaDFQ)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Fake quantization with a per-sample bit-width (algorithms.md §3, DynaDFQ): the reference.
+"""Fake quantization with a per-sample bit-width (algorithms.md §3a, DynaDFQ): the reference.
 
 Unsigned (post-ReLU) uniform quantization with a PACT-style learned upper range `clip`:
 sample i uses b_i bits, L_i = 2**b_i - 1 levels above zero and step s_i = clip / L_i:
 
     out = rint(clamp(x, 0, clip) / s_i) * s_i
 
-algorithms.md §3 leaves the grid open; these choices are ours: the range is [0, clip] (values below 0
+algorithms.md §3a leaves the grid open; these choices are ours: the range is [0, clip] (values below 0
 go to 0, above clip to clip), and gradients are straight-through on rint (see the backward).
 Computed in x's dtype; inputs are never mutated.
 """
@@ -36,7 +36,7 @@ def _grid(x: Tensor, bits, clip) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def fake_quant_per_sample_bits(x: Tensor, bits: Tensor, clip) -> Tensor:
-    """Per-sample bit-width fake quant (algorithms.md §3): out = rint(clamp(x, 0, clip) / s_i) * s_i.
+    """Per-sample bit-width fake quant (algorithms.md §3a): out = rint(clamp(x, 0, clip) / s_i) * s_i.
 
     x: (B, ...) floating. bits: (B,) integer tensor, values in [1, 16] (ValueError naming
     `bits` otherwise). clip: upper range, a positive Python number or one-element floating

@@ -1,4 +1,4 @@
-"""Per-class (segmented) statistics of a batch (algorithms.md §1c steps 1-3, algorithms.md §4): the reference.
+"""Per-class (segmented) statistics of a batch (algorithms.md §1c steps 1-3, §4a): the reference.
 
 Segmented reductions by label with `index_add_`: memory O(B * D + K * D), never a (B, K, D)
 one-hot expansion, no host synchronisation beyond the label range check.
@@ -25,7 +25,7 @@ def segment_sum(values: Tensor, labels: Tensor, num_segments: int) -> Tensor:
 
 
 def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-class mean and biased variance of a batch: (counts, mean, var) (algorithms.md §1c, algorithms.md §4).
+    """Per-class mean and biased variance of a batch: (counts, mean, var) (algorithms.md §1c, §4a).
 
     x (B, D): per class and feature; mean, var (K, D), counts (K,) = samples per class.
     x (B, C, *spatial) (e.g. (B, C, H, W)): per class and channel, reducing over the samples

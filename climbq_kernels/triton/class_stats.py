@@ -1,4 +1,4 @@
-"""Class-segmented statistics in Triton (algorithms.md §1c steps 1-3, algorithms.md §4): one pass over x, then a
+"""Class-segmented statistics in Triton (algorithms.md §1c steps 1-3, §4a): one pass over x, then a
 (K, F) epilogue.
 
 x (B, F, S) (F = x.shape[1], 1 for 1-D x; S the product of the trailing sizes). Program

@@ -1,4 +1,4 @@
-"""Per-sample bit-width fake quant in Triton (algorithms.md §3, DynaDFQ): forward and backward, one pass each.
+"""Per-sample bit-width fake quant in Triton (algorithms.md §3a, DynaDFQ): forward and backward, one pass each.
 
 x (contiguous) is viewed as (B, inner); one program handles BLOCK elements of one sample, whose
 bit-width b comes from an int32 (B,) table and whose clip from a one-element float32 tensor, both
