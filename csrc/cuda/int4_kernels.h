@@ -42,10 +42,9 @@ void int4_gemv(const Int4Operands& a, at::Tensor& out, int64_t threads, cudaStre
 
 // Tensor-core MMA for small batches (int4_mma.cu): 16-bit x, rows <= kMmaMaxRows, K a multiple
 // of 32, x and packed 16-byte aligned (`int4_mma_supports`). `split_k` <= 0 picks the split;
-// `kernel` picks one of its kernels (kAuto: registers or pipelined by the number of rows; their
-// wide variants, two 16-row tiles a warp, only when asked for).
+// `kernel` picks one of its two kernels (kAuto: registers or pipelined by the number of rows).
 constexpr int kMmaMaxRows = 64;
-enum class MmaKernel { kAuto, kRegisters, kRegistersWide, kPipelined, kPipelinedWide };
+enum class MmaKernel { kAuto, kRegisters, kPipelined };
 bool int4_mma_supports(const Int4Operands& a);
 void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel, cudaStream_t stream);
 

@@ -19,9 +19,9 @@
 //   the default is full float32.
 //
 // For benchmarks, CLIMBQ_INT4_CUDA_PATH = gemv | mma | dequantize forces a path (an error where
-// it does not apply), CLIMBQ_INT4_MMA_KERNEL = registers | registers-wide | pipelined |
-// pipelined-wide the MMA path's kernel, CLIMBQ_INT4_MMA_SPLIT_K its split of K and
-// CLIMBQ_INT4_GEMV_THREADS the GEMV's threads per block.
+// it does not apply), CLIMBQ_INT4_MMA_KERNEL = registers | pipelined the MMA path's kernel,
+// CLIMBQ_INT4_MMA_SPLIT_K its split of K and CLIMBQ_INT4_GEMV_THREADS the GEMV's threads per
+// block.
 //
 // Arguments are validated by the Python layer (climbq_kernels/int4.py) first; ../int4_args.h
 // (shared with the CPU op) is the second line of defence for direct torch.ops.climbq_native
@@ -99,19 +99,14 @@ int64_t env_int(const char* name, int64_t fallback) {
   return parsed;
 }
 
-// CLIMBQ_INT4_MMA_KERNEL = registers | registers-wide | pipelined | pipelined-wide forces one of the MMA path's
-// kernels.
+// CLIMBQ_INT4_MMA_KERNEL = registers | pipelined forces one of the MMA path's kernels.
 MmaKernel forced_mma_kernel() {
   const char* env = std::getenv("CLIMBQ_INT4_MMA_KERNEL");
   if (env == nullptr || *env == '\0') return MmaKernel::kAuto;
   const std::string_view name(env);
   if (name == "registers") return MmaKernel::kRegisters;
-  if (name == "registers-wide") return MmaKernel::kRegistersWide;
   if (name == "pipelined") return MmaKernel::kPipelined;
-  if (name == "pipelined-wide") return MmaKernel::kPipelinedWide;
-  TORCH_CHECK_VALUE(false,
-                    "CLIMBQ_INT4_MMA_KERNEL must be 'registers', 'registers-wide', 'pipelined' or 'pipelined-wide', got '",
-                    name, "'");
+  TORCH_CHECK_VALUE(false, "CLIMBQ_INT4_MMA_KERNEL must be 'registers' or 'pipelined', got '", name, "'");
 }
 
 // CLIMBQ_INT4_GEMV_THREADS forces the GEMV's threads per block (0 or unset: its own choice).

@@ -21,10 +21,10 @@
 // to x's dtype as in the reference (whose weight is the float32 (q - z) s rounded to that dtype);
 // ours differs from that float32 value by ~2^-17 s before the rounding.
 //
-// The 4 warps of a block own 64 consecutive output features (128 in the wide variants below);
-// blockIdx.y splits K so that every SM gets blocks (kTargetBlocksPerSm). With more than one
-// split, each writes float32 partial sums and a second kernel adds them in split order
-// (deterministic), adds the bias and rounds once.
+// The 4 warps of a block own 64 consecutive output features; blockIdx.y splits K so that every
+// SM gets blocks (kTargetBlocksPerSm). With more than one split, each writes float32 partial
+// sums and a second kernel adds them in split order (deterministic), adds the bias and rounds
+// once.
 //
 // Two kernels share that scheme. The registers kernel loads each lane's codes, scales and zeros
 // straight into registers one k-block ahead and reads x through L1; it is the faster one for
@@ -33,12 +33,7 @@
 // from M = 17 on; below, its per-k-block copies and barrier cost more than they hide. Where a
 // k-block lies inside one group (g a multiple of 128, or one group per row), it copies one scale
 // and one zero per row of the block and k-block (one 4-byte copy a thread) instead of one per
-// row and lane (four a thread, the same values four times over for the lanes of a row). Each
-// has a wide variant (CLIMBQ_INT4_MMA_KERNEL=registers-wide / pipelined-wide only) that gives a
-// warp two 16-row tiles sharing every x fragment it reads. Timed on an H100 (2026-11-23,
-// 11008x4096 bf16, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-23/int4_cuda_paths.md) neither
-// beat the kernel chosen by M: registers-wide 27/28/37/70 us against registers 25/26/30/79 at
-// M = 1/8/16/64, pipelined-wide 34/88/33/55 against pipelined 31/32/33/39.
+// row and lane (four a thread, the same values four times over for the lanes of a row).
 //
 // Where it stands (H100, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-22/int4-ncu.md): both are
 // latency-bound, far from the weight's read time (7.5 us at 11008x4096); ncu on the pipelined
@@ -126,55 +121,47 @@ struct MmaArgs {
   int k_blocks_per_split;
 };
 
-// acc[i] += this lane's share of W x^T over one k-block for each of kMT 16-row tiles i: its 16
-// bytes of codes for each of its two rows of the tile (with their group's scale and zero) times
-// x; x_word(j, w) is x[8j + g], features 32t + 8w .. + 8 of the k-block, as a uint4 (steps 2w:
-// .x, .y; 2w + 1: .z, .w), loaded once for all kMT tiles.
-template <typename T, int kNT, int kMT, typename XWord>
-__device__ __forceinline__ void mma_k_block(float (&acc)[kMT][kNT][4], const uint4 (&codes)[kMT][2],
-                                            const float (&scale)[kMT][2], const float (&zero)[kMT][2],
-                                            const XWord& x_word) {
-  float big_scale[kMT][2], bias[kMT][2];  // S = 256 s, B = -(128 + z) s (int4_codes.cuh)
+// acc += this lane's share of W x^T over one k-block: its 16 bytes of codes for each of its two
+// rows of the tile (with their group's scale and zero) times x; x_word(j, w) is x[8j + g],
+// features 32t + 8w .. + 8 of the k-block, as a uint4 (steps 2w: .x, .y; 2w + 1: .z, .w).
+template <typename T, int kNT, typename XWord>
+__device__ __forceinline__ void mma_k_block(float (&acc)[kNT][4], const uint4 (&codes)[2], const float (&scale)[2],
+                                            const float (&zero)[2], const XWord& x_word) {
+  float big_scale[2], bias[2];  // S = 256 s, B = -(128 + z) s (int4_codes.cuh)
 #pragma unroll
-  for (int i = 0; i < kMT; ++i) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      big_scale[i][r] = scale[i][r] * kOffsetCodeScale;
-      bias[i][r] = -(kOffsetCodeBias + zero[i][r]) * scale[i][r];
-    }
+  for (int r = 0; r < 2; ++r) {
+    big_scale[r] = scale[r] * kOffsetCodeScale;
+    bias[r] = -(kOffsetCodeBias + zero[r]) * scale[r];
   }
 #pragma unroll
   for (int w = 0; w < kChunkWords; ++w) {
     uint4 xw[kNT];
 #pragma unroll
     for (int j = 0; j < kNT; ++j) xw[j] = x_word(j, w);
+    uint32_t even[2], odd[2];
 #pragma unroll
-    for (int i = 0; i < kMT; ++i) {
-      uint32_t even[2], odd[2];
+    for (int r = 0; r < 2; ++r) {
+      const uint32_t word = word_of(codes[r], w);
+      even[r] = even_codes(word);
+      odd[r] = odd_codes(word);
+    }
+#pragma unroll
+    for (int h = 0; h < kStepsPerWord; ++h) {
+      // Features 8w + 4h + {0, 1, 2, 3}: even byte 2h, odd byte 2h, even byte 2h+1, odd byte 2h+1.
+      float wt[2][4];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const uint32_t word = word_of(codes[i][r], w);
-        even[r] = even_codes(word);
-        odd[r] = odd_codes(word);
+        wt[r][0] = fmaf(offset_code(even[r], 2 * h), big_scale[r], bias[r]);
+        wt[r][1] = fmaf(offset_code(odd[r], 2 * h), big_scale[r], bias[r]);
+        wt[r][2] = fmaf(offset_code(even[r], 2 * h + 1), big_scale[r], bias[r]);
+        wt[r][3] = fmaf(offset_code(odd[r], 2 * h + 1), big_scale[r], bias[r]);
       }
+      // A: {row g, k 2t..2t+1}, {row g+8, same}, {row g, k 2t+8..}, {row g+8, k 2t+8..}.
+      const uint32_t frag[4] = {pack_pair<T>(wt[0][0], wt[0][1]), pack_pair<T>(wt[1][0], wt[1][1]),
+                                pack_pair<T>(wt[0][2], wt[0][3]), pack_pair<T>(wt[1][2], wt[1][3])};
 #pragma unroll
-      for (int h = 0; h < kStepsPerWord; ++h) {
-        // Features 8w + 4h + {0, 1, 2, 3}: even byte 2h, odd byte 2h, even byte 2h+1, odd byte 2h+1.
-        float wt[2][4];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          wt[r][0] = fmaf(offset_code(even[r], 2 * h), big_scale[i][r], bias[i][r]);
-          wt[r][1] = fmaf(offset_code(odd[r], 2 * h), big_scale[i][r], bias[i][r]);
-          wt[r][2] = fmaf(offset_code(even[r], 2 * h + 1), big_scale[i][r], bias[i][r]);
-          wt[r][3] = fmaf(offset_code(odd[r], 2 * h + 1), big_scale[i][r], bias[i][r]);
-        }
-        // A: {row g, k 2t..2t+1}, {row g+8, same}, {row g, k 2t+8..}, {row g+8, k 2t+8..}.
-        const uint32_t frag[4] = {pack_pair<T>(wt[0][0], wt[0][1]), pack_pair<T>(wt[1][0], wt[1][1]),
-                                  pack_pair<T>(wt[0][2], wt[0][3]), pack_pair<T>(wt[1][2], wt[1][3])};
-#pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          mma_16816<T>(acc[i][j], frag, h == 0 ? xw[j].x : xw[j].z, h == 0 ? xw[j].y : xw[j].w);
-        }
+      for (int j = 0; j < kNT; ++j) {
+        mma_16816<T>(acc[j], frag, h == 0 ? xw[j].x : xw[j].z, h == 0 ? xw[j].y : xw[j].w);
       }
     }
   }
@@ -220,14 +207,13 @@ __device__ __forceinline__ void wait_copies() {  // until at most kPending commi
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
-// One k-block of a block's operands in shared memory, for blocks of kMT kBlockRows rows: codes
-// (row r, lane t's 16 bytes), the scale and zero of each (r, t) chunk's group (with row tables,
-// of each row r: the first kRows entries), and x: 8 kNT rows of 128 features, 16 16-byte chunks a
-// row.
+// One k-block of a block's operands in shared memory: codes (row r, lane t's 16 bytes), the
+// scale and zero of each (r, t) chunk's group (with row tables, of each row r: the first kRows
+// entries), and x: 8 kNT rows of 128 features, 16 16-byte chunks a row.
 constexpr int kXChunks = kBlockFeatures * 2 / kChunkBytes;  // 16-bit x: 16 chunks of 8 features
-template <int kNT, int kMT>
+template <int kNT>
 struct StageLayout {
-  static constexpr int kRows = kMT * kBlockRows;
+  static constexpr int kRows = kBlockRows;
   static constexpr int kCodeBytes = kRows * kLanesPerRow * kChunkBytes;
   static constexpr int kTableBytes = kRows * kLanesPerRow * int(sizeof(float));
   static constexpr int kXBytes = kNT * kNTile * kXChunks * kChunkBytes;
@@ -244,12 +230,9 @@ __device__ __forceinline__ int x_slot(int m, int c) { return c ^ ((c >> 3) << 1)
 // The pipelined kernel (M = 17..64). kNT n-tiles: up to 8 kNT rows of x. Operands stream through
 // kStages shared-memory buffers with cp.async, kStages - 1 k-blocks ahead of the one computed.
 // kRowTables: every k-block lies inside one group, whose scale and zero are copied once per row.
-// A warp owns kMT consecutive 16-row tiles (kMT = 2: "pipelined-wide", two tiles per x fragment
-// read from shared memory; at M = 64 the four warps' x reads are 4x the codes' bytes per
-// k-block. CLIMBQ_INT4_MMA_KERNEL=pipelined-wide selects it; slower where timed, see above).
-template <typename T, int kNT, int kMT, int kStages, bool kRowTables>
+template <typename T, int kNT, int kStages, bool kRowTables>
 __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) {
-  using Layout = StageLayout<kNT, kMT>;
+  using Layout = StageLayout<kNT>;
   constexpr int kRows = Layout::kRows;  // output features per block
   extern __shared__ __align__(16) uint8_t shared[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -340,29 +323,26 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
     }
   };
 
-  float acc[kMT][kNT][4] = {};
-  const int warp_row = warp * kMT * kTileRows;  // the warp's first row in the block
+  float acc[kNT][4] = {};
+  const int warp_row = warp * kTileRows;  // the warp's first row in the block
   auto compute = [&](int slot) {
     const uint8_t* stage = shared + slot * Layout::kBytes;
     const auto* codes = reinterpret_cast<const uint4*>(stage);
     const auto* scales = reinterpret_cast<const float*>(stage + Layout::kCodeBytes);
     const auto* zeros = reinterpret_cast<const float*>(stage + Layout::kCodeBytes + Layout::kTableBytes);
     const auto* xs = reinterpret_cast<const uint4*>(stage + Layout::kCodeBytes + 2 * Layout::kTableBytes);
-    uint4 code[kMT][2];
-    float scale[kMT][2], zero[kMT][2];
+    uint4 code[2];
+    float scale[2], zero[2];
 #pragma unroll
-    for (int m_tile = 0; m_tile < kMT; ++m_tile) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = warp_row + m_tile * kTileRows + g + 8 * r;  // lane (g, t)'s rows g, g + 8
-        const int i = row * kLanesPerRow + t;
-        const int table = kRowTables ? row : i;
-        code[m_tile][r] = codes[i];
-        scale[m_tile][r] = scales[table];
-        zero[m_tile][r] = zeros[table];
-      }
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp_row + g + 8 * r;  // lane (g, t)'s rows g, g + 8
+      const int i = row * kLanesPerRow + t;
+      const int table = kRowTables ? row : i;
+      code[r] = codes[i];
+      scale[r] = scales[table];
+      zero[r] = zeros[table];
     }
-    mma_k_block<T, kNT, kMT>(acc, code, scale, zero, [&](int j, int w) {
+    mma_k_block<T, kNT>(acc, code, scale, zero, [&](int j, int w) {
       const int m = j * kNTile + g;
       return xs[m * kXChunks + x_slot(m, kChunkWords * t + w)];
     });
@@ -381,42 +361,29 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
     compute(i % kStages);
   }
 
-#pragma unroll
-  for (int m_tile = 0; m_tile < kMT; ++m_tile) {
-    store_tile(a, acc[m_tile], block_row + warp_row + m_tile * kTileRows, g, t);
-  }
+  store_tile(a, acc, block_row + warp_row, g, t);
 }
 
-// A lane's share of one k-block of W: 16 bytes of codes for each of its rows in each of kMT
-// tiles with their group's scale and zero. Only loads: nothing uses them until the k-block is
-// computed, so the prefetch of the next k-block never stalls the warp.
-template <int kMT>
+// A lane's share of one k-block of W: 16 bytes of codes for each of its two rows with their
+// group's scale and zero. Only loads: nothing uses them until the k-block is computed, so the
+// prefetch of the next k-block never stalls the warp.
 struct RegisterStage {
-  uint4 codes[kMT][2];
-  float scale[kMT][2];
-  float zero[kMT][2];
+  uint4 codes[2];
+  float scale[2];
+  float zero[2];
 };
 
 // The registers kernel (M <= 16): operands straight from global memory into registers, one
-// k-block ahead. kNT n-tiles: up to 8 kNT rows of x (x is read word by word as a k-block computes; staging it a
-// k-block ahead with the codes measured no faster at M = 16 and slower at M <= 8). A warp owns
-// kMT consecutive 16-row tiles, a block kMT kBlockRows rows: kMT = 2 ("registers-wide") reads
-// each x fragment once for two tiles, halving the x traffic through L1 that ncu found the
-// kernel waiting on at M = 16 (L1 72% busy; x is read by every warp, 4 bytes of x per byte of
-// codes at 2 n-tiles). CLIMBQ_INT4_MMA_KERNEL=registers-wide selects it; slower where timed
-// (see above).
-template <typename T, int kNT, int kMT>
+// k-block ahead. kNT n-tiles: up to 8 kNT rows of x (x is read word by word as a k-block
+// computes; staging it a k-block ahead with the codes measured no faster at M = 16 and slower
+// at M <= 8).
+template <typename T, int kNT>
 __global__ void __launch_bounds__(kThreads) int4_mma_registers_kernel(const MmaArgs<T> a) {
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
-  const int64_t warp_row = (int64_t(blockIdx.x) * kWarps + warp) * kMT * kTileRows;
+  const int64_t warp_row = (int64_t(blockIdx.x) * kWarps + warp) * kTileRows;
   // Rows past N re-read the last row (in bounds) and are never stored.
-  int64_t rows[kMT][2];
-#pragma unroll
-  for (int i = 0; i < kMT; ++i) {
-    rows[i][0] = std::min(warp_row + i * kTileRows + g, a.n_out - 1);
-    rows[i][1] = std::min(warp_row + i * kTileRows + g + 8, a.n_out - 1);
-  }
+  const int64_t rows[2] = {std::min(warp_row + g, a.n_out - 1), std::min(warp_row + g + 8, a.n_out - 1)};
   const int64_t row_bytes = a.in_features / 2;
   const int chunks = static_cast<int>(a.in_features / kChunkFeatures);
   const int kb_begin = blockIdx.y * a.k_blocks_per_split;
@@ -437,39 +404,35 @@ __global__ void __launch_bounds__(kThreads) int4_mma_registers_kernel(const MmaA
     return __ldg(reinterpret_cast<const uint4*>(x_rows[j] + int64_t(chunk) * kChunkFeatures) + w);
   };
   auto fetch = [&](int kb) {
-    RegisterStage<kMT> st;
+    RegisterStage st;
     const int chunk = kb * kLanesPerRow + t;
 #pragma unroll
-    for (int i = 0; i < kMT; ++i) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        st.codes[i][r] = make_uint4(0, 0, 0, 0);
-        st.scale[i][r] = 0.0f;
-        st.zero[i][r] = 0.0f;
-        if (chunk < chunks) {
-          st.codes[i][r] = __ldcs(reinterpret_cast<const uint4*>(a.packed + rows[i][r] * row_bytes) + chunk);
-          const int64_t table = rows[i][r] * a.groups + chunk / a.chunks_per_group;
-          st.scale[i][r] = __ldg(a.scales + table);
-          st.zero[i][r] = __ldg(a.zeros + table);
-        }
+    for (int r = 0; r < 2; ++r) {
+      st.codes[r] = make_uint4(0, 0, 0, 0);
+      st.scale[r] = 0.0f;
+      st.zero[r] = 0.0f;
+      if (chunk < chunks) {
+        st.codes[r] = __ldcs(reinterpret_cast<const uint4*>(a.packed + rows[r] * row_bytes) + chunk);
+        const int64_t table = rows[r] * a.groups + chunk / a.chunks_per_group;
+        st.scale[r] = __ldg(a.scales + table);
+        st.zero[r] = __ldg(a.zeros + table);
       }
     }
     return st;
   };
 
-  float acc[kMT][kNT][4] = {};
-  RegisterStage<kMT> current = fetch(kb_begin);
+  float acc[kNT][4] = {};
+  RegisterStage current = fetch(kb_begin);
   for (int kb = kb_begin; kb < kb_end; ++kb) {
-    RegisterStage<kMT> next = current;
+    RegisterStage next = current;
     if (kb + 1 < kb_end) next = fetch(kb + 1);  // in flight while this k-block computes
     const int chunk = kb * kLanesPerRow + t;
-    mma_k_block<T, kNT, kMT>(acc, current.codes, current.scale, current.zero,
-                             [&](int j, int w) { return load_x(j, chunk, w); });
+    mma_k_block<T, kNT>(acc, current.codes, current.scale, current.zero,
+                        [&](int j, int w) { return load_x(j, chunk, w); });
     current = next;
   }
 
-#pragma unroll
-  for (int i = 0; i < kMT; ++i) store_tile(a, acc[i], warp_row + i * kTileRows, g, t);
+  store_tile(a, acc, warp_row, g, t);
 }
 
 // out[m, n] = sum over splits (in order) of partial[split, m, n] + bias[n], rounded once to T.
@@ -505,13 +468,13 @@ constexpr int kStages = 4;
 constexpr int kRegistersMaxNTiles = 2;
 
 // Lets the kernel use its shared memory (above the default 48 KiB at large kNT); once per device.
-template <typename T, int kNT, int kMT, bool kRowTables>
+template <typename T, int kNT, bool kRowTables>
 void allow_shared_memory(int device) {
   static bool done[64] = {};  // a race only repeats the same idempotent call
   if (device >= 0 && device < 64 && done[device]) return;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(int4_mma_kernel<T, kNT, kMT, kStages, kRowTables>,
+  C10_CUDA_CHECK(cudaFuncSetAttribute(int4_mma_kernel<T, kNT, kStages, kRowTables>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      kStages * StageLayout<kNT, kMT>::kBytes));
+                                      kStages * StageLayout<kNT>::kBytes));
   if (device >= 0 && device < 64) done[device] = true;
 }
 
@@ -520,16 +483,10 @@ bool k_blocks_inside_groups(const Int4Operands& a) {
   return a.group_size % kBlockFeatures == 0 || a.group_size == a.in_features;
 }
 
-// 16-row tiles per warp of the wide kernels.
-constexpr int kWideTiles = 2;
-
-bool is_wide(MmaKernel kernel) { return kernel == MmaKernel::kRegistersWide || kernel == MmaKernel::kPipelinedWide; }
-
 template <typename T, int kNT>
 void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel, cudaStream_t stream) {
   if (kernel == MmaKernel::kAuto) kernel = kNT <= kRegistersMaxNTiles ? MmaKernel::kRegisters : MmaKernel::kPipelined;
-  const int64_t block_rows = kBlockRows * (is_wide(kernel) ? kWideTiles : 1);
-  const int64_t row_blocks = (a.out_features + block_rows - 1) / block_rows;
+  const int64_t row_blocks = (a.out_features + kBlockRows - 1) / kBlockRows;
   const int k_blocks = static_cast<int>((a.in_features + kBlockFeatures - 1) / kBlockFeatures);
   const int device = a.x.get_device();
   int64_t splits = split_k;
@@ -552,28 +509,17 @@ void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel k
                         static_cast<int>(a.group_size / kChunkFeatures), k_blocks, per_split};
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits));
   if (kernel == MmaKernel::kRegisters) {
-    int4_mma_registers_kernel<T, kNT, 1><<<grid, kThreads, 0, stream>>>(args);
-  } else if (kernel == MmaKernel::kRegistersWide) {
-    int4_mma_registers_kernel<T, kNT, kWideTiles><<<grid, kThreads, 0, stream>>>(args);
+    int4_mma_registers_kernel<T, kNT><<<grid, kThreads, 0, stream>>>(args);
   } else {
-    const auto run = [&](auto tiles, auto row_tables) {
-      constexpr int kMT = decltype(tiles)::value;
+    const auto run = [&](auto row_tables) {
       constexpr bool kRowTables = decltype(row_tables)::value;
-      allow_shared_memory<T, kNT, kMT, kRowTables>(device);
-      int4_mma_kernel<T, kNT, kMT, kStages, kRowTables>
-          <<<grid, kThreads, kStages * StageLayout<kNT, kMT>::kBytes, stream>>>(args);
+      allow_shared_memory<T, kNT, kRowTables>(device);
+      int4_mma_kernel<T, kNT, kStages, kRowTables><<<grid, kThreads, kStages * StageLayout<kNT>::kBytes, stream>>>(args);
     };
-    const auto run_tiles = [&](auto tiles) {
-      if (k_blocks_inside_groups(a)) {
-        run(tiles, std::true_type{});
-      } else {
-        run(tiles, std::false_type{});
-      }
-    };
-    if (kernel == MmaKernel::kPipelinedWide) {
-      run_tiles(std::integral_constant<int, kWideTiles>{});
+    if (k_blocks_inside_groups(a)) {
+      run(std::true_type{});
     } else {
-      run_tiles(std::integral_constant<int, 1>{});
+      run(std::false_type{});
     }
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
