@@ -36,18 +36,16 @@ const Int4Kernels& int4_kernels() {
 
 // From this many activation rows on, dequantizing blocks of W to float32 and multiplying them
 // with torch's GEMM beats the fused kernel, which dequantizes each weight vector again for
-// every kTileBatch rows. Measured on an AVX-512 Xeon (2 cores), 11008x4096 and 4096x4096,
-// float32 and bfloat16 x, both paths forced in one process: the fused kernel ahead by 1.46-1.61x
-// at 32 rows and 0.99-1.12x at 64, the GEMM ahead by 1.13-1.22x at 96 and 1.21-1.37x at 128.
+// every kTileBatch rows. The fused kernel is clearly ahead at 32 rows and about even at 64; the
+// GEMM is ahead from 96 rows on.
 constexpr int64_t kGemmRows = 80;
-// Dequantized floats per GEMM block (16 MiB, 1024 rows of K = 4096). Blocks of 1, 2, 4 and 8 Mi
-// floats measured at 128-1024 rows: 4 Mi the fastest or within 3% of it everywhere; 1 Mi cost
-// up to 16% at 1024 rows, 8 Mi up to 12% at 128.
+// Dequantized floats per GEMM block (16 MiB, 1024 rows of K = 4096): the fastest size, or close
+// to it, from 128 to 1024 rows; a quarter of it slows the largest batches, twice it the smallest.
 constexpr int64_t kGemmBlockFloats = int64_t{1} << 22;
 
 // y (M, N) float32 = x W^T into `y`, a block of W rows (columns of y) at a time. Writing the
-// columns of y in place, as F.linear lays out its product, measured 3-19% faster at 128-1024
-// rows than y^T = W x^T followed by a transposing copy.
+// columns of y in place, as F.linear lays out its product, is faster than y^T = W x^T followed
+// by a transposing copy.
 at::Tensor dequantize_then_gemm(const Int4MatmulProblem& problem, const at::Tensor& x_float, at::Tensor y) {
   const int64_t in = problem.in_features, out_features = problem.out_features;
   const int64_t block = std::max<int64_t>(64, kGemmBlockFloats / std::max<int64_t>(in, 1));

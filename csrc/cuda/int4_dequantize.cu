@@ -5,11 +5,9 @@
 // A thread takes one 32-bit word of codes (8 features, one group) and stores its 8 weights with
 // 16-byte stores, so a warp reads 128 contiguous bytes of codes and writes 512 (1 KiB for
 // float32). This needs K % 8 == 0 and a 4-byte-aligned packed pointer; otherwise a thread takes
-// one byte (two features). The byte-per-thread kernel alone was instruction-bound at 27% of the
-// H100's DRAM bandwidth (ncu, 11008x4096 bf16: 103 us); by words, 66% (42 us). A thread per
-// 16-byte chunk of codes (32 weights, four 16-byte stores 64 bytes apart across a warp) was
-// slower: the dequantize path at 11008x4096 bf16 took 112 us against the word kernel's 85
-// (H100, 2026-11-23, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-23/int4_cuda_paths.md).
+// one byte (two features). A thread per byte is instruction-bound, at about a quarter of DRAM
+// bandwidth against two thirds by words. A thread per 16-byte chunk of codes (32 weights) is
+// slower than one per word: its four 16-byte stores lie 64 bytes apart across a warp.
 #include "int4_codes.cuh"
 #include "int4_kernels.h"
 

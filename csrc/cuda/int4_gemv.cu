@@ -15,18 +15,17 @@
 //     start at any byte; or misaligned storage), a thread takes one byte (two features) at a time
 //     with scalar loads, re-reading scale and zero only when its group changes.
 //
-// Arithmetic. With the exact form below for every dtype, the batch-1 kernel was bound by
-// instructions, not bytes (ncu, H100, 16384^2 bf16: 7.9 instructions per weight, issue slots 74%
-// busy, DRAM 43%), so:
+// Arithmetic. With the exact form below for every dtype, the batch-1 kernel is bound by
+// instructions, not bytes (about 8 instructions per weight, DRAM well under half busy), so:
 //   * float32 x: each weight formed as the reference forms it in float32 ((q - z), then * s,
 //     each rounded), then x * W accumulated with FMAs: differs from float64 only by the order of
 //     summation;
 //   * 16-bit x: offset codes (int4_codes.cuh): per 8 features and row, sum x v over the codes'
-//     v = 0.5 + q/256 (one byte permute and one FMA per weight), then S (that - b sum x). Measured
-//     the same way: 4.0 instructions per weight in all, DRAM 69% (66 us against 106 us). Its
-//     float32 cancellation (~2^-14 relative) stays far below the 16-bit output's rounding. The
-//     factored form is not used for float32 outputs: s (sum x q - z sum x) exceeded the error
-//     rule there, emulated on the CPU at K = 256.
+//     v = 0.5 + q/256 (one byte permute and one FMA per weight), then S (that - b sum x): about
+//     4 instructions per weight in all, which halves the issue work. Its float32 cancellation
+//     (~2^-14 relative) stays far below the 16-bit output's rounding. The factored form is not
+//     used for float32 outputs: s (sum x q - z sum x) exceeds the error rule there (emulated on
+//     the CPU at K = 256).
 #include "int4_codes.cuh"
 #include "int4_kernels.h"
 #include "reduce.cuh"
@@ -45,8 +44,8 @@ constexpr int kMaxThreads = kGemvMaxThreads;  // threads per block, at most
 constexpr int kMaxWarps = kMaxThreads / kWarp;
 
 // Output features per block for kM rows of x: each thread keeps kRows x kM float32 sums and a
-// uint4 of codes per row in registers; 8 rows up to kM = 4, then 4 (8 rows of 5 to 8 sums ran out
-// of registers and spilled).
+// uint4 of codes per row in registers; 8 rows up to kM = 4, then 4 (8 rows of 5 to 8 sums do not
+// fit in registers and spill).
 template <int kM>
 constexpr int rows_per_block() {
   return kM <= 4 ? 8 : 4;

@@ -13,8 +13,8 @@
 //   at::addmm_out into the block's columns of y (bias fused as the GEMM's C). The buffer (at most
 //   kDequantBlockBytes, 64-row multiples) is reused block after block, so a large weight (a
 //   128k x 4k head) never needs a whole dequantized copy; CLIMBQ_INT4_DEQUANT_BLOCK_BYTES
-//   overrides the size (bench/int4_cuda_block_sweep.py). For float32 x that GEMM follows torch's
-//   global TF32 setting (torch.backends.cuda.matmul.allow_tf32 /
+//   overrides the size (bench/int4/int4_cuda_block_sweep.py). For float32 x that GEMM follows
+//   torch's global TF32 setting (torch.backends.cuda.matmul.allow_tf32 /
 //   torch.set_float32_matmul_precision), exactly as x @ W.T in PyTorch does: off by default, so
 //   the default is full float32.
 //
@@ -48,13 +48,12 @@
 namespace climbq::cuda {
 namespace {
 
-// Large-M buffer: bounds the memory, not a speed-up. Blocks small enough to stay in L2 were slower
-// (H100, 11008x4096 bf16: 16 MiB blocks +13-28%, whole W fastest; bench/results/
-// NVIDIA-H100-80GB-HBM3-2026-11-22/int4_cuda_block_sweep.md), so one block covers most layers.
+// Large-M buffer: bounds the memory, not a speed-up. Blocks small enough to stay in L2 are slower
+// than one block for the whole of W, so one block covers most layers.
 constexpr int64_t kDequantBlockBytes = int64_t{256} << 20;
 constexpr int64_t kDequantBlockRowMultiple = 64;  // keeps each block's columns of y 128-byte aligned
-// 16-bit x: below, the GEMV. On the H100 the GEMV was faster at M = 1, 2 (11008x4096: 19 and 23 us
-// against 30 and 31), even at 3, and slower from 4 on (33 against 31 us; M = 8: 48 against 32).
+// 16-bit x: below, the GEMV, which is faster at M = 1, 2; from M = 4 on the MMA kernel is faster
+// (at M = 3 the two are about even).
 constexpr int64_t kMmaMinRows = 3;
 
 // Output features per dequantized block on the large-M path: kDequantBlockBytes of weights (or

@@ -1,7 +1,7 @@
 // INT4 matmul on tensor cores for small batches of 16-bit x (algorithms.md §6; path choice in
 // int4_matmul.cu): the weight is read once and dequantized in registers straight into MMA
-// operands, with no dequantized copy of W in memory (the dequantize + cuBLAS path spent ~90 us
-// of its 133 us on that copy at 11008x4096, M = 16..64, on an H100).
+// operands, with no dequantized copy of W in memory: at these batch sizes, writing and re-reading
+// that copy is most of the dequantize + cuBLAS path's time.
 //
 // It computes y^T = W x^T with mma.sync m16n8k16 (16-bit inputs, float32 accumulation): W is the
 // A operand (16 output features x 16 input features), x^T the B operand (16 input features x 8
@@ -35,9 +35,9 @@
 // and one zero per row of the block and k-block (one 4-byte copy a thread) instead of one per
 // row and lane (four a thread, the same values four times over for the lanes of a row).
 //
-// Where it stands (H100, bench/results/NVIDIA-H100-80GB-HBM3-2026-11-22/int4-ncu.md): both are
-// latency-bound, far from the weight's read time (7.5 us at 11008x4096); ncu on the pipelined
-// kernel at M = 8 showed 0.37 instructions issued per scheduler cycle, L1 74% busy with the copies.
+// Both kernels are latency-bound, well short of the time it takes to read the weight: they issue
+// well under one instruction per scheduler cycle, and the pipelined kernel keeps L1 busy with
+// its copies.
 #include "int4_codes.cuh"
 #include "int4_kernels.h"
 #include "reduce.cuh"
@@ -65,11 +65,8 @@ constexpr int kNTile = 8;                         // rows of x per MMA (the MMA'
 constexpr int kLanesPerRow = 4;                   // lanes (t = 0..3) sharing a row of the tile
 constexpr int kBlockFeatures = kLanesPerRow * kChunkFeatures;  // 128 input features per k-block
 constexpr int kStepsPerWord = 2;                  // MMA k-steps per 32-bit word of codes
-// Split K until the grid has about this many blocks per SM, rounding down. On the H100 that was
-// the fastest split swept in every case (bench/int4_cuda_paths.py, two runs: 11008x4096 at M = 8,
-// 16, 64: 3; 16384x16384 at M = 16: 2; 4096x4096 at M = 16: 8) but one: 11008x4096 at M = 32,
-// where 2 and 3 swapped places between the runs. Rounding up instead (4 splits, a grid of 1.3
-// waves at 11008x4096, M = 16) cost 15-20%.
+// Split K until the grid has about this many blocks per SM, rounding down: rounding up leaves a
+// partial last wave of blocks, which costs more than the extra split gains.
 constexpr int kTargetBlocksPerSm = 4;
 constexpr int kMaxSplits = 16;
 constexpr int64_t kMaxGridY = 65535;
@@ -374,9 +371,9 @@ struct RegisterStage {
 };
 
 // The registers kernel (M <= 16): operands straight from global memory into registers, one
-// k-block ahead. kNT n-tiles: up to 8 kNT rows of x (x is read word by word as a k-block
-// computes; staging it a k-block ahead with the codes measured no faster at M = 16 and slower
-// at M <= 8).
+// k-block ahead. kNT n-tiles: up to 8 kNT rows of x. x is read word by word as a k-block
+// computes: staging it a k-block ahead with the codes is no faster at M = 16 and slower at
+// M <= 8.
 template <typename T, int kNT>
 __global__ void __launch_bounds__(kThreads) int4_mma_registers_kernel(const MmaArgs<T> a) {
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -459,12 +456,13 @@ void with_n_tiles(int64_t rows, const F& f) {
 
 bool is_aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// Shared-memory buffers of the pipelined kernel: k-blocks in flight while one computes. Three
-// measured faster at M = 32 on 11008x4096 (36 against 41 us) and slower at M = 64 (58 against 51).
+// Shared-memory buffers of the pipelined kernel: k-blocks in flight while one computes. Four
+// rather than three: three are faster at M = 32 but slower at M = 64, whose k-blocks carry the
+// most x.
 constexpr int kStages = 4;
-// The registers kernel up to this many n-tiles (M <= 16), the pipelined one beyond. H100, bf16,
-// 11008x4096 (bench/int4_cuda_paths.py): registers / pipelined 26 / 35 us at M = 1..8, 30 / 38 at
-// 16, 57 / 41 at 32, 80 / 51 at 64; 16384x16384: 131 / 159 us at M = 16, 402 / 237 at 64.
+// The registers kernel up to this many n-tiles (M <= 16), the pipelined one beyond: below, the
+// pipelined kernel's per-k-block copies and barrier cost more than they hide; above, reading x
+// once per block through shared memory instead of once per warp through L1 pays.
 constexpr int kRegistersMaxNTiles = 2;
 
 // Lets the kernel use its shared memory (above the default 48 KiB at large kNT); once per device.

@@ -65,15 +65,14 @@ constexpr int kTileBatch = 4;
 constexpr int kGemvRows = 4;
 #endif
 // No cache blocking over K or over the batch: below the GEMM path's batch (int4_matmul.cpp) the
-// activations fit in L2, and blocking K (tiles reducing into y per block) measured 1.5-2x
-// slower at batches 8-32 than tiles that run the whole row.
+// activations fit in L2, and blocking K (tiles reducing into y per block) is 1.5-2x slower at
+// batches 8-32 than tiles that run the whole row.
 
 constexpr int64_t kCacheLine = 64;
-// Batch 1 reads each weight row this far ahead into L1 (prefetcht0), once per 128 features.
-// Cold, rows rotated through 160 MB as a model's layers are, 2 threads, AVX-512 word tiles at
-// 11008x4096 and 4096x4096: 13-15% faster than none (18% on one thread), 128-1024 bytes within
-// 3% of each other; into L2 (prefetcht1) 3%, non-temporal 40% slower. The split tiles at
-// batch 1 (g = 64): 8% faster.
+// Batch 1 reads each weight row this far ahead into L1 (prefetcht0), once per 128 features: with
+// the weights cold, as a model's layers leave them, that is 13-15% faster than no prefetch, and
+// any distance from 128 to 1024 bytes does about as well. Prefetching into L2 (prefetcht1) gains
+// little, and non-temporal prefetches are slower than none.
 constexpr int64_t kRowPrefetchBytes = 512;
 // Multiply-adds per parallel task below which tasks are merged.
 constexpr int64_t kGrainMacs = int64_t{1} << 16;
@@ -279,7 +278,7 @@ void batch_tile(const Int4MatmulProblem& p, int64_t n0, int64_t rows, int64_t m0
 // packed bytes of each row as 16 words and looks up nibble j of every word (one shift, one
 // vpermps) for the run of x the layout puts there. The split tiles widen every 16 bytes to
 // words first (vpmovzxbd), which issues on port 5 with vpermps: 12 port-5 instructions per 128
-// weights there, 8 here, the shifts going to port 0 (warm, one thread: 15-25% faster).
+// weights there, 8 here, the shifts going to port 0.
 template <int R>
 void word_tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride) {
   constexpr int kWordNibbles = 8;
@@ -316,9 +315,8 @@ void word_tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride) {
 
 // Batch 1: the rows of a tile lie N / kGemvRows apart, so a thread running consecutive tiles
 // reads kGemvRows long sequential streams of W (each prefetched, see kRowPrefetchBytes) rather
-// than one block of kGemvRows short rows: this VM's memory, read with nothing else running, gave
-// one stream a thread 13.5-18 GB/s and 8 streams 24-26. Rows past kGemvRows * (N / kGemvRows)
-// run one per task.
+// than one block of kGemvRows short rows: several streams a thread draw more memory bandwidth
+// than one. Rows past kGemvRows * (N / kGemvRows) run one per task.
 void single_row_matmul(const Int4MatmulProblem& p) {
   const int64_t stride = p.out_features / kGemvRows, spare = p.out_features % kGemvRows;
   const int64_t grain = std::max<int64_t>(1, kGrainMacs / (kGemvRows * std::max<int64_t>(p.in_features, 1)));
