@@ -1,12 +1,30 @@
-"""Serving modules for INT4 weights (algorithms.md §6): `Int4Linear`, `Int4Conv2d` and `convert_int4`.
+"""Modules: QAT layers and their quantizers, and INT4 serving layers.
 
-Data flows one way: a float (or ClimbQ-trained) model -> `convert_int4` packs each layer's
-weight -> the modules call `climbq_kernels.int4_matmul` -> whichever backend dispatch picks.
+QAT (what `climbq_kernels.quantize_` swaps in): `QuantConv2d`, `QuantLinear`,
+`QuantBatchNorm1d/2d` and the quantizers they hold (`ClimbQWeightQuant`, `LSQWeightQuant`,
+`AffineWeightQuant`, `ClimbQActQuant`, `LSQActQuant`, `AffineActQuant`).
+
+Serving (algorithms.md §6): a float or ClimbQ-trained model -> `convert_int4` packs each layer's
+weight -> `Int4Linear` / `Int4Conv2d` call `climbq_kernels.int4_matmul` on whichever backend
+dispatch picks.
 """
 
 from .conv import Int4Conv2d
 from .convert import convert_int4
 from .int4_module import Int4Module
 from .linear import Int4Linear
+from .qat import QuantBatchNorm1d, QuantBatchNorm2d, QuantConv2d, QuantLinear
+from .quantizers import (
+                         AffineActQuant,
+                         AffineWeightQuant,
+                         ClimbQActQuant,
+                         ClimbQWeightQuant,
+                         LSQActQuant,
+                         LSQWeightQuant,
+)
 
-__all__ = ["Int4Conv2d", "Int4Linear", "Int4Module", "convert_int4"]
+__all__ = [
+    "AffineActQuant", "AffineWeightQuant", "ClimbQActQuant", "ClimbQWeightQuant", "Int4Conv2d", "Int4Linear",
+    "Int4Module", "LSQActQuant", "LSQWeightQuant", "QuantBatchNorm1d", "QuantBatchNorm2d", "QuantConv2d",
+    "QuantLinear", "convert_int4",
+]

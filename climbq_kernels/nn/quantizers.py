@@ -1,0 +1,299 @@
+"""Fake-quantizer modules for QAT: what `QuantConv2d`, `QuantLinear` and `QuantBatchNorm*` apply.
+
+Weight quantizers take the float (latent) weight and return the weight the layer computes with:
+
+- `ClimbQWeightQuant`: algorithms.md §1b, values in [-1, 1]. A layer with no BatchNorm after it
+  also gets a learned per-output-channel scale, so its outputs keep their magnitude.
+- `LSQWeightQuant`: signed LSQ per output channel (algorithms.md §1e), a learned step.
+- `AffineWeightQuant`: symmetric per-channel min/max affine fake quant, PyTorch's semantics.
+
+Activation quantizers take an activation (B, ...):
+
+- `ClimbQActQuant`: algorithms.md §1a with the batch labels of `class_labels`; the inference
+  form (one constant sigma, threshold bucketing) in eval mode or without labels.
+- `LSQActQuant`: per-tensor LSQ with a learned step, initialised from the first training batch.
+- `AffineActQuant`: per-tensor affine fake quant whose range comes from a min/max or EMA observer.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional, ops, reference
+from ..batch_labels import current_batch_labels
+from ..checks import check_bits
+from ..constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
+
+_MIN_STEP = 1e-8
+"""LSQ steps are used as max(|s|, 1e-8): a step driven through zero by the optimiser stays valid."""
+
+
+def _table_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _channel_view(table: Tensor, like: Tensor) -> Tensor:
+    """A (C,) per-output-channel table viewed to broadcast over a weight (C, ...)."""
+    return table.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _signed_range(bits: int) -> tuple[int, int]:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _check_uniform_bits(bits, signed: bool, name: str = "bits") -> int:
+    check_bits(bits, name)
+    if bits == IDENTITY_BITS:
+        return bits
+    low = 2 if signed else 1
+    if bits < low:
+        raise ValueError(f"{name} must be at least {low} for a {'signed' if signed else 'unsigned'} grid, got {bits}")
+    return bits
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+class ClimbQWeightQuant(nn.Module):
+    """W -> climbq_weight_quant(W, bits) (algorithms.md §1b), times a learned per-channel scale.
+
+    With `channel_scale`, out = s_c * Wq for output channel c. A layer followed by a
+    BatchNorm does not need it (the BatchNorm absorbs any scale); any other layer would
+    otherwise see weights in [-1, 1] whatever their trained magnitude. `init_scale(W)` sets
+    s_c by least squares, s_c = <W_c, Wq_c> / <Wq_c, Wq_c>, so the quantized layer starts with
+    its float layer's output scale; the optimiser then learns s like any other parameter.
+    """
+
+    def __init__(self, bits: int = 4, out_channels: int | None = None, channel_scale: bool = False):
+        super().__init__()
+        check_bits(bits, "bits")
+        if channel_scale and (out_channels is None or out_channels < 1):
+            raise ValueError(f"out_channels must be a positive int with channel_scale, got {out_channels!r}")
+        self.bits = bits
+        self.scale = nn.Parameter(torch.ones(out_channels)) if channel_scale else None
+
+    @torch.no_grad()
+    def init_scale(self, weight: Tensor) -> None:
+        if self.scale is None or self.bits == IDENTITY_BITS:
+            return
+        wq = functional.climbq_weight_quant(weight.detach(), self.bits).flatten(1)
+        w = weight.detach().flatten(1)
+        fit = (w * wq).sum(dim=1) / (wq * wq).sum(dim=1).clamp_min(torch.finfo(w.dtype).tiny)
+        self.scale.copy_(torch.where(fit > 0, fit, torch.ones_like(fit)))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if self.bits == IDENTITY_BITS:
+            return weight
+        wq = functional.climbq_weight_quant(weight, self.bits)
+        return wq if self.scale is None else wq * _channel_view(self.scale.to(wq.dtype), wq)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, channel_scale={self.scale is not None}"
+
+
+class LSQWeightQuant(nn.Module):
+    """Signed LSQ per output channel (algorithms.md §1e): codes in [-2^(b-1), 2^(b-1) - 1].
+
+    The step s (C,) starts at 2 mean|W_c| / sqrt(Qp) (`init_step`) and is learned with LSQ's
+    gradient scale; the forward uses max(|s|, 1e-8), so an optimiser step through zero leaves
+    a valid (positive) step instead of an error.
+    """
+
+    def __init__(self, bits: int = 4, out_channels: int = 1):
+        super().__init__()
+        self.bits = _check_uniform_bits(bits, signed=True)
+        self.step = nn.Parameter(torch.ones(out_channels))
+        self.register_buffer("zero_point", torch.zeros(out_channels, dtype=torch.int32), persistent=False)
+
+    @torch.no_grad()
+    def init_step(self, weight: Tensor) -> None:
+        if self.bits != IDENTITY_BITS:
+            self.step.copy_(reference.lsq_init_scale(weight.detach().float(), _signed_range(self.bits)[1], axis=0))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if self.bits == IDENTITY_BITS:
+            return weight
+        qmin, qmax = _signed_range(self.bits)
+        step = self.step.abs().clamp_min(_MIN_STEP)
+        return functional.fake_quant(weight, step, self.zero_point, qmin, qmax, axis=0)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel=True"
+
+
+class AffineWeightQuant(nn.Module):
+    """Symmetric per-channel affine fake quant with the range of the current weight (min/max).
+
+    scale_c = max|W_c| / (2^(b-1) - 1), zero point 0, codes in [-2^(b-1), 2^(b-1) - 1];
+    PyTorch's fake-quant semantics and straight-through gradient to W (none to the scale).
+    """
+
+    def __init__(self, bits: int = 8, out_channels: int = 1):
+        super().__init__()
+        self.bits = _check_uniform_bits(bits, signed=True)
+        self.register_buffer("zero_point", torch.zeros(out_channels, dtype=torch.int32), persistent=False)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if self.bits == IDENTITY_BITS:
+            return weight
+        qmin, qmax = _signed_range(self.bits)
+        with torch.no_grad():
+            amax = weight.detach().abs().flatten(1).amax(dim=1).float()
+            scale = (amax / qmax).clamp_min(torch.finfo(torch.float32).eps)
+        return functional.fake_quant(weight, scale, self.zero_point, qmin, qmax, axis=0)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel=True, observer=minmax"
+
+
+# --- activations ------------------------------------------------------------------------------
+
+class ClimbQActQuant(nn.Module):
+    """ClimbQ activation quantizer (algorithms.md §1a) reading the labels of `class_labels`.
+
+    Training with labels: class-wise scale from the batch (`sigma="batch_frequency"`, the
+    published rule), the per-sample tables computed once per batch for all quantizers. Eval
+    mode, or no labels: the inference form with one constant `inference_sigma` (threshold
+    bucketing, no erf). Training without labels warns once per process.
+    """
+
+    _warned_without_labels = False
+
+    def __init__(self, bits: int = 4, num_classes: int = 10, act_range: float = DEFAULT_ACT_RANGE,
+                 inference_sigma: float = DEFAULT_INFERENCE_SIGMA):
+        super().__init__()
+        check_bits(bits, "bits")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        for name, value in (("act_range", act_range), ("inference_sigma", inference_sigma)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        self.bits, self.num_classes = bits, num_classes
+        self.act_range, self.inference_sigma = float(act_range), float(inference_sigma)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bits == IDENTITY_BITS:
+            return x
+        batch = current_batch_labels()
+        if self.training and batch is not None:
+            sigma, mu = batch.per_sample_tables(self.num_classes, _table_dtype(x))
+            if sigma.shape[0] != x.shape[0]:
+                raise ValueError(f"labels of class_labels have {sigma.shape[0]} entries, but the quantizer's input "
+                                 f"has batch size {x.shape[0]}")
+            return ops.climbq_act_fused_eager(x, sigma, mu, None, None, None, self.bits, self.act_range, False)
+        if self.training and not ClimbQActQuant._warned_without_labels:
+            ClimbQActQuant._warned_without_labels = True
+            warnings.warn("climbq: a ClimbQ model is training without labels, so its activation quantizers use "
+                          "one constant sigma (no class-wise scaling); run the forward inside "
+                          "climbq_kernels.class_labels(labels)", stacklevel=2)
+        return functional.climbq_act_quant(x, bits=self.bits, act_range=self.act_range, sigma=self.inference_sigma)
+
+    def extra_repr(self) -> str:
+        return (f"bits={self.bits}, num_classes={self.num_classes}, act_range={self.act_range}, "
+                f"sigma=batch_frequency, inference_sigma={self.inference_sigma}")
+
+
+class _LazyInit(nn.Module):
+    """A quantizer whose parameters are set from the first training batch; a loaded state dict
+    counts as initialised (checked on the host through a Python flag, not a tensor read)."""
+
+    def __init__(self):
+        super().__init__()
+        self._needs_init = True
+
+    def _require_init(self) -> None:
+        if self._needs_init:
+            raise RuntimeError(f"{type(self).__name__} has not seen a training batch yet, so it has no range: run "
+                               "the model in training mode on a batch first, or load a trained state dict")
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._needs_init = False
+
+
+class LSQActQuant(_LazyInit):
+    """Per-tensor LSQ (algorithms.md §1e) with a learned step; signed or unsigned codes.
+
+    signed: [-2^(b-1), 2^(b-1) - 1] (where negatives reach the quantizer, e.g. after a
+    BatchNorm); unsigned: [0, 2^b - 1] (after a ReLU). The step starts at 2 mean|x| / sqrt(Qp)
+    from the first training batch and is used as max(|s|, 1e-8).
+    """
+
+    def __init__(self, bits: int = 4, signed: bool = True):
+        super().__init__()
+        self.bits = _check_uniform_bits(bits, signed=signed)
+        self.signed = bool(signed)
+        self.step = nn.Parameter(torch.ones(()))
+
+    def _range(self) -> tuple[int, int]:
+        return _signed_range(self.bits) if self.signed else (0, (1 << self.bits) - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bits == IDENTITY_BITS:
+            return x
+        qmin, qmax = self._range()
+        if self.training and self._needs_init:
+            with torch.no_grad():
+                self.step.copy_(reference.lsq_init_scale(x.detach().float(), qmax))
+            self._needs_init = False
+        self._require_init()
+        step = self.step.abs().clamp_min(_MIN_STEP)
+        return functional.fake_quant(x, step, 0, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}"
+
+
+class AffineActQuant(_LazyInit):
+    """Per-tensor affine fake quant (PyTorch's semantics) with an observed range.
+
+    Codes in [0, 2^b - 1] with a zero point, so one grid covers signed and unsigned inputs.
+    observer="minmax" keeps the running min and max of every training batch; "ema" moves them
+    by `averaging_constant` per batch (PyTorch's MovingAverageMinMaxObserver). The range always
+    includes 0; scale = (max - min) / (2^b - 1), zero point = clamp(-rint(min / scale)).
+    """
+
+    def __init__(self, bits: int = 8, observer: str = "ema", averaging_constant: float = 0.01):
+        super().__init__()
+        self.bits = _check_uniform_bits(bits, signed=False)
+        if observer not in ("minmax", "ema"):
+            raise ValueError(f"observer must be 'minmax' or 'ema', got {observer!r}")
+        if not 0 < averaging_constant <= 1:
+            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant!r}")
+        self.observer, self.averaging_constant = observer, float(averaging_constant)
+        self.register_buffer("min_val", torch.zeros(()))
+        self.register_buffer("max_val", torch.zeros(()))
+
+    @torch.no_grad()
+    def _observe(self, x: Tensor) -> None:
+        lo, hi = x.detach().amin().float(), x.detach().amax().float()
+        if self._needs_init:
+            self.min_val.copy_(lo)
+            self.max_val.copy_(hi)
+            self._needs_init = False
+        elif self.observer == "minmax":
+            torch.minimum(self.min_val, lo, out=self.min_val)
+            torch.maximum(self.max_val, hi, out=self.max_val)
+        else:
+            self.min_val.lerp_(lo, self.averaging_constant)
+            self.max_val.lerp_(hi, self.averaging_constant)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bits == IDENTITY_BITS:
+            return x
+        if self.training:
+            self._observe(x)
+        self._require_init()
+        qmax = (1 << self.bits) - 1
+        with torch.no_grad():
+            lo, hi = self.min_val.clamp(max=0), self.max_val.clamp(min=0)
+            scale = ((hi - lo) / qmax).clamp_min(torch.finfo(torch.float32).eps)
+            zero_point = torch.round(-lo / scale).clamp(0, qmax).to(torch.int32)
+        return functional.fake_quant(x, scale, zero_point, 0, qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, observer={self.observer}"

@@ -1,0 +1,242 @@
+"""`quantize_`: turn a float model into a QAT model in place, following torchao's conventions.
+
+    model = torchvision.models.resnet18(num_classes=10)
+    cq.quantize_(model, cq.ClimbQConfig(w_bits=4, a_bits=4))
+    with cq.class_labels(labels):
+        loss = F.cross_entropy(model(images), labels)
+
+One call takes a config object; `filter_fn(module, fqn)` returning False keeps a layer in float.
+Placement (algorithms.md §1d):
+
+- the weight of every `nn.Conv2d` and `nn.Linear` goes through the config's weight quantizer,
+  the first convolution included and the final classifier (the last `nn.Linear` in module
+  order) kept in float unless `quantize_classifier=True`;
+- in a model with BatchNorm, an activation quantizer follows every `BatchNorm1d/2d` (shortcut
+  BatchNorms too), before the nonlinearity after it; in a model without BatchNorm (Linear +
+  LayerNorm blocks) the activation quantizer sits at the input of every quantized layer;
+- linear layers whose weight their parent reads directly (`nn.MultiheadAttention`'s output
+  projection, `nn.TransformerEncoderLayer`'s feed-forward in its inference fast path) stay in
+  float, as do layer kinds other than these; `summary(model)` lists every layer with its
+  quantizers or the reason it stayed in float.
+
+A ClimbQ weight quantizer on a layer that no BatchNorm follows gets a learned per-output-channel
+scale, initialised by least squares from the float weight (`ClimbQWeightQuant`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .batch_labels import class_labels
+from .checks import check_bits
+from .constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
+from .nn.qat import QuantBatchNorm1d, QuantBatchNorm2d, QuantConv2d, QuantLinear
+from .nn.quantizers import (
+    AffineActQuant,
+    AffineWeightQuant,
+    ClimbQActQuant,
+    ClimbQWeightQuant,
+    LSQActQuant,
+    LSQWeightQuant,
+)
+
+__all__ = ["ClimbQConfig", "FakeQuantConfig", "LSQConfig", "class_labels", "quantize_", "summary"]
+
+
+def _check_uniform(config, minimum: int) -> None:
+    for field in ("w_bits", "a_bits"):
+        bits = getattr(config, field)
+        check_bits(bits, field)
+        if bits != IDENTITY_BITS and bits < minimum:
+            raise ValueError(f"{field} must be at least {minimum} for {type(config).__name__}, got {bits}")
+
+
+@dataclass(frozen=True)
+class ClimbQConfig:
+    """ClimbQ QAT (algorithms.md §1): weights through §1b, activations through §1a.
+
+    num_classes: classes of the labels given to `class_labels`; None takes the final
+    classifier's out_features. act_range: the activation output range A. inference_sigma: the
+    constant scale of eval mode. quantize_classifier: quantize the final nn.Linear too.
+    """
+
+    w_bits: int = 4
+    a_bits: int = 4
+    act_range: float = DEFAULT_ACT_RANGE
+    inference_sigma: float = DEFAULT_INFERENCE_SIGMA
+    num_classes: int | None = None
+    quantize_classifier: bool = False
+
+    def __post_init__(self):
+        _check_uniform(self, 1)
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(
+                self.num_classes, int) or self.num_classes < 1):
+            raise ValueError(f"num_classes must be an int >= 1 or None, got {self.num_classes!r}")
+
+
+@dataclass(frozen=True)
+class LSQConfig:
+    """LSQ QAT (algorithms.md §1e): signed per-channel weights, per-tensor activations, learned steps.
+
+    Activation quantizers after a BatchNorm see negative values and use signed codes.
+    """
+
+    w_bits: int = 4
+    a_bits: int = 4
+    quantize_classifier: bool = False
+
+    def __post_init__(self):
+        _check_uniform(self, 2)
+
+
+@dataclass(frozen=True)
+class FakeQuantConfig:
+    """Affine fake quant with PyTorch's semantics: symmetric per-channel min/max weights,
+    per-tensor activations with an observed range (`observer` "ema" or "minmax")."""
+
+    w_bits: int = 8
+    a_bits: int = 8
+    observer: str = "ema"
+    quantize_classifier: bool = False
+
+    def __post_init__(self):
+        _check_uniform(self, 2)
+        if self.observer not in ("minmax", "ema"):
+            raise ValueError(f"observer must be 'minmax' or 'ema', got {self.observer!r}")
+
+
+_CONFIGS = (ClimbQConfig, LSQConfig, FakeQuantConfig)
+_LAYERS = (nn.Conv2d, nn.Linear)
+_BATCHNORMS = {nn.BatchNorm1d: QuantBatchNorm1d, nn.BatchNorm2d: QuantBatchNorm2d}
+_QUANT_TYPES = (QuantConv2d, QuantLinear, QuantBatchNorm1d, QuantBatchNorm2d)
+_READ_CHILD_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+_FLOAT_REASONS = "_climbq_float_layers"
+"""Attribute quantize_ leaves on the model: {layer name: why it stayed in float}, for summary."""
+
+
+def _weight_quant(config, layer: nn.Module, followed_by_bn: bool) -> nn.Module:
+    out_channels = layer.weight.shape[0]
+    if isinstance(config, ClimbQConfig):
+        quant = ClimbQWeightQuant(config.w_bits, out_channels, channel_scale=not followed_by_bn)
+        quant.init_scale(layer.weight)
+    elif isinstance(config, LSQConfig):
+        quant = LSQWeightQuant(config.w_bits, out_channels)
+        quant.init_step(layer.weight)
+    else:
+        quant = AffineWeightQuant(config.w_bits, out_channels)
+    return quant.to(layer.weight.device)
+
+
+def _act_quant(config, num_classes: int | None, signed: bool = True) -> nn.Module:
+    if isinstance(config, ClimbQConfig):
+        return ClimbQActQuant(config.a_bits, num_classes, config.act_range, config.inference_sigma)
+    if isinstance(config, LSQConfig):
+        return LSQActQuant(config.a_bits, signed=signed)
+    return AffineActQuant(config.a_bits, observer=config.observer)
+
+
+def _leaves_in_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if name and not any(True for _ in m.children())]
+
+
+def _followed_by_batchnorm(leaves: list[tuple[str, nn.Module]]) -> set[str]:
+    """Names of layers whose next leaf in registration order is a BatchNorm over their outputs
+    (the Conv-BN pattern of torchvision's and most hand-written models)."""
+    found = set()
+    for (name, layer), (_, after) in zip(leaves, leaves[1:], strict=False):
+        if isinstance(layer, _LAYERS) and isinstance(after, tuple(_BATCHNORMS)) and \
+                after.num_features == layer.weight.shape[0]:
+            found.add(name)
+    return found
+
+
+def _set_child(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
+    """Swap quantized layers into `model` in place (see the module docstring) and return it.
+
+    config: `ClimbQConfig`, `LSQConfig` or `FakeQuantConfig`. filter_fn(module, fqn): called for
+    every candidate layer and BatchNorm; False keeps it in float. The model must be a float
+    model (ValueError for one that quantize_ already converted) with at least one layer to
+    quantize. Parameters are shared, not copied: optimisers built before the call still hold
+    the weights (but not the quantizers' own parameters: build the optimiser after).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, _CONFIGS):
+        raise TypeError(f"config must be one of {[c.__name__ for c in _CONFIGS]}, got {type(config).__name__}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable (module, fqn) -> bool, got {type(filter_fn).__name__}")
+    if isinstance(model, (*_LAYERS, *_BATCHNORMS)):
+        raise ValueError("model is a single layer: quantize_ replaces layers inside a model, so wrap it, "
+                         "e.g. nn.Sequential(layer)")
+    if any(isinstance(m, _QUANT_TYPES) for m in model.modules()):
+        raise ValueError("model already holds quantized layers: quantize_ takes a float model")
+
+    leaves = _leaves_in_order(model)
+    linears = [name for name, m in leaves if type(m) is nn.Linear]
+    classifier = linears[-1] if linears else None
+    num_classes = getattr(config, "num_classes", None)
+    if isinstance(config, ClimbQConfig) and num_classes is None:
+        if classifier is None:
+            raise ValueError("config.num_classes is required: the model has no final nn.Linear to read it from")
+        num_classes = model.get_submodule(classifier).out_features
+    read_by_parent = {f"{name}.{child}".lstrip("."): type(m).__name__ for name, m in model.named_modules()
+                      if isinstance(m, _READ_CHILD_WEIGHTS) for child, _ in m.named_children()}
+    has_bn = any(type(m) in _BATCHNORMS for _, m in leaves)
+    with_bn = _followed_by_batchnorm(leaves)
+    kept: dict[str, str] = {}
+    swaps: list[tuple[str, nn.Module]] = []
+    for name, module in leaves:
+        kind = type(module)
+        if kind not in (nn.Conv2d, nn.Linear, *_BATCHNORMS):
+            if isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Embedding)):
+                kept[name] = f"{kind.__name__} is not quantized (Conv2d and Linear are)"
+            continue
+        if name in read_by_parent and kind is nn.Linear:
+            kept[name] = f"its parent {read_by_parent[name]} reads the weight directly"
+        elif name == classifier and not config.quantize_classifier:
+            kept[name] = "final classifier (quantize_classifier=True quantizes it)"
+        elif filter_fn is not None and not filter_fn(module, name):
+            kept[name] = "filter_fn"
+        elif kind in _BATCHNORMS:
+            swaps.append((name, _BATCHNORMS[kind].from_float(module, _act_quant(config, num_classes))))
+        else:
+            weight_quant = _weight_quant(config, module, followed_by_bn=name in with_bn)
+            input_quant = None if has_bn else _act_quant(config, num_classes).to(module.weight.device)
+            layer_type = QuantConv2d if kind is nn.Conv2d else QuantLinear
+            swaps.append((name, layer_type.from_float(module, weight_quant, input_quant)))
+    if not any(isinstance(new, (QuantConv2d, QuantLinear)) for _, new in swaps):
+        raise ValueError("model has no layer to quantize (nn.Conv2d or nn.Linear outside the final classifier, "
+                         f"kept in float: {kept or 'none found'})")
+    for name, new in swaps:
+        _set_child(model, name, new)
+    object.__setattr__(model, _FLOAT_REASONS, kept)
+    return model
+
+
+def summary(model: nn.Module) -> str:
+    """One line per quantized layer (its quantizers) and per layer kept in float (why), as text."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    lines = []
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantConv2d, QuantLinear)):
+            parts = [f"weight: {module.weight_quant!r}"]
+            if not isinstance(module.input_quant, nn.Identity):
+                parts.append(f"input: {module.input_quant!r}")
+            lines.append(f"{name} ({type(module).__name__}): " + ", ".join(parts))
+        elif isinstance(module, (QuantBatchNorm1d, QuantBatchNorm2d)):
+            lines.append(f"{name} ({type(module).__name__}): output: {module.act_quant!r}")
+    kept = getattr(model, _FLOAT_REASONS, {})
+    lines += [f"{name} ({type(model.get_submodule(name)).__name__}): float, {reason}" for name, reason in kept.items()]
+    if not lines:
+        return "no quantized layers (quantize_ has not been applied)"
+    return "\n".join(lines)
+

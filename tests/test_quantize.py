@@ -1,0 +1,288 @@
+"""quantize_, the QAT layers and quantizers, class_labels and summary on standard models."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import climbq_kernels as cq
+from climbq_kernels import reference
+from climbq_kernels.batch_labels import current_batch_labels
+from climbq_kernels.nn import (
+    AffineActQuant,
+    ClimbQActQuant,
+    ClimbQWeightQuant,
+    LSQActQuant,
+    LSQWeightQuant,
+    QuantBatchNorm1d,
+    QuantBatchNorm2d,
+    QuantConv2d,
+    QuantLinear,
+)
+
+CONFIGS = [cq.ClimbQConfig(), cq.LSQConfig(), cq.FakeQuantConfig()]
+IDS = ["climbq", "lsq", "fakequant"]
+CLASSES = 10
+
+
+def mlp_bn() -> nn.Module:
+    return nn.Sequential(nn.Linear(12, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32), nn.BatchNorm1d(32),
+                         nn.ReLU(), nn.Linear(32, CLASSES))
+
+
+def mlp_layernorm() -> nn.Module:
+    return nn.Sequential(nn.Linear(12, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 32), nn.LayerNorm(32),
+                         nn.GELU(), nn.Linear(32, CLASSES))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, two nn.TransformerEncoderLayer blocks, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 32, kernel_size=4, stride=4)
+        self.blocks = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                            enable_nested_tensor=False)
+        self.pre_head = nn.Linear(32, 32)
+        self.head = nn.Linear(32, CLASSES)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head(torch.relu(self.pre_head(self.blocks(tokens).mean(dim=1))))
+
+
+MODELS = {
+    "mlp_bn": (mlp_bn, (12,)),
+    "mlp_layernorm": (mlp_layernorm, (12,)),
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=CLASSES), (3, 32, 32)),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=CLASSES), (3, 32, 32)),
+    "tiny_vit": (TinyViT, (3, 16, 16)),
+}
+
+
+def train_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    model.train()
+    with cq.class_labels(labels):
+        logits = model(x)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    return logits
+
+
+def batch(shape, gen, size=8):
+    return torch.randn(size, *shape, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_quantize_trains_every_standard_model(name, config, gen):
+    make, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = make()
+    assert cq.quantize_(model, config) is model
+    x, labels = batch(shape, gen)
+    logits = train_step(model, x, labels)
+    assert logits.shape == (8, CLASSES) and torch.isfinite(logits).all()
+    quantized = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    assert quantized
+    for layer in quantized:
+        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+    learned = [p for m in model.modules() if isinstance(m, (LSQWeightQuant, LSQActQuant, ClimbQWeightQuant))
+               for p in m.parameters(recurse=False)]
+    assert all(p.grad is not None for p in learned)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+
+
+def test_resnet18_placement_follows_the_paper():
+    """Every conv (first included) quantized, an activation quantizer after every BatchNorm
+    (downsample BatchNorms too), the classifier in float, no input quantizers."""
+    model = cq.quantize_(torchvision.models.resnet18(num_classes=CLASSES), cq.ClimbQConfig())
+    assert isinstance(model.conv1, QuantConv2d)
+    assert isinstance(model.layer2[0].downsample[1], QuantBatchNorm2d)
+    assert type(model.fc) is nn.Linear
+    assert not any(type(m) in (nn.Conv2d, nn.BatchNorm2d) for m in model.modules())
+    for m in model.modules():
+        if isinstance(m, QuantConv2d):
+            assert isinstance(m.input_quant, nn.Identity)
+            assert m.weight_quant.scale is None, "a conv followed by a BatchNorm needs no channel scale"
+        if isinstance(m, QuantBatchNorm2d):
+            assert isinstance(m.act_quant, ClimbQActQuant) and m.act_quant.num_classes == CLASSES
+    text = cq.summary(model)
+    assert "conv1 (QuantConv2d)" in text and "fc (Linear): float, final classifier" in text
+
+
+def test_models_without_batchnorm_quantize_each_layer_input():
+    model = cq.quantize_(mlp_layernorm(), cq.LSQConfig())
+    assert isinstance(model[0].input_quant, LSQActQuant) and isinstance(model[3].input_quant, LSQActQuant)
+    assert type(model[6]) is nn.Linear
+
+
+def test_transformer_layers_read_by_their_parent_stay_float_with_a_reason():
+    model = cq.quantize_(TinyViT(), cq.ClimbQConfig())
+    layer = model.blocks.layers[0]
+    assert type(layer.linear1) is nn.Linear and type(layer.self_attn.out_proj) is not QuantLinear
+    assert isinstance(model.patch, QuantConv2d) and isinstance(model.pre_head, QuantLinear)
+    assert "blocks.layers.0.linear1 (Linear): float, its parent TransformerEncoderLayer reads the weight" \
+        in cq.summary(model)
+
+
+def test_climbq_layers_without_batchnorm_keep_their_output_scale(gen):
+    """The classifier quantized with ClimbQ's [-1, 1] weights: the per-channel scale keeps its
+    logits at the float model's magnitude."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, CLASSES))
+    x = torch.randn(256, 64, generator=gen)
+    with torch.no_grad():
+        before = model(x)
+    cq.quantize_(model, cq.ClimbQConfig(w_bits=4, a_bits=32, quantize_classifier=True))
+    assert isinstance(model[2].weight_quant, ClimbQWeightQuant) and model[2].weight_quant.scale is not None
+    model.eval()
+    with torch.no_grad():
+        after = model(x)
+    assert 0.7 < after.std().item() / before.std().item() < 1.3
+    assert torch.corrcoef(torch.stack([after.flatten(), before.flatten()]))[0, 1] > 0.9
+
+
+def test_per_sample_table_is_built_once_per_batch(monkeypatch, gen):
+    calls = []
+    original = reference.class_sigma
+    monkeypatch.setattr(reference, "class_sigma", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model = cq.quantize_(torchvision.models.resnet18(num_classes=CLASSES), cq.ClimbQConfig())
+    x, labels = batch((3, 32, 32), gen)
+    train_step(model, x, labels)
+    assert sum(isinstance(m, ClimbQActQuant) for m in model.modules()) > 10
+    assert len(calls) == 1
+
+
+def test_climbq_quantizer_uses_the_labels_and_matches_the_functional(gen):
+    quant = ClimbQActQuant(bits=4, num_classes=CLASSES)
+    x, labels = torch.randn(16, 5, generator=gen), torch.randint(0, CLASSES, (16,), generator=gen)
+    with cq.class_labels(labels):
+        got = quant(x)
+    assert torch.equal(got, cq.climbq_act_quant(x, labels, num_classes=CLASSES, bits=4))
+    quant.eval()
+    with cq.class_labels(labels):
+        assert torch.equal(quant(x), cq.climbq_act_quant(x, bits=4, sigma=2.0))
+
+
+def test_training_without_labels_warns_once(gen):
+    model = cq.quantize_(mlp_bn(), cq.ClimbQConfig())
+    ClimbQActQuant._warned_without_labels = False
+    x, _ = batch((12,), gen)
+    with pytest.warns(UserWarning, match="without labels"):
+        model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x)
+
+
+def test_class_labels_is_per_context_and_checks_nesting(gen):
+    labels = torch.randint(0, CLASSES, (8,), generator=gen)
+    assert current_batch_labels() is None
+    with cq.class_labels(labels) as outer:
+        with cq.class_labels(labels.flip(0)) as inner:
+            assert current_batch_labels() is inner
+        assert current_batch_labels() is outer
+        with pytest.raises(ValueError, match="labels .* nested .* batch size 8"), cq.class_labels(labels[:4]):
+            pass
+    assert current_batch_labels() is None
+
+
+def test_labels_out_of_range_raise(gen):
+    model = cq.quantize_(mlp_bn(), cq.ClimbQConfig())
+    x, labels = batch((12,), gen)
+    labels[0] = CLASSES
+    with pytest.raises(ValueError, match="labels must lie in"), cq.class_labels(labels):
+        model(x)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_state_dict_round_trips_into_a_fresh_model(config, gen):
+    torch.manual_seed(0)
+    model = cq.quantize_(torchvision.models.resnet18(num_classes=CLASSES), config)
+    x, labels = batch((3, 32, 32), gen)
+    train_step(model, x, labels)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = cq.quantize_(torchvision.models.resnet18(num_classes=CLASSES), config)
+    fresh.load_state_dict(state, strict=True)
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_a_float_checkpoint_loads_into_the_quantized_model_by_its_keys():
+    float_model = torchvision.models.resnet18(num_classes=CLASSES)
+    model = cq.quantize_(torchvision.models.resnet18(num_classes=CLASSES), cq.ClimbQConfig())
+    missing, unexpected = model.load_state_dict(float_model.state_dict(), strict=False)
+    assert not unexpected and not missing
+
+
+def test_uncalibrated_activation_quantizers_refuse_eval(gen):
+    model = cq.quantize_(mlp_bn(), cq.LSQConfig()).eval()
+    with pytest.raises(RuntimeError, match="has not seen a training batch"):
+        model(torch.randn(4, 12, generator=gen))
+
+
+def test_lsq_steps_stay_positive_when_the_optimiser_crosses_zero(gen):
+    quant = LSQActQuant(bits=4, signed=True)
+    x = torch.randn(64, generator=gen)
+    quant(x)
+    with torch.no_grad():
+        quant.step.fill_(-0.05)
+    out = quant(x)
+    assert torch.isfinite(out).all() and out.abs().max() > 0
+
+
+def test_affine_observer_tracks_the_range(gen):
+    quant = AffineActQuant(bits=8, observer="minmax")
+    quant(torch.linspace(-1, 3, 100))
+    quant(torch.linspace(-2, 1, 100))
+    assert quant.min_val.item() == -2 and quant.max_val.item() == 3
+
+
+def test_quantize_does_not_copy_parameters():
+    model = mlp_bn()
+    weight = model[0].weight
+    cq.quantize_(model, cq.LSQConfig())
+    assert model[0].weight is weight
+    assert isinstance(model[1], QuantBatchNorm1d) and model[1].running_mean is not None
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: cq.quantize_("model", cq.LSQConfig()), TypeError, "model must be a torch.nn.Module"),
+    (lambda: cq.quantize_(mlp_bn(), {"w_bits": 4}), TypeError, "config must be one of"),
+    (lambda: cq.quantize_(nn.Linear(3, 3), cq.LSQConfig()), ValueError, "single layer"),
+    (lambda: cq.quantize_(nn.Sequential(nn.ReLU(), nn.Linear(3, 3)), cq.LSQConfig()), ValueError,
+     "no layer to quantize"),
+    (lambda: cq.quantize_(cq.quantize_(mlp_bn(), cq.LSQConfig()), cq.LSQConfig()), ValueError, "already"),
+    (lambda: cq.quantize_(mlp_bn(), cq.LSQConfig(), filter_fn=3), TypeError, "filter_fn"),
+    (lambda: cq.LSQConfig(w_bits=1), ValueError, "w_bits"),
+    (lambda: cq.ClimbQConfig(a_bits=17), ValueError, "bits"),
+    (lambda: cq.ClimbQConfig(num_classes=0), ValueError, "num_classes"),
+    (lambda: cq.FakeQuantConfig(observer="histogram"), ValueError, "observer"),
+    (lambda: cq.ClimbQConfig(bits=4), TypeError, "bits"),
+    (lambda: cq.quantize_(nn.Sequential(nn.Conv2d(3, 3, 1)), cq.ClimbQConfig()), ValueError, "num_classes"),
+], ids=["model", "config", "single-layer", "nothing", "twice", "filter", "lsq-bits", "climbq-bits", "classes",
+        "observer", "unknown-field", "classes-unknown"])
+def test_bad_input_is_refused_clearly(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_filter_fn_keeps_layers_in_float():
+    model = cq.quantize_(mlp_bn(), cq.LSQConfig(), filter_fn=lambda module, fqn: fqn != "0")
+    assert type(model[0]) is nn.Linear and isinstance(model[3], QuantLinear)
+    assert "0 (Linear): float, filter_fn" in cq.summary(model)
