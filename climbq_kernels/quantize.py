@@ -28,11 +28,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .batch_labels import class_labels
 from .checks import check_bits
 from .constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
+from .int4 import Int4Weight
+from .nn.conv import Int4Conv2d
+from .nn.linear import Int4Linear
+from .nn.packing import MAX_CLIMBQ_BITS, climbq_weight, pad_columns, padded_width
 from .nn.qat import QuantBatchNorm1d, QuantBatchNorm2d, QuantConv2d, QuantLinear
 from .nn.quantizers import (
     AffineActQuant,
@@ -42,8 +47,9 @@ from .nn.quantizers import (
     LSQActQuant,
     LSQWeightQuant,
 )
+from .reference import pack_int4
 
-__all__ = ["ClimbQConfig", "FakeQuantConfig", "LSQConfig", "class_labels", "quantize_", "summary"]
+__all__ = ["ClimbQConfig", "FakeQuantConfig", "LSQConfig", "class_labels", "convert", "quantize_", "summary"]
 
 
 def _check_uniform(config, minimum: int) -> None:
@@ -240,3 +246,69 @@ def summary(model: nn.Module) -> str:
         return "no quantized layers (quantize_ has not been applied)"
     return "\n".join(lines)
 
+
+
+def _int4_weight(name: str, layer: QuantConv2d | QuantLinear) -> Int4Weight:
+    """The layer's quantized weight as INT4 codes, one group per output channel, without loss."""
+    quant = layer.weight_quant
+    if quant.bits == IDENTITY_BITS or quant.bits > MAX_CLIMBQ_BITS:
+        raise ValueError(f"{name} was trained with {quant.bits}-bit weights; INT4 storage holds at most "
+                         f"{MAX_CLIMBQ_BITS} bits (quantize_ with w_bits <= 4 to serve it in INT4)")
+    if isinstance(quant, ClimbQWeightQuant):
+        base = climbq_weight(f"{name}.weight", layer.weight, quant.bits)
+        if quant.scale is None:
+            return base
+        scales = base.scales * quant.scale.detach().float().reshape(-1, 1)
+        return Int4Weight(base.packed, scales, base.zeros, base.group_size)
+    with torch.no_grad():
+        if isinstance(quant, LSQWeightQuant):
+            step = quant.effective_step().detach().float()
+        else:
+            step = quant.scale_of(layer.weight).float()
+        wq = quant(layer.weight.detach()).float().reshape(step.shape[0], -1)
+        offset = 1 << (quant.bits - 1)
+        codes = (torch.round(wq / step.reshape(-1, 1)) + offset).clamp_(0, 2 * offset - 1).to(torch.uint8)
+    width = padded_width(codes.shape[1])
+    zeros = torch.full_like(step, float(offset)).reshape(-1, 1)
+    return Int4Weight(pack_int4(pad_columns(codes)), step.reshape(-1, 1).contiguous(), zeros, width)
+
+
+def _serving_layer(name: str, layer: QuantConv2d | QuantLinear) -> nn.Module:
+    qweight = _int4_weight(name, layer)
+    device = layer.weight.device
+    if isinstance(layer, QuantLinear):
+        served = Int4Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                            group_size=qweight.group_size, device=device)
+    else:
+        served = Int4Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                            layer.dilation, bias=layer.bias is not None, padding_mode=layer.padding_mode,
+                            group_size=qweight.group_size, device=device)
+    served._set_qweight(qweight, layer.bias)
+    served.eval()
+    if isinstance(layer.input_quant, nn.Identity):
+        return served
+    return nn.Sequential(layer.input_quant, served)
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """A `quantize_`d (QAT) model becomes a serving model in place, in eval mode, and is returned.
+
+    Every QuantConv2d / QuantLinear with at most 4-bit weights is replaced by an `Int4Conv2d` /
+    `Int4Linear` holding its quantized weight as INT4 codes with one scale and zero per output
+    channel: the stored weight equals the QAT layer's quantized weight (ClimbQ, LSQ and affine
+    grids all fit a nibble), so the served model predicts as the QAT model does in eval mode.
+    Activation quantizers stay, in their eval form (ClimbQ: threshold bucketing). Layers that
+    were not trained quantized stay in float; grouped convolutions (depthwise) stay as QAT
+    layers computing with their quantized weight, since Int4Conv2d serves groups=1 only.
+    ValueError for a model with no quantized layer, or one with more than 4-bit weights.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    if not layers:
+        raise ValueError("model has no quantized layer: convert takes a model prepared with quantize_ and trained")
+    swaps = [(name, _serving_layer(name, m)) for name, m in layers
+             if not (isinstance(m, QuantConv2d) and m.groups != 1)]
+    for name, served in swaps:
+        _set_child(model, name, served)
+    return model.eval()

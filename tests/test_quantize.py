@@ -286,3 +286,51 @@ def test_filter_fn_keeps_layers_in_float():
     model = cq.quantize_(mlp_bn(), cq.LSQConfig(), filter_fn=lambda module, fqn: fqn != "0")
     assert type(model[0]) is nn.Linear and isinstance(model[3], QuantLinear)
     assert "0 (Linear): float, filter_fn" in cq.summary(model)
+
+
+def trained(make, config, shape, gen, steps=3):
+    torch.manual_seed(0)
+    model = cq.quantize_(make(), config)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, labels = batch(shape, gen, size=16)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        train_step(model, x, labels)
+        optimiser.step()
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("config", [cq.ClimbQConfig(), cq.ClimbQConfig(quantize_classifier=True), cq.LSQConfig(),
+                                    cq.FakeQuantConfig(w_bits=4, a_bits=8)], ids=["climbq", "climbq-head", "lsq",
+                                                                                   "fakequant"])
+@pytest.mark.parametrize("name", ["mlp_bn", "mlp_layernorm", "resnet18"])
+def test_convert_serves_int4_and_predicts_as_the_qat_model(name, config, gen):
+    make, shape = MODELS[name]
+    model, x = trained(make, config, shape, gen)
+    with torch.no_grad():
+        before = model(x)
+    quantized = sum(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+    assert cq.convert(model) is model and not model.training
+    served = [m for m in model.modules() if isinstance(m, (cq.nn.Int4Linear, cq.nn.Int4Conv2d))]
+    assert len(served) == quantized
+    with torch.no_grad():
+        after = model(x)
+    assert torch.equal(after.argmax(1), before.argmax(1))
+    assert (after - before).abs().mean() <= 0.05 * before.abs().mean()
+
+
+def test_convert_keeps_grouped_convolutions_as_qat_layers(gen):
+    model, x = trained(MODELS["mobilenet_v2"][0], cq.LSQConfig(), (3, 32, 32), gen, steps=1)
+    cq.convert(model)
+    depthwise = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+    assert depthwise and all(m.groups > 1 for m in depthwise)
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+
+
+def test_convert_refuses_what_int4_cannot_hold(gen):
+    model, _ = trained(mlp_bn, cq.LSQConfig(w_bits=8, a_bits=8), (12,), gen, steps=1)
+    with pytest.raises(ValueError, match="0 was trained with 8-bit weights"):
+        cq.convert(model)
+    with pytest.raises(ValueError, match="no quantized layer"):
+        cq.convert(mlp_bn())

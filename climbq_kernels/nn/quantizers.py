@@ -113,12 +113,15 @@ class LSQWeightQuant(nn.Module):
         if self.bits != IDENTITY_BITS:
             self.step.copy_(reference.lsq_init_scale(weight.detach().float(), _signed_range(self.bits)[1], axis=0))
 
+    def effective_step(self) -> Tensor:
+        """The step the forward uses, max(|s|, 1e-8), (C,)."""
+        return self.step.abs().clamp_min(_MIN_STEP)
+
     def forward(self, weight: Tensor) -> Tensor:
         if self.bits == IDENTITY_BITS:
             return weight
         qmin, qmax = _signed_range(self.bits)
-        step = self.step.abs().clamp_min(_MIN_STEP)
-        return functional.fake_quant(weight, step, self.zero_point, qmin, qmax, axis=0)
+        return functional.fake_quant(weight, self.effective_step(), self.zero_point, qmin, qmax, axis=0)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel=True"
@@ -136,14 +139,17 @@ class AffineWeightQuant(nn.Module):
         self.bits = _check_uniform_bits(bits, signed=True)
         self.register_buffer("zero_point", torch.zeros(out_channels, dtype=torch.int32), persistent=False)
 
+    @torch.no_grad()
+    def scale_of(self, weight: Tensor) -> Tensor:
+        """scale_c = max|W_c| / (2^(b-1) - 1), float32 (C,), at least float32's epsilon."""
+        amax = weight.detach().abs().flatten(1).amax(dim=1).float()
+        return (amax / _signed_range(self.bits)[1]).clamp_min(torch.finfo(torch.float32).eps)
+
     def forward(self, weight: Tensor) -> Tensor:
         if self.bits == IDENTITY_BITS:
             return weight
         qmin, qmax = _signed_range(self.bits)
-        with torch.no_grad():
-            amax = weight.detach().abs().flatten(1).amax(dim=1).float()
-            scale = (amax / qmax).clamp_min(torch.finfo(torch.float32).eps)
-        return functional.fake_quant(weight, scale, self.zero_point, qmin, qmax, axis=0)
+        return functional.fake_quant(weight, self.scale_of(weight), self.zero_point, qmin, qmax, axis=0)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel=True, observer=minmax"
