@@ -29,19 +29,23 @@ class BatchLabels:
 
     def __init__(self, labels: Tensor):
         self.labels = labels
+        self._checked: dict[int, Tensor] = {}
         self._tables: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    def checked(self, num_classes: int) -> Tensor:
+        """The labels as int64, range-checked against `num_classes` once per batch (on the device
+        for CUDA labels: see `checks.check_labels`)."""
+        if num_classes not in self._checked:
+            raise_pending_label_errors()
+            self._checked[num_classes] = check_labels(self.labels, self.labels.shape[0], num_classes).long()
+        return self._checked[num_classes]
 
     def per_sample_tables(self, num_classes: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(sigma_i, mu_i), each (B,) in `dtype`: the default scale rule (algorithms.md §1a)
-        gathered by label, and location 0.
-
-        The labels are range-checked against `num_classes` here, once per batch (on the device
-        for CUDA labels: see `checks.check_labels`).
-        """
+        gathered by label, and location 0."""
         key = (num_classes, dtype)
         if key not in self._tables:
-            raise_pending_label_errors()
-            labels = check_labels(self.labels, self.labels.shape[0], num_classes).long()
+            labels = self.checked(num_classes)
             sigma = reference.class_sigma(labels, num_classes, dtype=dtype)[labels]
             self._tables[key] = (sigma, torch.zeros_like(sigma))
         return self._tables[key]

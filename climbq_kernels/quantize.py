@@ -25,6 +25,7 @@ scale, initialised by least squares from the float weight (`ClimbQWeightQuant`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ from .nn.linear import Int4Linear
 from .nn.packing import MAX_CLIMBQ_BITS, climbq_weight, pad_columns, padded_width
 from .nn.qat import QuantBatchNorm1d, QuantBatchNorm2d, QuantConv2d, QuantLinear
 from .nn.quantizers import (
+    ACT_FORMS,
+    SIGMA_RULES,
     AffineActQuant,
     AffineWeightQuant,
     ClimbQActQuant,
@@ -66,18 +69,28 @@ class ClimbQConfig:
 
     num_classes: classes of the labels given to `class_labels`; None takes the final
     classifier's out_features. act_range: the activation output range A. inference_sigma: the
-    constant scale of eval mode. quantize_classifier: quantize the final nn.Linear too.
+    constant scale of eval mode. sigma: "batch_frequency" (the published rule) or "class_std"
+    (each class's spread, algorithms.md §1f). act_form: "published" (symmetric levels before the
+    ReLU) or "relu" (the ReLU folded in, all 2^b levels non-negative, §1f; used on BatchNorms
+    that a ReLU or ReLU6 follows, the published form elsewhere). quantize_classifier: quantize
+    the final nn.Linear too.
     """
 
     w_bits: int = 4
     a_bits: int = 4
     act_range: float = DEFAULT_ACT_RANGE
     inference_sigma: float = DEFAULT_INFERENCE_SIGMA
+    sigma: str = "batch_frequency"
+    act_form: str = "published"
     num_classes: int | None = None
     quantize_classifier: bool = False
 
     def __post_init__(self):
         _check_uniform(self, 1)
+        if self.sigma not in SIGMA_RULES:
+            raise ValueError(f"sigma must be one of {SIGMA_RULES}, got {self.sigma!r}")
+        if self.act_form not in ACT_FORMS:
+            raise ValueError(f"act_form must be one of {ACT_FORMS}, got {self.act_form!r}")
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(
                 self.num_classes, int) or self.num_classes < 1):
             raise ValueError(f"num_classes must be an int >= 1 or None, got {self.num_classes!r}")
@@ -136,11 +149,13 @@ def _weight_quant(config, layer: nn.Module, followed_by_bn: bool) -> nn.Module:
     return quant.to(layer.weight.device)
 
 
-def _act_quant(config, num_classes: int | None, signed: bool = True) -> nn.Module:
+def _act_quant(config, num_classes: int | None, before_relu: bool = False) -> nn.Module:
     if isinstance(config, ClimbQConfig):
-        return ClimbQActQuant(config.a_bits, num_classes, config.act_range, config.inference_sigma)
+        form = "relu" if before_relu and config.act_form == "relu" else "published"
+        return ClimbQActQuant(config.a_bits, num_classes, config.act_range, config.inference_sigma,
+                              sigma=config.sigma, form=form)
     if isinstance(config, LSQConfig):
-        return LSQActQuant(config.a_bits, signed=signed)
+        return LSQActQuant(config.a_bits, signed=True)
     return AffineActQuant(config.a_bits, observer=config.observer)
 
 
@@ -157,6 +172,17 @@ def _followed_by_batchnorm(leaves: list[tuple[str, nn.Module]]) -> set[str]:
                 after.num_features == layer.weight.shape[0]:
             found.add(name)
     return found
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _followed_by_relu(leaves: list[tuple[str, nn.Module]]) -> set[str]:
+    """Names of BatchNorms whose next leaf in registration order is a ReLU or ReLU6."""
+    return {name for (name, layer), (_, after) in zip(leaves, leaves[1:], strict=False)
+            if isinstance(layer, tuple(_BATCHNORMS)) and isinstance(after, (nn.ReLU, nn.ReLU6))}
 
 
 def _set_child(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -197,6 +223,7 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
                       if isinstance(m, _READ_CHILD_WEIGHTS) for child, _ in m.named_children()}
     has_bn = any(type(m) in _BATCHNORMS for _, m in leaves)
     with_bn = _followed_by_batchnorm(leaves)
+    before_relu = _followed_by_relu(leaves)
     kept: dict[str, str] = {}
     swaps: list[tuple[str, nn.Module]] = []
     for name, module in leaves:
@@ -212,7 +239,8 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
         elif filter_fn is not None and not filter_fn(module, name):
             kept[name] = "filter_fn"
         elif kind in _BATCHNORMS:
-            swaps.append((name, _BATCHNORMS[kind].from_float(module, _act_quant(config, num_classes))))
+            act_quant = _act_quant(config, num_classes, before_relu=name in before_relu).to(_device_of(module))
+            swaps.append((name, _BATCHNORMS[kind].from_float(module, act_quant)))
         else:
             weight_quant = _weight_quant(config, module, followed_by_bn=name in with_bn)
             input_quant = None if has_bn else _act_quant(config, num_classes).to(module.weight.device)

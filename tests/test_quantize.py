@@ -334,3 +334,65 @@ def test_convert_refuses_what_int4_cannot_hold(gen):
         cq.convert(model)
     with pytest.raises(ValueError, match="no quantized layer"):
         cq.convert(mlp_bn())
+
+
+VARIANTS = [cq.ClimbQConfig(sigma="class_std"), cq.ClimbQConfig(act_form="relu"),
+            cq.ClimbQConfig(sigma="class_std", act_form="relu")]
+
+
+@pytest.mark.parametrize("config", VARIANTS, ids=["class_std", "relu", "class_std+relu"])
+@pytest.mark.parametrize("name", ["mlp_bn", "resnet18", "mobilenet_v2"])
+def test_climbq_variants_train_and_convert(name, config, gen):
+    make, shape = MODELS[name]
+    model, x = trained(make, config, shape, gen, steps=2)
+    with torch.no_grad():
+        before = model(x)
+    assert torch.isfinite(before).all()
+    if name != "mobilenet_v2":
+        cq.convert(model)
+        with torch.no_grad():
+            assert torch.equal(model(x).argmax(1), before.argmax(1))
+
+
+def test_relu_form_only_where_a_relu_follows():
+    model = cq.quantize_(torchvision.models.resnet18(num_classes=CLASSES), cq.ClimbQConfig(act_form="relu"))
+    assert model.bn1.act_quant.form == "relu" and model.layer1[0].bn1.act_quant.form == "relu"
+    assert model.layer1[0].bn2.act_quant.form == "published", "bn2 feeds the residual sum, not a ReLU"
+    assert model.layer2[0].downsample[1].act_quant.form == "published"
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_relu_form_matches_the_reference_and_keeps_every_level(bits, gen):
+    quant = ClimbQActQuant(bits=bits, num_classes=CLASSES, form="relu")
+    x = (3 * torch.randn(64, 200, generator=gen, dtype=torch.float64)).requires_grad_()
+    labels = torch.randint(0, CLASSES, (64,), generator=gen)
+    with cq.class_labels(labels):
+        out = quant(x)
+    sigma = reference.class_sigma(labels, CLASSES, dtype=torch.float64)[labels]
+    mu = torch.zeros_like(sigma)
+    assert torch.equal(out.detach(), reference.climbq_act_quant_relu(x.detach(), sigma, mu, bits, 2.0))
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad)
+    expected = reference.climbq_act_quant_relu_backward(grad, x.detach(), sigma, mu, bits, 2.0)
+    torch.testing.assert_close(x.grad, expected)
+    levels = out.detach().unique()
+    assert len(levels) == 2 ** bits and levels.min() == 0 and levels.max() == 2.0
+
+
+def test_published_form_keeps_half_its_levels_after_a_relu(gen):
+    """What the ReLU-aware form fixes: 4-bit published levels, then a ReLU, leave 9 values."""
+    x = 3 * torch.randn(64, 500, generator=gen)
+    labels = torch.randint(0, CLASSES, (64,), generator=gen)
+    published = torch.relu(cq.climbq_act_quant(x, labels, num_classes=CLASSES, bits=4)).unique()
+    assert len(published) == 9
+
+
+def test_class_std_sigma_follows_each_class_spread(gen):
+    quant = ClimbQActQuant(bits=8, num_classes=2, sigma="class_std")
+    labels = torch.tensor([0] * 32 + [1] * 32)
+    x = torch.cat([0.5 * torch.randn(32, 100, generator=gen), 4 * torch.randn(32, 100, generator=gen)])
+    sigma, _ = quant._class_std_tables(x, labels)
+    assert sigma[:32].unique().numel() == 1 and sigma[32:].unique().numel() == 1
+    assert 0.8 < sigma[0].item() < 1.2 and 6.5 < sigma[-1].item() < 9.5
+    assert 2.0 < quant.running_sigma.item() < 2.6, "one EMA step from 2.0 towards twice the batch's spread"
+

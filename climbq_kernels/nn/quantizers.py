@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from .. import functional, ops, reference
 from ..batch_labels import current_batch_labels
 from ..checks import check_bits
-from ..constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
+from ..constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, levels
 
+_SQRT_HALF = math.sqrt(0.5)
 _MIN_STEP = 1e-8
 """LSQ steps are used as max(|s|, 1e-8): a step driven through zero by the optimiser stays valid."""
 
@@ -157,19 +158,38 @@ class AffineWeightQuant(nn.Module):
 
 # --- activations ------------------------------------------------------------------------------
 
-class ClimbQActQuant(nn.Module):
-    """ClimbQ activation quantizer (algorithms.md §1a) reading the labels of `class_labels`.
+SIGMA_RULES = ("batch_frequency", "class_std")
+ACT_FORMS = ("published", "relu")
+CLASS_STD_SCALE = 2.0
+"""`sigma="class_std"` uses sigma_c = 2 * std_c: at unit spread this matches the published rule's
+sigma ~ 2, which maps +-4 standard deviations onto the code range (algorithms.md §1f)."""
+RUNNING_MOMENTUM = 0.1
+"""Weight of each training batch in the running sigma of `sigma="class_std"` (BatchNorm's default)."""
 
-    Training with labels: class-wise scale from the batch (`sigma="batch_frequency"`, the
-    published rule), the per-sample tables computed once per batch for all quantizers. Eval
-    mode, or no labels: the inference form with one constant `inference_sigma` (threshold
-    bucketing, no erf). Training without labels warns once per process.
+
+class ClimbQActQuant(nn.Module):
+    """ClimbQ activation quantizer (algorithms.md §1a, §1f) reading the labels of `class_labels`.
+
+    sigma: "batch_frequency", the published rule sigma_c = 2 - n_c / sum_k n_k^2, its per-sample
+    table built once per batch for all quantizers; or "class_std", sigma_c = 2 * (standard
+    deviation of this quantizer's input over the batch samples of class c), from the
+    class-statistics op, with a running value (EMA of 2 * the batch's standard deviation) for
+    inference and for classes absent from the batch. Statistics carry no gradient.
+
+    form: "published", out = A (2q/N - 1) on the CDF Phi(z), placed before the ReLU; or "relu",
+    the ReLU folded in: out = A q / N on the one-sided CDF max(2 Phi(z) - 1, 0), so all 2^b
+    codes survive the ReLU (use it only where a ReLU follows).
+
+    Eval mode, or no labels: one sigma for every sample (`inference_sigma`, or the running sigma
+    for "class_std"); the published form then buckets against thresholds (no erf). Training
+    without labels warns once per process.
     """
 
     _warned_without_labels = False
 
     def __init__(self, bits: int = 4, num_classes: int = 10, act_range: float = DEFAULT_ACT_RANGE,
-                 inference_sigma: float = DEFAULT_INFERENCE_SIGMA):
+                 inference_sigma: float = DEFAULT_INFERENCE_SIGMA, sigma: str = "batch_frequency",
+                 form: str = "published"):
         super().__init__()
         check_bits(bits, "bits")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -178,29 +198,73 @@ class ClimbQActQuant(nn.Module):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        self.bits, self.num_classes = bits, num_classes
+        if sigma not in SIGMA_RULES:
+            raise ValueError(f"sigma must be one of {SIGMA_RULES}, got {sigma!r}")
+        if form not in ACT_FORMS:
+            raise ValueError(f"form must be one of {ACT_FORMS}, got {form!r}")
+        self.bits, self.num_classes, self.sigma, self.form = bits, num_classes, sigma, form
         self.act_range, self.inference_sigma = float(act_range), float(inference_sigma)
+        if sigma == "class_std":
+            self.register_buffer("running_sigma", torch.tensor(float(inference_sigma)))
+
+    def _class_std_tables(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            flat = x.detach().reshape(x.shape[0], 1, -1)
+            counts, _, var = functional.class_stats(flat, labels, self.num_classes)
+            running = self.running_sigma.to(_table_dtype(x))
+            per_class = torch.where(counts > 0, CLASS_STD_SCALE * var[:, 0].to(running.dtype).sqrt(), running)
+            per_class = per_class.clamp_min(torch.finfo(torch.float32).tiny)
+            batch_sigma = CLASS_STD_SCALE * flat.float().std()
+            self.running_sigma.lerp_(batch_sigma.to(self.running_sigma.dtype), RUNNING_MOMENTUM)
+            sigma = per_class[labels]
+        return sigma, torch.zeros_like(sigma)
+
+    def _tables(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Per-sample (sigma, mu) for a training batch with labels; None for the inference form."""
+        batch = current_batch_labels()
+        if not self.training or batch is None:
+            if self.training and not ClimbQActQuant._warned_without_labels:
+                ClimbQActQuant._warned_without_labels = True
+                warnings.warn("climbq: a ClimbQ model is training without labels, so its activation quantizers "
+                              "use one constant sigma (no class-wise scaling); run the forward inside "
+                              "climbq_kernels.class_labels(labels)", stacklevel=3)
+            return None
+        if batch.labels.shape[0] != x.shape[0]:
+            raise ValueError(f"labels of class_labels have {batch.labels.shape[0]} entries, but the quantizer's "
+                             f"input has batch size {x.shape[0]}")
+        if self.sigma == "class_std":
+            return self._class_std_tables(x, batch.checked(self.num_classes))
+        return batch.per_sample_tables(self.num_classes, _table_dtype(x))
+
+    def _relu_form(self, x: Tensor, sigma: Tensor, mu: Tensor) -> Tensor:
+        """A q/N on u = erf(max(z, 0)/sqrt 2), straight-through on the rounding (algorithms.md §1f)."""
+        view = (x.shape[0], *([1] * (x.dim() - 1)))
+        z = (x - mu.to(x.dtype).reshape(view)) / sigma.to(x.dtype).reshape(view)
+        u = torch.erf(z.clamp_min(0) * _SQRT_HALF)
+        n = levels(self.bits)
+        return self.act_range * (u + (torch.round(u * n) / n - u).detach())
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bits == IDENTITY_BITS:
-            return x
-        batch = current_batch_labels()
-        if self.training and batch is not None:
-            sigma, mu = batch.per_sample_tables(self.num_classes, _table_dtype(x))
-            if sigma.shape[0] != x.shape[0]:
-                raise ValueError(f"labels of class_labels have {sigma.shape[0]} entries, but the quantizer's input "
-                                 f"has batch size {x.shape[0]}")
-            return ops.climbq_act_fused_eager(x, sigma, mu, None, None, None, self.bits, self.act_range, False)
-        if self.training and not ClimbQActQuant._warned_without_labels:
-            ClimbQActQuant._warned_without_labels = True
-            warnings.warn("climbq: a ClimbQ model is training without labels, so its activation quantizers use "
-                          "one constant sigma (no class-wise scaling); run the forward inside "
-                          "climbq_kernels.class_labels(labels)", stacklevel=2)
-        return functional.climbq_act_quant(x, bits=self.bits, act_range=self.act_range, sigma=self.inference_sigma)
+            return torch.relu(x) if self.form == "relu" else x
+        tables = self._tables(x)
+        if tables is None:
+            if self.sigma == "class_std":
+                sigma = self.running_sigma.to(_table_dtype(x)).expand(x.shape[0])
+                tables = (sigma, torch.zeros_like(sigma))
+            elif self.form == "published":
+                return functional.climbq_act_quant(x, bits=self.bits, act_range=self.act_range,
+                                                   sigma=self.inference_sigma)
+            else:
+                sigma = torch.full((x.shape[0],), self.inference_sigma, dtype=_table_dtype(x), device=x.device)
+                tables = (sigma, torch.zeros_like(sigma))
+        if self.form == "relu":
+            return self._relu_form(x, *tables)
+        return ops.climbq_act_fused_eager(x, *tables, None, None, None, self.bits, self.act_range, False)
 
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, num_classes={self.num_classes}, act_range={self.act_range}, "
-                f"sigma=batch_frequency, inference_sigma={self.inference_sigma}")
+                f"sigma={self.sigma}, form={self.form}, inference_sigma={self.inference_sigma}")
 
 
 class _LazyInit(nn.Module):

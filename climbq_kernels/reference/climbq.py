@@ -32,6 +32,8 @@ from ..constants import DEFAULT_INFERENCE_SIGMA, FLOAT_DTYPES, IDENTITY_BITS, le
 from ._args import check_batched, check_finite_float, check_grad
 from ._normal import normal_cdf, normal_pdf, normal_ppf
 
+_SQRT_HALF = 0.7071067811865476
+
 # --- shared pieces --------------------------------------------------------------------------
 
 def _quant_bits(bits) -> int:
@@ -228,6 +230,44 @@ def climbq_act_quant_inference(x: Tensor, bits: int, act_range: float, sigma: fl
     odd_tie = (below < n) & (next_t == x) & (below % 2 == 1)
     out = act_range * _levels(below + odd_tie, bits, x.dtype)
     return torch.where(torch.isnan(x), x, out)  # NaN stays NaN, as in the erf form
+
+
+# --- algorithms.md §1f: the ReLU-aware activation quantizer ---------------------------------------------
+
+def climbq_act_quant_relu(x: Tensor, sigma: Tensor, mu: Tensor, bits: int, act_range: float) -> Tensor:
+    """ReLU-aware ClimbQ activation fake quant (algorithms.md §1f): the ReLU folded into the quantizer.
+
+        u = max(2 Phi(z) - 1, 0) = erf(max(z, 0) / sqrt 2),  z = (x - mu_i) / sigma_i
+        out = A * rint(u * N) / N
+
+    All N + 1 = 2**b codes land on [0, A], the half that survives the ReLU. x: (B, ...);
+    sigma, mu: per-sample (B,) tables. Output in x's dtype. bits == 32 returns relu(x). NaN
+    stays NaN; +inf gives A, -inf gives 0.
+    """
+    check_bits(bits)
+    act_range = check_positive_float("act_range", act_range)
+    check_batched("x", x)
+    if bits == IDENTITY_BITS:
+        return torch.relu(x)
+    z, _ = _standardized(x, sigma, mu)
+    u = torch.erf(z.clamp_min(0) * _SQRT_HALF)
+    return act_range * (_codes(u, bits).to(x.dtype) / levels(bits))
+
+
+def climbq_act_quant_relu_backward(grad_out: Tensor, x: Tensor, sigma: Tensor, mu: Tensor, bits: int,
+                                   act_range: float) -> Tensor:
+    """Gradient of `climbq_act_quant_relu` w.r.t. x: straight-through on rint only,
+
+        dx = grad_out * 2A * phi(z) / sigma_i  where z > 0, else 0.
+    """
+    check_bits(bits)
+    act_range = check_positive_float("act_range", act_range)
+    check_batched("x", x)
+    check_grad(grad_out, x, "x")
+    if bits == IDENTITY_BITS:
+        return grad_out * (x > 0)
+    z, sigma_b = _standardized(x, sigma, mu)
+    return torch.where(z > 0, grad_out * (2.0 * act_range) * normal_pdf(z) / sigma_b, torch.zeros_like(grad_out))
 
 
 # --- algorithms.md §1b: the weight quantizer ------------------------------------------------------------
