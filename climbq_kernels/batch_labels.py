@@ -9,6 +9,12 @@ caches them per number of classes and dtype.
 
 The state lives in a `contextvars.ContextVar`, so threads and asyncio tasks each see their own
 labels. Nested blocks must agree on the batch size.
+
+Data-parallel training (DDP): each process sees its own part of the batch, but the class-wise
+scale belongs to the whole batch. When `torch.distributed` is initialised with more than one
+process, the label histogram (a K-vector) and the class sums behind `sigma="class_std"` are
+all-reduced across the process group, like SyncBatchNorm's statistics: every process then
+quantizes with the tables of the concatenated batch. The samples themselves never travel.
 """
 
 from __future__ import annotations
@@ -18,17 +24,29 @@ import contextvars
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from . import reference
 from .checks import check_labels, check_tensor, raise_pending_label_errors
 
 
+def _distributed_group(process_group, sync: bool | None):
+    """The process group to all-reduce class statistics over, or None for a single process."""
+    if sync is False or not dist.is_available() or not dist.is_initialized():
+        if sync:
+            raise RuntimeError("class_labels(sync=True) needs torch.distributed to be initialised")
+        return None
+    group = process_group if process_group is not None else dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
 class BatchLabels:
     """One batch's labels (B,) and the per-sample tables derived from them, computed on first use."""
 
-    def __init__(self, labels: Tensor):
+    def __init__(self, labels: Tensor, group=None):
         self.labels = labels
+        self.group = group
         self._checked: dict[int, Tensor] = {}
         self._tables: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
 
@@ -46,20 +64,32 @@ class BatchLabels:
         key = (num_classes, dtype)
         if key not in self._tables:
             labels = self.checked(num_classes)
-            sigma = reference.class_sigma(labels, num_classes, dtype=dtype)[labels]
+            counts = self.all_reduce(reference.class_counts(labels, num_classes))
+            sigma = reference.class_sigma_from_counts(counts, dtype)[labels]
             self._tables[key] = (sigma, torch.zeros_like(sigma))
         return self._tables[key]
+
+
+    def all_reduce(self, t: Tensor) -> Tensor:
+        """Sum `t` over the process group (in place, a collective every process must join); the
+        tensor unchanged in a single process."""
+        if self.group is not None:
+            dist.all_reduce(t, group=self.group)
+        return t
 
 
 _CURRENT: contextvars.ContextVar[BatchLabels | None] = contextvars.ContextVar("climbq_batch_labels", default=None)
 
 
 @contextlib.contextmanager
-def class_labels(labels: Tensor) -> Iterator[BatchLabels]:
+def class_labels(labels: Tensor, *, sync: bool | None = None, process_group=None) -> Iterator[BatchLabels]:
     """Hand `labels` (B,) to every ClimbQ quantizer run inside the block.
 
     labels: a 1-D integer tensor on the model's device, one class index per sample of the
     batch. Nested blocks must use the same batch size (ValueError naming `labels` otherwise).
+    sync: all-reduce class statistics over `process_group` (default: the world) so that every
+    process uses the whole batch's tables; None (default) does so whenever torch.distributed is
+    initialised with more than one process. Every process must then run the same quantizers.
     """
     check_tensor("labels", labels)
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
@@ -70,7 +100,7 @@ def class_labels(labels: Tensor) -> Iterator[BatchLabels]:
     if outer is not None and outer.labels.shape != labels.shape:
         raise ValueError(f"labels of a nested class_labels block must match the outer batch size "
                          f"{outer.labels.shape[0]}, got {labels.shape[0]}")
-    token = _CURRENT.set(BatchLabels(labels))
+    token = _CURRENT.set(BatchLabels(labels, _distributed_group(process_group, sync)))
     try:
         yield _CURRENT.get()
     finally:

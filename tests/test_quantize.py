@@ -153,8 +153,8 @@ def test_climbq_layers_without_batchnorm_keep_their_output_scale(gen):
 
 def test_per_sample_table_is_built_once_per_batch(monkeypatch, gen):
     calls = []
-    original = reference.class_sigma
-    monkeypatch.setattr(reference, "class_sigma", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = reference.class_sigma_from_counts
+    monkeypatch.setattr(reference, "class_sigma_from_counts", lambda *a, **k: calls.append(1) or original(*a, **k))
     model = cq.quantize_(torchvision.models.resnet18(num_classes=CLASSES), cq.ClimbQConfig())
     x, labels = batch((3, 32, 32), gen)
     train_step(model, x, labels)
@@ -391,7 +391,8 @@ def test_class_std_sigma_follows_each_class_spread(gen):
     quant = ClimbQActQuant(bits=8, num_classes=2, sigma="class_std")
     labels = torch.tensor([0] * 32 + [1] * 32)
     x = torch.cat([0.5 * torch.randn(32, 100, generator=gen), 4 * torch.randn(32, 100, generator=gen)])
-    sigma, _ = quant._class_std_tables(x, labels)
+    with cq.class_labels(labels) as batch_labels:
+        sigma, _ = quant._class_std_tables(x, batch_labels)
     assert sigma[:32].unique().numel() == 1 and sigma[32:].unique().numel() == 1
     assert 0.8 < sigma[0].item() < 1.2 and 6.5 < sigma[-1].item() < 9.5
     assert 2.0 < quant.running_sigma.item() < 2.6, "one EMA step from 2.0 towards twice the batch's spread"

@@ -207,15 +207,30 @@ class ClimbQActQuant(nn.Module):
         if sigma == "class_std":
             self.register_buffer("running_sigma", torch.tensor(float(inference_sigma)))
 
-    def _class_std_tables(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def _class_std_tables(self, x: Tensor, batch) -> tuple[Tensor, Tensor]:
+        """Per-sample (sigma, mu) of `sigma="class_std"`; updates the running sigma.
+
+        Class counts, means and variances come from the class-statistics op, merged across
+        processes (when the batch is split over several) from their counts, sums and squared
+        deviations about the merged class means: two all-reduces of K-vectors.
+        """
+        labels = batch.checked(self.num_classes)
         with torch.no_grad():
             flat = x.detach().reshape(x.shape[0], 1, -1)
-            counts, _, var = functional.class_stats(flat, labels, self.num_classes)
-            running = self.running_sigma.to(_table_dtype(x))
-            per_class = torch.where(counts > 0, CLASS_STD_SCALE * var[:, 0].to(running.dtype).sqrt(), running)
-            per_class = per_class.clamp_min(torch.finfo(torch.float32).tiny)
-            batch_sigma = CLASS_STD_SCALE * flat.float().std()
-            self.running_sigma.lerp_(batch_sigma.to(self.running_sigma.dtype), RUNNING_MOMENTUM)
+            counts, mean, var = functional.class_stats(flat, labels, self.num_classes)
+            n, m, v = counts.double(), mean[:, 0].double(), var[:, 0].double()
+            merged = batch.all_reduce(torch.stack([n, n * m]))
+            n_all = merged[0]
+            mean_all = merged[1] / n_all.clamp_min(1)
+            m2 = batch.all_reduce(n * v + n * (m - mean_all) ** 2)
+            total = n_all.sum().clamp_min(1)
+            overall = (n_all * mean_all).sum() / total
+            batch_var = (m2 + n_all * (mean_all - overall) ** 2).sum() / total
+            running = self.running_sigma.double()
+            per_class = torch.where(n_all > 0, CLASS_STD_SCALE * (m2 / n_all.clamp_min(1)).sqrt(), running)
+            per_class = per_class.clamp_min(torch.finfo(torch.float32).tiny).to(_table_dtype(x))
+            self.running_sigma.lerp_((CLASS_STD_SCALE * batch_var.sqrt()).to(self.running_sigma.dtype),
+                                     RUNNING_MOMENTUM)
             sigma = per_class[labels]
         return sigma, torch.zeros_like(sigma)
 
@@ -233,7 +248,7 @@ class ClimbQActQuant(nn.Module):
             raise ValueError(f"labels of class_labels have {batch.labels.shape[0]} entries, but the quantizer's "
                              f"input has batch size {x.shape[0]}")
         if self.sigma == "class_std":
-            return self._class_std_tables(x, batch.checked(self.num_classes))
+            return self._class_std_tables(x, batch)
         return batch.per_sample_tables(self.num_classes, _table_dtype(x))
 
     def _relu_form(self, x: Tensor, sigma: Tensor, mu: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ reference run at the kernel's precision). Nothing here knows that kernels or bac
 from .climbq import (
     class_counts,
     class_sigma,
+    class_sigma_from_counts,
     climbq_act_codes,
     climbq_act_project,
     climbq_act_quant,
@@ -43,7 +44,7 @@ from .int4 import dequantize_int4, int4_from_climbq_weight, int4_matmul, pack_in
 from .segment_stats import class_stats, segment_sum
 
 __all__ = [
-    "class_counts", "class_sigma", "class_stats", "climbq_act_codes", "climbq_act_project",
+    "class_counts", "class_sigma", "class_sigma_from_counts", "class_stats", "climbq_act_codes", "climbq_act_project",
     "climbq_act_fused", "climbq_act_fused_backward", "climbq_act_fused_grad_y",
     "climbq_act_fused_inference", "climbq_act_inference_codes", "folded_bn",
     "climbq_act_quant", "climbq_act_quant_backward", "climbq_act_quant_inference", "climbq_act_quant_relu",

@@ -114,9 +114,18 @@ def class_sigma(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.flo
     batch get 2 - 0 = 2; an empty batch gives 2 everywhere. Counts and sum of squares are
     exact int64; the division and subtraction happen in `dtype`. No host synchronisation.
     """
+    return class_sigma_from_counts(class_counts(labels, num_classes), dtype)
+
+
+def class_sigma_from_counts(counts: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """sigma_c = 2 - n_c / sum_k n_k^2 from a label histogram `counts` (K,) int64 (algorithms.md §1a).
+
+    The histogram may be summed over several processes first (data-parallel training): the
+    table is then the one of the whole, concatenated batch. Counts and the sum of squares stay
+    exact int64; the division and subtraction happen in `dtype`.
+    """
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
-    counts = class_counts(labels, num_classes)
     sum_sq = (counts * counts).sum().clamp_min(1)
     return 2.0 - counts.to(dtype) / sum_sq.to(dtype)
 
