@@ -21,10 +21,12 @@ at once.
 
 from __future__ import annotations
 
-import math
 import os
+import sys
 
 import torch
+from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import has_static_value
 
 from .constants import FLOAT_DTYPES, IDENTITY_BITS, INT4_GROUP_SIZES, MAX_BITS, MIN_BITS
 
@@ -52,13 +54,58 @@ def check_bits(bits, name: str = "bits") -> int:
     return bits
 
 
-def check_positive_float(name: str, value) -> float:
-    """Require a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+_SYMBOLIC_NUMBERS = (torch.SymInt, torch.SymFloat)
+NUMBER_TYPES = (int, float, *_SYMBOLIC_NUMBERS)
+"""What a number argument may be: a Python int or float (bool is refused separately), or the
+symbolic int or float torch.compile passes in its place."""
+_FLOAT_MAX = sys.float_info.max
+
+
+def is_symbolic(value) -> bool:
+    """Whether `value` is a symbolic number without a fixed value: what torch.compile passes for
+    a Python int or float argument that it traces as a graph input instead of a constant (see
+    `check_positive_float`). Decided by torch's `has_static_value`, which dynamo answers while
+    tracing (there an isinstance test cannot tell a symbolic float from a float)."""
+    if isinstance(value, bool) or not isinstance(value, NUMBER_TYPES):
+        return False
+    return not has_static_value(value)
+
+
+def check_number(name: str, value) -> None:
+    """Require a real number: int or float (not bool), or a symbolic int or float."""
+    if isinstance(value, bool) or not isinstance(value, NUMBER_TYPES):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
+
+
+def check_finite_number(name: str, value) -> float | torch.SymFloat:
+    """Require a finite number; returns it as a float (a symbolic float stays symbolic).
+
+    Works on the values torch.compile traces symbolically (see `check_positive_float`).
+    """
+    check_number(name, value)
+    if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        raise ValueError(f"{name} must be finite, got {value}")
+    return torch.sym_float(value) if is_symbolic(value) else float(value)
+
+
+def check_positive_float(name: str, value) -> float | torch.SymFloat:
+    """Require a finite number > 0; returns it as a float (a symbolic float stays symbolic).
+
+    Under torch.compile a Python float argument whose value changes between calls becomes a
+    `torch.SymFloat` (dynamo's automatic dynamic; `torch._dynamo.config.specialize_float` is
+    False), which has no `math.isfinite`. The range test is therefore one chained comparison,
+    0 < value <= the largest finite float (false for NaN and inf), valid on both: on a number
+    it is a plain test; on a symbolic float dynamo records it as a guard of the graph, so a new
+    value that passes runs the same graph (no graph break, no recompilation), and one that fails
+    is refused with this ValueError when dynamo retraces for it (with fullgraph=True dynamo
+    reports it as `torch._dynamo.exc.Unsupported` quoting the ValueError). The upper bound is
+    the largest float rather than inf because dynamo's symbolic floats are taken as finite, and
+    a guard `value < inf` would be dropped as always true.
+    """
+    check_number(name, value)
+    if not 0 < value <= _FLOAT_MAX:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return float(value)
+    return torch.sym_float(value) if is_symbolic(value) else float(value)
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
@@ -147,6 +194,30 @@ def check_labels(labels, batch: int, num_classes: int | None) -> torch.Tensor:
             raise _label_error(num_classes, f"got values in [{lo}, {hi}]")
         return labels
     return _check_label_range_on_device(labels, num_classes)
+
+
+def device_assert_is_safe(t: Tensor) -> bool:
+    """Whether a failing in-graph assert on `t` (`torch._assert_async`) just raises: on CPU. A
+    CUDA device-side assert leaves the CUDA context unusable for the rest of the process."""
+    return t.device.type == "cpu"
+
+
+def unchecked_label_mask(labels: Tensor, num_classes: int) -> Tensor | None:
+    """For labels whose range `check_labels` cannot read on the host (`can_sync` is False: while
+    torch.compile traces, or on a CUDA tensor during CUDA graph capture): the (B,) bool mask of
+    the labels in [0, num_classes), computed on the device, for the caller to poison the results
+    of the other samples with NaN. On a CPU tensor, where reading the verdict costs no device
+    sync, the graph also asserts it (`torch._assert_async`: RuntimeError naming `labels` when
+    the compiled code runs). None where the host check runs (labels were checked already).
+
+    A device-side assert on CUDA would abort the whole process, hence the NaN there; no sync
+    either way, so a compiled training step stays asynchronous."""
+    if can_sync(labels):
+        return None
+    in_range = (labels >= 0) & (labels < num_classes)
+    if device_assert_is_safe(labels):
+        torch._assert_async(in_range.all(), f"labels must lie in [0, {num_classes}) (checked in a compiled graph)")
+    return in_range
 
 
 def check_sample_bits(bits, batch: int) -> torch.Tensor:

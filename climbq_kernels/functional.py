@@ -6,23 +6,25 @@ whichever backend `climbq_kernels.use_backend` / `CLIMBQ_BACKEND` / the device s
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from . import ops, reference
 from .checks import (
+    NUMBER_TYPES,
     can_sync,
     check_bits,
     check_class_table,
+    check_finite_number,
     check_labels,
     check_positive,
     check_positive_float,
     check_same_device,
     check_sample_bits,
     check_tensor,
+    is_symbolic,
     raise_pending_label_errors,
+    unchecked_label_mask,
 )
 from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, MAX_CODE_BITS
 
@@ -30,6 +32,17 @@ from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA,
 def _table_dtype(x: Tensor) -> torch.dtype:
     """Per-sample tables are float32, float64 only beside a float64 input (the oracle)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _filled(shape: tuple[int, ...], value, x: Tensor) -> Tensor:
+    """A table of `shape` holding the number `value`, in `_table_dtype(x)` on x's device.
+
+    A symbolic value (torch.compile) is written as ones * value: the compiler keeps a product
+    with a symbolic float in the graph, but specialises torch.full's fill value (one
+    recompilation per value). The two give the same table."""
+    if is_symbolic(value):
+        return torch.ones(shape, dtype=_table_dtype(x), device=x.device) * value
+    return torch.full(shape, value, dtype=_table_dtype(x), device=x.device)
 
 
 def _check_batched(name: str, x) -> Tensor:
@@ -52,30 +65,35 @@ def class_sigma(labels: Tensor, num_classes: int) -> Tensor:
     return reference.class_sigma(labels.long(), num_classes)
 
 
-def _act_tables(x: Tensor, labels, num_classes, sigma, mu) -> tuple[Tensor, Tensor, tuple[float, float] | None]:
-    """Per-sample (B,) sigma and mu tables for the activation quantizer (algorithms.md §1a), and the
-    constant (sigma, mu) of inference mode (labels None; else None). Checks every argument."""
+def _act_tables(x: Tensor, labels, num_classes, sigma,
+                mu) -> tuple[Tensor, Tensor, tuple[float, float] | None, Tensor | None]:
+    """Per-sample (B,) sigma and mu tables for the activation quantizer (algorithms.md §1a), the
+    constant (sigma, mu) of inference mode (labels None; else None), and where the labels could
+    not be range-checked on the host, the (B,) mask of the samples whose label is in range (else
+    None; `checks.unchecked_label_mask`). Checks every argument.
+
+    A sample whose unchecked label is out of range gets sigma NaN (the gather itself reads a
+    clamped label), so its quantized output is NaN, not another class's value."""
     batch = x.shape[0]
     if labels is None:
         for name, value in (("sigma", sigma), ("mu", mu)):
-            if value is not None and not isinstance(value, (int, float)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, NUMBER_TYPES)):
                 raise TypeError(f"{name} must be a number when labels is None (inference mode), "
                                 f"got {type(value).__name__}")
         sigma = check_positive_float("sigma", DEFAULT_INFERENCE_SIGMA if sigma is None else sigma)
-        mu = float(mu or 0.0)
-        if not math.isfinite(mu):
-            raise ValueError(f"mu must be finite, got {mu}")
-        sigma_s = torch.full((batch,), sigma, dtype=_table_dtype(x), device=x.device)
-        mu_s = torch.full((batch,), mu, dtype=_table_dtype(x), device=x.device)
-        return sigma_s, mu_s, (sigma, mu)
+        mu = check_finite_number("mu", 0.0 if mu is None else mu)
+        sigma_s = _filled((batch,), sigma, x)
+        mu_s = _filled((batch,), mu, x)
+        return sigma_s, mu_s, (sigma, mu), None
     raise_pending_label_errors()
     if num_classes is None:
         if not isinstance(sigma, Tensor):
             raise ValueError("num_classes is required with labels (or pass a per-class sigma table)")
         num_classes = sigma.numel()
-    labels = check_labels(labels, batch, num_classes)
+    checked = check_labels(labels, batch, num_classes)
     check_same_device(x=x, labels=labels)
-    labels = labels.long()
+    in_range = unchecked_label_mask(labels, num_classes)
+    labels = checked.long() if in_range is None else labels.long().clamp(0, num_classes - 1)
     if sigma is None:
         sigma = reference.class_sigma(labels, num_classes)
     else:
@@ -86,15 +104,26 @@ def _act_tables(x: Tensor, labels, num_classes, sigma, mu) -> tuple[Tensor, Tens
         mu = torch.zeros(num_classes, dtype=_table_dtype(x), device=x.device)
     else:
         check_class_table("mu", mu, num_classes, x)
-    return sigma[labels].to(_table_dtype(x)), mu[labels].to(_table_dtype(x)), None
+    sigma_s = sigma[labels].to(_table_dtype(x))
+    if in_range is not None:
+        sigma_s = torch.where(in_range, sigma_s, torch.nan)
+    return sigma_s, mu[labels].to(_table_dtype(x)), None, in_range
 
 
 def _thresholds(x: Tensor, bits: int, inference: tuple[float, float] | None) -> Tensor | None:
     """The inference thresholds t_j = mu + sigma*Phi^-1((j + 0.5)/N) (N,) as float32 on x's
-    device: computed in float64 on the host once per call (N <= 65535 values), no erf per element."""
+    device: computed in float64 on the host once per call (N <= 65535 values), no erf per element.
+
+    A symbolic sigma or mu (torch.compile, see `checks.check_positive_float`) enters the graph
+    instead of a constant table: the same float64 expression on the standard thresholds
+    Phi^-1((j + 0.5)/N), rounded once to float32, so the values equal the eager ones."""
     if inference is None:
         return None
-    return reference.climbq_act_thresholds(bits, *inference, dtype=torch.float32).to(x.device)
+    sigma, mu = inference
+    if is_symbolic(sigma) or is_symbolic(mu):
+        standard = reference.climbq_act_thresholds(bits, 1.0, 0.0, dtype=torch.float64).to(x.device)
+        return (mu + sigma * standard).to(torch.float32)
+    return reference.climbq_act_thresholds(bits, sigma, mu, dtype=torch.float32).to(x.device)
 
 
 def _channel_table(name: str, table, x: Tensor) -> Tensor | None:
@@ -142,6 +171,15 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
     else of x's size: y, the codes and the ReLU mask are recomputed from x in the one backward
     pass, cheaper than storing them (x is kept alive by the layer before anyway).
 
+    Under torch.compile: `act_range` and the inference `sigma`, `mu` may change between calls;
+    once dynamo traces them as symbolic floats the graph takes each new value without
+    recompiling (`checks.check_positive_float`), a symbolic `act_range` by scaling a unit-range
+    output. Labels are not range-checked on the host there (nor during CUDA graph capture),
+    and no sync is added: a sample whose label lies outside [0, K) gets a NaN output (NaN
+    sigma, and a NaN output under the fused ReLU) instead of another class's quantization; on
+    CPU tensors the compiled code also raises RuntimeError naming `labels`
+    (`checks.unchecked_label_mask`). Eagerly such a label raises ValueError.
+
     `bits == 32` is full precision: relu?(folded BN of x), `x` itself without BN or ReLU.
     """
     _check_batched("x", x)
@@ -151,7 +189,7 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
     scale = _channel_table("bn_scale", bn_scale, x)
     shift = _channel_table("bn_shift", bn_shift, x)
-    sigma_s, mu_s, inference = _act_tables(x, labels, num_classes, sigma, mu)
+    sigma_s, mu_s, inference, in_range = _act_tables(x, labels, num_classes, sigma, mu)
     if bits == IDENTITY_BITS:
         y = reference.folded_bn(x, scale, shift)
         return torch.relu(y) if relu else y
@@ -159,8 +197,20 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
         scale = torch.ones_like(shift)
     elif shift is None and scale is not None:
         shift = torch.zeros_like(scale)
-    return ops.climbq_act_fused_eager(x, sigma_s, mu_s, _thresholds(x, bits, inference), scale, shift, bits, act_range,
-                                relu)
+    thresholds = _thresholds(x, bits, inference)
+    if is_symbolic(act_range):
+        # The op's float argument would specialise on the value (one recompilation per
+        # act_range); A > 0 factors out of A*level(q) and of the ReLU, so the graph scales a
+        # unit-range output instead. Same values as the eager path up to float rounding.
+        out = ops.climbq_act_fused_eager(x, sigma_s, mu_s, thresholds, scale, shift, bits, 1.0, relu) * act_range
+    else:
+        out = ops.climbq_act_fused_eager(x, sigma_s, mu_s, thresholds, scale, shift, bits, act_range, relu)
+    if relu and in_range is not None:
+        # The kernels' fused ReLU maps the NaN code of a poisoned sample to 0 (only a NaN input
+        # stays NaN), so the poison is applied to the output as well: one extra elementwise pass,
+        # only where the labels could not be checked on the host.
+        out = torch.where(in_range.view(-1, *([1] * (x.dim() - 1))), out, torch.nan)
+    return out
 
 
 def climbq_act_codes(x: Tensor, labels: Tensor | None = None, *, num_classes: int | None = None,
@@ -173,12 +223,15 @@ def climbq_act_codes(x: Tensor, labels: Tensor | None = None, *, num_classes: in
     code q is A*(2q/N - 1). bits must be in [1, 8]: uint8 cannot hold the codes of 9..16 bits
     (use `climbq_act_quant`, or `reference.climbq_act_codes` for int64 codes), and 32 (full
     precision) has no codes; both raise ValueError. Not differentiable.
+
+    Under torch.compile as in `climbq_act_quant`, except that uint8 holds no NaN: a label out
+    of range there gives its sample code 0 on the GPU (the CPU raises RuntimeError).
     """
     _check_batched("x", x)
     check_bits(bits)
     if bits > MAX_CODE_BITS:
         raise ValueError(f"bits must be in [1, {MAX_CODE_BITS}] for uint8 codes, got {bits}")
-    sigma_s, mu_s, inference = _act_tables(x, labels, num_classes, sigma, mu)
+    sigma_s, mu_s, inference, _ = _act_tables(x, labels, num_classes, sigma, mu)
     return ops.climbq_act_codes_eager(x, sigma_s, mu_s, _thresholds(x, bits, inference), bits)
 
 
@@ -276,7 +329,9 @@ def fake_quant_per_sample_bits(x: Tensor, bits: Tensor, clip) -> Tensor:
     out = rint(clamp(x, 0, clip) / s_i) * s_i with s_i = clip / (2**bits_i - 1): unsigned
     (post-ReLU) levels {0, s_i, ..., clip} for sample i. x: (B, ...) floating; bits: (B,) integer
     tensor with values in [1, 16]; clip: a positive number or one-element floating tensor (a
-    learned PACT-style range when it requires grad). Output: x's shape and dtype.
+    learned PACT-style range when it requires grad; a number may change between calls under
+    torch.compile without recompiling, see `checks.check_positive_float`). Output: x's shape
+    and dtype.
 
     Gradients (straight-through on rint): to x, 1 where 0 <= x <= clip, else 0; to clip, the
     sum of grad * ((rint(v) - v) / L_i) inside (v = x / s_i) plus grad above clip. Range checks
@@ -292,6 +347,6 @@ def fake_quant_per_sample_bits(x: Tensor, bits: Tensor, clip) -> Tensor:
             raise ValueError(f"clip must be a number or a one-element tensor, got shape {tuple(clip.shape)}")
         check_same_device(x=x, clip=clip)
     else:
-        clip = torch.tensor(check_positive_float("clip", clip), dtype=_table_dtype(x), device=x.device)
+        clip = _filled((), check_positive_float("clip", clip), x)
     check_positive("clip", clip)
     return ops.fake_quant_per_sample_bits_eager(x, bits, clip)
