@@ -1,5 +1,5 @@
-// Schema of the class-segmented statistics op (algorithms.md §1c, algorithms.md §4); kernels in cpu/ and
-// cuda/class_stats.*.
+// Schema of the class-segmented statistics op (algorithms.md §1c, algorithms.md §4); kernels in
+// cpu/ and cuda/class_stats.*.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(climbq_native, m) {

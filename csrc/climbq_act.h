@@ -1,5 +1,5 @@
-// ClimbQ activation quantizer (algorithms.md §1a): the math both backends implement and the argument
-// checks they share (csrc/cpu/climbq_act.cpp, csrc/cuda/climbq_act.cu).
+// ClimbQ activation quantizer (algorithms.md §1a): the math both backends implement and the
+// argument checks they share (csrc/cpu/climbq_act.cpp, csrc/cuda/climbq_act.cu).
 //
 // Per element e of sample i, with N = 2^bits - 1 and A = act_range:
 //   z = (x - mu_i) / sigma_i,  u = Phi(z) = 0.5 * (1 + erf(z / sqrt(2)))

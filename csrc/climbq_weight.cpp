@@ -1,4 +1,5 @@
-// Schemas of the ClimbQ weight quantizer (algorithms.md §1b); kernels in cpu/ and cuda/climbq_weight.*.
+// Schemas of the ClimbQ weight quantizer (algorithms.md §1b); kernels in cpu/ and
+// cuda/climbq_weight.*.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(climbq_native, m) {

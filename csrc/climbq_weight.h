@@ -1,5 +1,5 @@
-// ClimbQ weight quantizer (algorithms.md §1b): the math all backends implement and the checks the CPU and
-// CUDA ops share (csrc/cpu/climbq_weight.cpp, csrc/cuda/climbq_weight.cu).
+// ClimbQ weight quantizer (algorithms.md §1b): the math all backends implement and the checks the
+// CPU and CUDA ops share (csrc/cpu/climbq_weight.cpp, csrc/cuda/climbq_weight.cu).
 //
 // With n = w.numel(), N = 2^bits - 1:
 //   mean = sum w / n,  s = sqrt(sum (w - mean)^2 / (n - 1))            (one reduction)
@@ -42,8 +42,8 @@ inline WeightStats weight_stats_from_sums(double shift, double sum_d, double sum
 
 inline void check_weight_quant_args(const char* op, const at::Tensor& w, int64_t bits,
                                     c10::DeviceType device_type) {
-  TORCH_CHECK_VALUE(bits >= kMinBits && bits <= kMaxBits, op, ": bits must be in [", kMinBits,
-                    ", ", kMaxBits, "], got ", bits);
+  TORCH_CHECK_VALUE(bits >= kMinBits && bits <= kMaxBits, op, ": bits must be in [", kMinBits, ", ",
+                    kMaxBits, "], got ", bits);
   const auto dtype = w.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
                    ": w must be float32, float16 or bfloat16, got ", dtype);
@@ -54,8 +54,8 @@ inline void check_weight_quant_args(const char* op, const at::Tensor& w, int64_t
 }
 
 inline void check_weight_grad(const char* op, const at::Tensor& grad_out, const at::Tensor& w) {
-  TORCH_CHECK_VALUE(grad_out.sizes() == w.sizes(), op, ": grad_out must have w's shape ",
-                    w.sizes(), ", got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.sizes() == w.sizes(), op, ": grad_out must have w's shape ", w.sizes(),
+                    ", got ", grad_out.sizes());
   TORCH_CHECK_TYPE(grad_out.scalar_type() == w.scalar_type(), op, ": grad_out must have w's dtype ",
                    w.scalar_type(), ", got ", grad_out.scalar_type());
   TORCH_CHECK_VALUE(grad_out.device() == w.device(), op, ": grad_out must be on w's device ",

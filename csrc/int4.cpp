@@ -16,12 +16,14 @@ TORCH_LIBRARY_FRAGMENT(climbq_native, m) {
 
 namespace climbq {
 
-at::Tensor int4_matmul_direct(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
-                              const at::Tensor& zeros, int64_t group_size, const std::optional<at::Tensor>& bias) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("climbq_native::int4_matmul", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const at::Tensor&, int64_t, const std::optional<at::Tensor>&)>();
+at::Tensor int4_matmul_direct(const at::Tensor& x, const at::Tensor& packed,
+                              const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
+                              const std::optional<at::Tensor>& bias) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("climbq_native::int4_matmul", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, int64_t, const std::optional<at::Tensor>&)>();
   return op.call(x, packed, scales, zeros, group_size, bias);
 }
 

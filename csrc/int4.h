@@ -12,7 +12,8 @@ namespace climbq {
 // for the package's eager serving path: torch.ops' Python entry boxes every argument into an
 // IValue and back, a cost that shows at batch 1, where the kernel itself is short. Same op, same
 // dispatch keys, same kernels.
-at::Tensor int4_matmul_direct(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
-                              const at::Tensor& zeros, int64_t group_size, const std::optional<at::Tensor>& bias);
+at::Tensor int4_matmul_direct(const at::Tensor& x, const at::Tensor& packed,
+                              const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
+                              const std::optional<at::Tensor>& bias);
 
 }  // namespace climbq

@@ -32,9 +32,9 @@ int runtime_version_built();  // CUDART_VERSION seen by nvcc; defined in cuda/cl
 #endif
 
 TORCH_LIBRARY(climbq_native, m) {
-  // algorithms.md §1a. x: (B, ...) float32/float16/bfloat16; sigma, mu: (B,) float32 per-sample scale and
-  // location; bits in [1, 16]; act_range = A > 0. Returns A * (2 rint(Phi((x - mu)/sigma) N)/N - 1)
-  // in x's dtype and shape (contiguous).
+  // algorithms.md §1a. x: (B, ...) float32/float16/bfloat16; sigma, mu: (B,) float32 per-sample
+  // scale and location; bits in [1, 16]; act_range = A > 0. Returns
+  // A * (2 rint(Phi((x - mu)/sigma) N)/N - 1) in x's dtype and shape (contiguous).
   m.def("climbq_act_quant_forward(Tensor x, Tensor sigma, Tensor mu, int bits, float act_range)"
         " -> Tensor");
   // dx = grad_out * 2 A phi((x - mu)/sigma) / sigma (straight-through on rint), x's dtype.
@@ -77,7 +77,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Comma-separated CUDA targets compiled in (sm_XX: machine code, compute_XX: PTX); "
         "empty without CUDA.");
   m.def("int4_matmul", &climbq::int4_matmul_direct,
-        "torch.ops.climbq_native.int4_matmul, called through the dispatcher from C++ (eager serving).");
+        "torch.ops.climbq_native.int4_matmul, called through the dispatcher from C++ (eager "
+        "serving).");
   m.def("build_info", &build_info,
         "How this extension was built: with_cuda, cuda_archs, cuda_runtime_version "
         "(CUDART_VERSION, 0 without CUDA), build_cuda_setting (CLIMBQ_BUILD_CUDA), cpu_isas "

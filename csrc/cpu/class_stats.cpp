@@ -1,5 +1,6 @@
-// Class-segmented statistics on the CPU (algorithms.md §1c, algorithms.md §4): checks, label bookkeeping and the
-// float64 -> x's dtype epilogue (mean and var rounded once, through float32); the accumulation is in isa/class_stats_kernel.cpp.
+// Class-segmented statistics on the CPU (algorithms.md §1c, algorithms.md §4): checks, label
+// bookkeeping and the float64 -> x's dtype epilogue (mean and var rounded once, through float32);
+// the accumulation is in isa/class_stats_kernel.cpp.
 #include "../class_stats.h"
 
 #include <ATen/Dispatch.h>
@@ -36,7 +37,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_stats_cpu(const at::Tensor&
   const at::Tensor x_c = x.contiguous(), labels_c = labels.contiguous();
   const int64_t* label_p = labels_c.const_data_ptr<int64_t>();
 
-  // Labels are checked here (a CPU read is free) and counted; prior[i] = earlier samples of i's class.
+  // Labels are checked here (a CPU read is free) and counted;
+  // prior[i] = earlier samples of i's class.
   at::Tensor counts = at::zeros({num_classes}, labels.options());
   int64_t* count_p = counts.mutable_data_ptr<int64_t>();
   std::vector<int64_t> prior(shape.batch);
@@ -55,8 +57,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_stats_cpu(const at::Tensor&
   double* mean_acc = scratch.data();
   double* m2_acc = scratch.data() + stats;
   if (shape.batch * shape.features * shape.positions > 0) {
-    const SegmentProblem problem{x_c.scalar_type(), shape.batch, shape.features, shape.positions,
-                                 label_p, prior.data(), mean_acc, m2_acc};
+    const SegmentProblem problem{x_c.scalar_type(), shape.batch,  shape.features, shape.positions,
+                                 label_p,           prior.data(), mean_acc,       m2_acc};
     accumulate_kernel()(problem, x_c.const_data_ptr());
   }
   counts.mul_(shape.positions);
@@ -81,6 +83,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_stats_cpu(const at::Tensor&
 }  // namespace
 }  // namespace climbq::cpu
 
-TORCH_LIBRARY_IMPL(climbq_native, CPU, m) {
-  m.impl("class_stats", &climbq::cpu::class_stats_cpu);
-}
+TORCH_LIBRARY_IMPL(climbq_native, CPU, m) { m.impl("class_stats", &climbq::cpu::class_stats_cpu); }

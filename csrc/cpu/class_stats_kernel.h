@@ -1,5 +1,6 @@
-// The class-segmented statistics kernel (algorithms.md §1c, algorithms.md §4) on raw pointers, compiled once per CPU
-// instruction set (isa/class_stats_kernel.cpp) and chosen at run time by class_stats.cpp.
+// The class-segmented statistics kernel (algorithms.md §1c, algorithms.md §4) on raw pointers,
+// compiled once per CPU instruction set (isa/class_stats_kernel.cpp) and chosen at run time by
+// class_stats.cpp.
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -24,8 +25,8 @@ struct SegmentProblem {
   double* m2;             // (K, features), zero on entry
 };
 
-#define CLIMBQ_DECLARE_SEGMENT_KERNELS(ISA)                          \
-  namespace ISA {                                                    \
+#define CLIMBQ_DECLARE_SEGMENT_KERNELS(ISA)                            \
+  namespace ISA {                                                      \
   void class_stats_accumulate(const SegmentProblem& p, const void* x); \
   }
 

@@ -1,5 +1,5 @@
-// ClimbQ activation quantizer on the CPU (algorithms.md §1a): checks, output allocation and the choice
-// of instruction set; the vectorised loops are in isa/climbq_act_kernel.cpp.
+// ClimbQ activation quantizer on the CPU (algorithms.md §1a): checks, output allocation and the
+// choice of instruction set; the vectorised loops are in isa/climbq_act_kernel.cpp.
 #include "../climbq_act.h"
 #include "climbq_act_kernel.h"
 #include "fresh_output.h"
@@ -25,7 +25,8 @@ struct ActKernels {
 const ActKernels& act_kernels() {
   static const ActKernels chosen = choose_isa<ActKernels>(
       {DEFAULT::act_quant_forward, DEFAULT::act_quant_backward, DEFAULT::act_quant_codes},
-      {CLIMBQ_AVX2::act_quant_forward, CLIMBQ_AVX2::act_quant_backward, CLIMBQ_AVX2::act_quant_codes},
+      {CLIMBQ_AVX2::act_quant_forward, CLIMBQ_AVX2::act_quant_backward,
+       CLIMBQ_AVX2::act_quant_codes},
       {CLIMBQ_AVX512::act_quant_forward, CLIMBQ_AVX512::act_quant_backward,
        CLIMBQ_AVX512::act_quant_codes});
   return chosen;
@@ -123,8 +124,8 @@ struct FusedTables {
   }
 };
 
-at::Tensor act_fused_forward_cpu(const at::Tensor& x, const at::Tensor& sigma,
-                                 const at::Tensor& mu, const std::optional<at::Tensor>& thresholds,
+at::Tensor act_fused_forward_cpu(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& mu,
+                                 const std::optional<at::Tensor>& thresholds,
                                  const std::optional<at::Tensor>& bn_scale,
                                  const std::optional<at::Tensor>& bn_shift, int64_t bits,
                                  double act_range, bool relu, bool channels_last) {

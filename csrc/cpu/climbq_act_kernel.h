@@ -1,7 +1,7 @@
-// The ClimbQ activation kernels (algorithms.md §1a) on raw pointers, compiled once per CPU instruction
-// set (csrc/cpu/isa/climbq_act_kernel.cpp with CPU_CAPABILITY = DEFAULT, AVX2 or AVX512; see
-// setup.py) and chosen at run time by csrc/cpu/climbq_act.cpp, as ATen's DispatchStub does.
-// This header stays free of at::Tensor so that the per-ISA objects hold only kernel code.
+// The ClimbQ activation kernels (algorithms.md §1a) on raw pointers, compiled once per CPU
+// instruction set (csrc/cpu/isa/climbq_act_kernel.cpp with CPU_CAPABILITY = DEFAULT, AVX2 or
+// AVX512; see setup.py) and chosen at run time by csrc/cpu/climbq_act.cpp, as ATen's DispatchStub
+// does. This header stays free of at::Tensor so that the per-ISA objects hold only kernel code.
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -30,16 +30,16 @@ struct ActQuantProblem {
   float act_range;    // A
   // The fused variants (see ../climbq_act.h); the defaults give the plain quantizer.
   int64_t bits = 0;
-  const float* bn_scale = nullptr;    // (channels,) or null: no affine
-  const float* bn_shift = nullptr;    // (channels,), set together with bn_scale
+  const float* bn_scale = nullptr;  // (channels,) or null: no affine
+  const float* bn_shift = nullptr;  // (channels,), set together with bn_scale
   int64_t channels = 1;
   int64_t channel_stride = 1;         // elements between consecutive channels in memory
   const float* thresholds = nullptr;  // (N,) ascending, or null: the erf form
   bool relu = false;
-  bool chain_scale = true;            // backward: dx = dy * bn_scale (else return dy)
+  bool chain_scale = true;  // backward: dx = dy * bn_scale (else return dy)
 };
 
-#define CLIMBQ_DECLARE_ACT_KERNELS(ISA)                                                 \
+#define CLIMBQ_DECLARE_ACT_KERNELS(ISA)                                                  \
   namespace ISA {                                                                        \
   void act_quant_forward(const ActQuantProblem& p, const void* x, void* out);            \
   void act_quant_backward(const ActQuantProblem& p, const void* grad_out, const void* x, \

@@ -1,5 +1,5 @@
-// ClimbQ weight quantizer on the CPU (algorithms.md §1b): checks, the float64 reduction results and the
-// elementwise constants; the vectorised loops are in isa/climbq_weight_kernel.cpp.
+// ClimbQ weight quantizer on the CPU (algorithms.md §1b): checks, the float64 reduction results and
+// the elementwise constants; the vectorised loops are in isa/climbq_weight_kernel.cpp.
 #include "../climbq_weight.h"
 
 #include <ATen/core/Tensor.h>
@@ -26,10 +26,10 @@ const WeightKernels& weight_kernels() {
   static const WeightKernels chosen = choose_isa<WeightKernels>(
       {DEFAULT::weight_shifted_sums, DEFAULT::weight_grad_sums, DEFAULT::weight_quant_forward,
        DEFAULT::weight_quant_backward},
-      {CLIMBQ_AVX2::weight_shifted_sums, CLIMBQ_AVX2::weight_grad_sums, CLIMBQ_AVX2::weight_quant_forward,
-       CLIMBQ_AVX2::weight_quant_backward},
-      {CLIMBQ_AVX512::weight_shifted_sums, CLIMBQ_AVX512::weight_grad_sums, CLIMBQ_AVX512::weight_quant_forward,
-       CLIMBQ_AVX512::weight_quant_backward});
+      {CLIMBQ_AVX2::weight_shifted_sums, CLIMBQ_AVX2::weight_grad_sums,
+       CLIMBQ_AVX2::weight_quant_forward, CLIMBQ_AVX2::weight_quant_backward},
+      {CLIMBQ_AVX512::weight_shifted_sums, CLIMBQ_AVX512::weight_grad_sums,
+       CLIMBQ_AVX512::weight_quant_forward, CLIMBQ_AVX512::weight_quant_backward});
   return chosen;
 }
 
@@ -45,7 +45,8 @@ float first_element(const at::Tensor& w) {
 WeightPass weight_pass(const char* op, const at::Tensor& w, int64_t bits, double* std_out) {
   const int64_t n = w.numel();
   const float shift = first_element(w);
-  const PairSums sums = weight_kernels().shifted_sums(w.scalar_type(), w.const_data_ptr(), n, shift);
+  const PairSums sums =
+      weight_kernels().shifted_sums(w.scalar_type(), w.const_data_ptr(), n, shift);
   const WeightStats stats = weight_stats_from_sums(shift, sums.a, sums.b, n);
   TORCH_CHECK_VALUE(std::isfinite(stats.mean) && std::isfinite(stats.std), op,
                     ": w must be finite, got mean ", stats.mean, " and std ", stats.std);

@@ -30,16 +30,14 @@ struct PairSums {
   double b = 0;
 };
 
-#define CLIMBQ_DECLARE_WEIGHT_KERNELS(ISA)                                                    \
-  namespace ISA {                                                                             \
-  /* sum (w - shift), sum (w - shift)^2 */                                                    \
-  PairSums weight_shifted_sums(c10::ScalarType dtype, const void* w, int64_t numel,           \
-                               float shift);                                                  \
-  /* S1 = sum g phi(z), S2 = sum g phi(z) z with z = t sqrt(2) */                              \
-  PairSums weight_grad_sums(const WeightPass& p, const void* grad_out, const void* w);        \
-  void weight_quant_forward(const WeightPass& p, const void* w, void* out);                   \
-  void weight_quant_backward(const WeightPass& p, const void* grad_out, const void* w,        \
-                             void* dw);                                                       \
+#define CLIMBQ_DECLARE_WEIGHT_KERNELS(ISA)                                                        \
+  namespace ISA {                                                                                 \
+  /* sum (w - shift), sum (w - shift)^2 */                                                        \
+  PairSums weight_shifted_sums(c10::ScalarType dtype, const void* w, int64_t numel, float shift); \
+  /* S1 = sum g phi(z), S2 = sum g phi(z) z with z = t sqrt(2) */                                 \
+  PairSums weight_grad_sums(const WeightPass& p, const void* grad_out, const void* w);            \
+  void weight_quant_forward(const WeightPass& p, const void* w, void* out);                       \
+  void weight_quant_backward(const WeightPass& p, const void* grad_out, const void* w, void* dw); \
   }
 
 CLIMBQ_DECLARE_WEIGHT_KERNELS(DEFAULT)

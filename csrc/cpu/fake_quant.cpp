@@ -1,11 +1,11 @@
-// Uniform fake quant on the CPU (algorithms.md §1e affine/LSQ, algorithms.md §3 per-sample bits): checks, tables,
-// output allocation and the final per-channel reduction of the backward partial sums; the
-// vectorised loops are in isa/fake_quant_kernel.cpp.
+// Uniform fake quant on the CPU (algorithms.md §1e affine/LSQ, algorithms.md §3 per-sample bits):
+// checks, tables, output allocation and the final per-channel reduction of the backward partial
+// sums; the vectorised loops are in isa/fake_quant_kernel.cpp.
 #include "../fake_quant.h"
 #include "climbq_act_kernel.h"
+#include "fake_quant_kernel.h"
 #include "fresh_output.h"
 #include "isa_choice.h"
-#include "fake_quant_kernel.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -42,8 +42,8 @@ const FakeQuantKernels& kernels() {
        DEFAULT::sample_bits_backward},
       {CLIMBQ_AVX2::affine_forward, CLIMBQ_AVX2::affine_backward, CLIMBQ_AVX2::sample_bits_forward,
        CLIMBQ_AVX2::sample_bits_backward},
-      {CLIMBQ_AVX512::affine_forward, CLIMBQ_AVX512::affine_backward, CLIMBQ_AVX512::sample_bits_forward,
-       CLIMBQ_AVX512::sample_bits_backward});
+      {CLIMBQ_AVX512::affine_forward, CLIMBQ_AVX512::affine_backward,
+       CLIMBQ_AVX512::sample_bits_forward, CLIMBQ_AVX512::sample_bits_backward});
   return chosen;
 }
 
@@ -62,16 +62,24 @@ class AffineCall {
     const float* zp = zero_point_.const_data_ptr<float>();
     inv_scale_.resize(layout.channels);
     for (int64_t c = 0; c < layout.channels; ++c) {
-      TORCH_CHECK_VALUE(std::isfinite(s[c]) && s[c] > 0, op, ": scale must be finite and > 0, got ", s[c]);
+      TORCH_CHECK_VALUE(std::isfinite(s[c]) && s[c] > 0, op, ": scale must be finite and > 0, got ",
+                        s[c]);
       TORCH_CHECK_VALUE(zp[c] >= quant_min && zp[c] <= quant_max, op,
-                  ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
-                  quant_max, "], got ", zp[c]);
+                        ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
+                        quant_max, "], got ", zp[c]);
       inv_scale_[c] = 1.0f / s[c];
     }
     const ZeroPointMode mode = zero_point_mode(zero_point);
-    problem_ = {x.scalar_type(), layout, s, inv_scale_.data(), zp, mode,
+    problem_ = {x.scalar_type(),
+                layout,
+                s,
+                inv_scale_.data(),
+                zp,
+                mode,
                 needs_double_product(axis.has_value(), mode, quant_min, quant_max),
-                static_cast<float>(quant_min), static_cast<float>(quant_max), PositionTables{}};
+                static_cast<float>(quant_min),
+                static_cast<float>(quant_max),
+                PositionTables{}};
     const int64_t period = layout.channels * layout.inner;
     if (axis.has_value() && layout.rows > 0 && layout.inner < kShortRow && period <= kChunk) {
       expand_to_positions(period);
@@ -122,7 +130,8 @@ at::Tensor reduce_partials(const std::vector<float>& partials, int64_t channels,
                            const ChannelOf& channel_of, double factor) {
   at::Tensor result = at::empty({channels}, at::TensorOptions().dtype(at::kFloat));
   std::vector<double> sums(channels, 0.0);
-  for (size_t i = 0; i < partials.size(); ++i) sums[channel_of(static_cast<int64_t>(i))] += partials[i];
+  for (size_t i = 0; i < partials.size(); ++i)
+    sums[channel_of(static_cast<int64_t>(i))] += partials[i];
   float* out = result.mutable_data_ptr<float>();
   for (int64_t c = 0; c < channels; ++c) out[c] = static_cast<float>(sums[c] * factor);
   return result;
@@ -135,19 +144,20 @@ at::Tensor affine_forward_cpu(const at::Tensor& x, const at::Tensor& scale,
                         axis);
   const at::Tensor x_c = x.contiguous();
   at::Tensor out = empty_like_fresh(x_c);
-  if (x_c.numel() != 0) kernels().affine_forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
+  if (x_c.numel() != 0)
+    kernels().affine_forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale,
-    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
-    c10::optional<int64_t> axis, bool scale_grad, bool zero_point_grad) {
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max, c10::optional<int64_t> axis,
+    bool scale_grad, bool zero_point_grad) {
   const char* op = "fake_quant_affine_backward";
   const AffineCall call(op, x, scale, zero_point, quant_min, quant_max, axis);
   check_act_quant_grad(op, grad_out, x);
   TORCH_CHECK_VALUE(!zero_point_grad || at::isFloatingType(zero_point.scalar_type()), op,
-              ": zero_point must be floating to receive a gradient (a learned zero point)");
+                    ": zero_point must be floating to receive a gradient (a learned zero point)");
   const AffineProblem& p = call.problem();
   const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
   at::Tensor dx = empty_like_fresh(x_c);
@@ -177,15 +187,15 @@ class SampleBitsCall {
     check_sample_bits_args(op, x, bits, clip, c10::kCPU);
     const float clip_value = clip.to(at::kFloat).item<float>();
     TORCH_CHECK_VALUE(std::isfinite(clip_value) && clip_value > 0, op,
-                ": clip must be finite and > 0, got ", clip_value);
+                      ": clip must be finite and > 0, got ", clip_value);
     const at::Tensor bits_c = bits.to(at::kLong).contiguous();
     const int64_t* b = bits_c.const_data_ptr<int64_t>();
     const int64_t batch = x.size(0);
     step_.resize(batch);
     levels_.resize(batch);
     for (int64_t i = 0; i < batch; ++i) {
-      TORCH_CHECK_VALUE(b[i] >= kMinBits && b[i] <= kMaxBits, op, ": bits must lie in [", kMinBits, ", ",
-                  kMaxBits, "], got ", b[i]);
+      TORCH_CHECK_VALUE(b[i] >= kMinBits && b[i] <= kMaxBits, op, ": bits must lie in [", kMinBits,
+                        ", ", kMaxBits, "], got ", b[i]);
       levels_[i] = static_cast<float>((int64_t{1} << b[i]) - 1);
       step_[i] = clip_value / levels_[i];
     }

@@ -4,9 +4,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/add.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -46,7 +46,8 @@ constexpr int64_t kGemmBlockFloats = int64_t{1} << 22;
 // y (M, N) float32 = x W^T into `y`, a block of W rows (columns of y) at a time. Writing the
 // columns of y in place, as F.linear lays out its product, is faster than y^T = W x^T followed
 // by a transposing copy.
-at::Tensor dequantize_then_gemm(const Int4MatmulProblem& problem, const at::Tensor& x_float, at::Tensor y) {
+at::Tensor dequantize_then_gemm(const Int4MatmulProblem& problem, const at::Tensor& x_float,
+                                at::Tensor y) {
   const int64_t in = problem.in_features, out_features = problem.out_features;
   const int64_t block = std::max<int64_t>(64, kGemmBlockFloats / std::max<int64_t>(in, 1));
   at::Tensor w = at::empty({std::min(block, out_features), in}, x_float.options());
@@ -68,7 +69,8 @@ int64_t padded_stride(int64_t in) {
 }
 
 // dst = src's block of `Width` features with run j of `Runs` holding features j, Runs + j, ...
-// The split layout is 2 runs of 16 features a block of 32, the word layout 8 runs of 16 a block of 128.
+// The split layout is 2 runs of 16 features a block of 32, the word layout 8 runs of 16 a
+// block of 128.
 template <int64_t Width, int64_t Runs, typename T>
 void interleave_runs(const T* src, float* dst) {
   constexpr int64_t kRun = Width / Runs;
@@ -78,7 +80,8 @@ void interleave_runs(const T* src, float* dst) {
 }
 
 template <typename T>
-void lay_out_rows(const T* x, int64_t rows, int64_t in, int64_t stride, Int4XLayout layout, float* out) {
+void lay_out_rows(const T* x, int64_t rows, int64_t in, int64_t stride, Int4XLayout layout,
+                  float* out) {
   at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(in, 1)),
                    [&](int64_t first, int64_t last) {
     for (int64_t m = first; m < last; ++m) {
@@ -105,8 +108,8 @@ at::Tensor fused_matmul(Int4MatmulProblem problem, const at::Tensor& x, at::Tens
   problem.x_layout = int4_kernels().x_layout(problem.rows, problem.in_features, problem.group_size);
   at::Tensor x_laid_out = at::empty({problem.rows, stride}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int4_matmul", [&] {
-    lay_out_rows(x.const_data_ptr<scalar_t>(), problem.rows, problem.in_features, stride, problem.x_layout,
-                 x_laid_out.mutable_data_ptr<float>());
+    lay_out_rows(x.const_data_ptr<scalar_t>(), problem.rows, problem.in_features, stride,
+                 problem.x_layout, x_laid_out.mutable_data_ptr<float>());
   });
   problem.x = x_laid_out.const_data_ptr<float>();
   problem.x_stride = stride;
@@ -118,7 +121,8 @@ at::Tensor fused_matmul(Int4MatmulProblem problem, const at::Tensor& x, at::Tens
 at::Tensor int4_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                            const at::Tensor& zeros, int64_t group_size,
                            const std::optional<at::Tensor>& bias) {
-  const Int4Shape shape = check_int4_matmul_args(x, packed, scales, zeros, group_size, bias, c10::kCPU);
+  const Int4Shape shape =
+      check_int4_matmul_args(x, packed, scales, zeros, group_size, bias, c10::kCPU);
   const at::Tensor x_c = x.contiguous();
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
@@ -126,16 +130,27 @@ at::Tensor int4_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const 
   at::Tensor out = at::empty(out_shape, x.options());
   if (out.numel() == 0) return out;
 
-  const at::Tensor packed_c = packed.contiguous(), scales_c = scales.contiguous(), zeros_c = zeros.contiguous();
-  const Int4MatmulProblem problem{shape.rows, shape.out_features, shape.in_features, group_size, nullptr, 0,
-                                  packed_c.const_data_ptr<uint8_t>(), scales_c.const_data_ptr<float>(),
-                                  zeros_c.const_data_ptr<float>(), nullptr};
+  const at::Tensor packed_c = packed.contiguous(), scales_c = scales.contiguous(),
+                   zeros_c = zeros.contiguous();
+  const Int4MatmulProblem problem{shape.rows,
+                                  shape.out_features,
+                                  shape.in_features,
+                                  group_size,
+                                  nullptr,
+                                  0,
+                                  packed_c.const_data_ptr<uint8_t>(),
+                                  scales_c.const_data_ptr<float>(),
+                                  zeros_c.const_data_ptr<float>(),
+                                  nullptr};
   const at::Tensor out_rows = out.view({shape.rows, shape.out_features});
   at::Tensor y;
   const bool float_out = x.scalar_type() == at::kFloat;
-  at::Tensor y_float = float_out ? out_rows : at::empty({shape.rows, shape.out_features}, x.options().dtype(at::kFloat));
+  at::Tensor y_float =
+      float_out ? out_rows
+                : at::empty({shape.rows, shape.out_features}, x.options().dtype(at::kFloat));
   if (shape.rows >= kGemmRows) {
-    y = dequantize_then_gemm(problem, x_c.reshape({shape.rows, shape.in_features}).to(at::kFloat), y_float);
+    y = dequantize_then_gemm(problem, x_c.reshape({shape.rows, shape.in_features}).to(at::kFloat),
+                             y_float);
   } else {
     y = fused_matmul(problem, x_c, y_float);
   }
@@ -148,6 +163,4 @@ at::Tensor int4_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const 
 }  // namespace
 }  // namespace climbq::cpu
 
-TORCH_LIBRARY_IMPL(climbq_native, CPU, m) {
-  m.impl("int4_matmul", &climbq::cpu::int4_matmul_cpu);
-}
+TORCH_LIBRARY_IMPL(climbq_native, CPU, m) { m.impl("int4_matmul", &climbq::cpu::int4_matmul_cpu); }

@@ -26,27 +26,27 @@ enum class Int4XLayout { kSplit, kWords };
 
 // y (M, N) float32 = x @ W^T for W (N, K) = (q - zeros) * scales, group-wise.
 struct Int4MatmulProblem {
-  int64_t rows;          // M
-  int64_t out_features;  // N
-  int64_t in_features;   // K (even)
-  int64_t group_size;    // g: a multiple of 32 dividing K, or K itself
-  const float* x;        // (M, K), in x_layout, rows x_stride floats apart
-  int64_t x_stride;      // >= K; padded so that rows do not alias in the L1 cache
-  const uint8_t* packed; // (N, K / 2)
-  const float* scales;   // (N, K / g)
-  const float* zeros;    // (N, K / g)
-  float* y;              // (M, N)
+  int64_t rows;           // M
+  int64_t out_features;   // N
+  int64_t in_features;    // K (even)
+  int64_t group_size;     // g: a multiple of 32 dividing K, or K itself
+  const float* x;         // (M, K), in x_layout, rows x_stride floats apart
+  int64_t x_stride;       // >= K; padded so that rows do not alias in the L1 cache
+  const uint8_t* packed;  // (N, K / 2)
+  const float* scales;    // (N, K / g)
+  const float* zeros;     // (N, K / g)
+  float* y;               // (M, N)
   Int4XLayout x_layout = Int4XLayout::kSplit;
 };
 
 // int4_x_layout: the layout int4_matmul reads x in for a problem of this shape. int4_matmul:
 // the fused kernel, all of y. int4_dequantize: rows [n0, n1) of W as float32, (n1 - n0, K)
 // row-major into w, for the dequantize-then-GEMM path of larger batches (x and y unused).
-#define CLIMBQ_DECLARE_INT4_KERNELS(ISA)                                                 \
-  namespace ISA {                                                                      \
-  Int4XLayout int4_x_layout(int64_t rows, int64_t in_features, int64_t group_size);    \
-  void int4_matmul(const Int4MatmulProblem& p);                                        \
-  void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* w);  \
+#define CLIMBQ_DECLARE_INT4_KERNELS(ISA)                                              \
+  namespace ISA {                                                                     \
+  Int4XLayout int4_x_layout(int64_t rows, int64_t in_features, int64_t group_size);   \
+  void int4_matmul(const Int4MatmulProblem& p);                                       \
+  void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* w); \
   }
 
 CLIMBQ_DECLARE_INT4_KERNELS(DEFAULT)

@@ -1,4 +1,5 @@
-// Class-segmented statistics on CUDA (algorithms.md §1c, algorithms.md §4); shapes and checks in ../class_stats.h.
+// Class-segmented statistics on CUDA (algorithms.md §1c, algorithms.md §4); shapes and checks in
+// ../class_stats.h.
 //
 // Accumulation: float64 sums of shifted values, d = x - x[0, f, 0] (the first sample's first
 // element of the same feature), sum d and sum d^2 per (class, feature), added with float64
@@ -66,9 +67,10 @@ __global__ void segment_sums_kernel(const T* __restrict__ x, const int64_t* __re
 
 template <typename T>
 __global__ void finalize_kernel(const T* __restrict__ x, const double* __restrict__ sum_d,
-                                const double* __restrict__ sum_d2, const int64_t* __restrict__ counts,
-                                int64_t features, int64_t positions, int64_t num_classes,
-                                T* __restrict__ mean, T* __restrict__ var) {
+                                const double* __restrict__ sum_d2,
+                                const int64_t* __restrict__ counts, int64_t features,
+                                int64_t positions, int64_t num_classes, T* __restrict__ mean,
+                                T* __restrict__ var) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= num_classes * features) return;
   const int64_t k = j / features, f = j % features;
@@ -83,15 +85,18 @@ __global__ void finalize_kernel(const T* __restrict__ x, const double* __restric
   var[j] = static_cast<T>(static_cast<float>(v));
 }
 
+// clang-format off
 #define CLIMBQ_DISPATCH_STATS_DTYPES(TYPE, NAME, ...)          \
   AT_DISPATCH_SWITCH(TYPE, NAME,                               \
                      AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+// clang-format on
 
 int grid_for(int64_t threads) {
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(sms * kBlocksPerSm, (threads + kThreads - 1) / kThreads)));
+  return static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(sms * kBlocksPerSm, (threads + kThreads - 1) / kThreads)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> class_stats_cuda(const at::Tensor& x,
@@ -116,11 +121,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_stats_cuda(const at::Tensor
       if (shape.positions >= kWarp) {
         segment_sums_kernel<scalar_t, kWarp><<<grid_for(rows * kWarp), kThreads, 0, stream>>>(
             x_p, labels_c.const_data_ptr<int64_t>(), shape.batch, shape.features, shape.positions,
-            num_classes, sum_d.mutable_data_ptr<double>(), sum_d2.mutable_data_ptr<double>(), counts_p);
+            num_classes, sum_d.mutable_data_ptr<double>(), sum_d2.mutable_data_ptr<double>(),
+            counts_p);
       } else {
         segment_sums_kernel<scalar_t, 1><<<grid_for(rows), kThreads, 0, stream>>>(
             x_p, labels_c.const_data_ptr<int64_t>(), shape.batch, shape.features, shape.positions,
-            num_classes, sum_d.mutable_data_ptr<double>(), sum_d2.mutable_data_ptr<double>(), counts_p);
+            num_classes, sum_d.mutable_data_ptr<double>(), sum_d2.mutable_data_ptr<double>(),
+            counts_p);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

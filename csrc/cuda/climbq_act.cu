@@ -1,10 +1,11 @@
-// ClimbQ activation quantizer on CUDA (algorithms.md §1a); the math and the checks are in ../climbq_act.h.
+// ClimbQ activation quantizer on CUDA (algorithms.md §1a); the math and the checks are in
+// ../climbq_act.h.
 //
 // One grid-stride elementwise kernel per direction, shared by the plain and the fused ops
-// (folded BN before, ReLU after, threshold bucketing, uint8 codes: see ../climbq_act.h). Each thread handles packs of kVec
-// consecutive elements (16-byte loads when every pointer is 16-byte aligned, else kVec = 1)
-// and looks up its sample's sigma and mu once per pack, moving to the next sample when the
-// pack crosses a sample boundary. fp32 math throughout; rintf rounds half to even.
+// (folded BN before, ReLU after, threshold bucketing, uint8 codes: see ../climbq_act.h). Each
+// thread handles packs of kVec consecutive elements (16-byte loads when every pointer is 16-byte
+// aligned, else kVec = 1) and looks up its sample's sigma and mu once per pack, moving to the next
+// sample when the pack crosses a sample boundary. fp32 math throughout; rintf rounds half to even.
 #include "../climbq_act.h"
 
 #include <ATen/Dispatch.h>
@@ -125,9 +126,9 @@ __device__ Out quantized(float code, float levels, float inv_levels, float act_r
 template <typename T, typename Out, int kVec>
 __global__ void act_quant_forward_kernel(const T* __restrict__ x, Out* __restrict__ out,
                                          const float* __restrict__ sigma,
-                                         const float* __restrict__ mu, int64_t numel,
-                                         int64_t inner, float levels, float inv_levels,
-                                         float act_range, Variants v) {
+                                         const float* __restrict__ mu, int64_t numel, int64_t inner,
+                                         float levels, float inv_levels, float act_range,
+                                         Variants v) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x * kVec;
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kVec; base < numel;
        base += stride) {
@@ -200,11 +201,13 @@ dim3 grid_for(int64_t numel) {
   return dim3(static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted, resident))));
 }
 
-#define CLIMBQ_DISPATCH_KERNEL_DTYPES(TYPE, NAME, ...)       \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                             \
+// clang-format off
+#define CLIMBQ_DISPATCH_KERNEL_DTYPES(TYPE, NAME, ...)         \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                               \
                      AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+// clang-format on
 
 // Optional float32 tables made contiguous for one call (kept alive until it returns).
 struct FusedTables {
@@ -221,8 +224,14 @@ struct FusedTables {
     const auto ptr = [](const std::optional<at::Tensor>& t) {
       return t.has_value() ? t->const_data_ptr<float>() : nullptr;
     };
-    return Variants{ptr(thresholds), ptr(bn_scale), ptr(bn_shift), channels,
-                    channel_stride(x, channels_last), static_cast<int>(bits), relu, chain_scale};
+    return Variants{ptr(thresholds),
+                    ptr(bn_scale),
+                    ptr(bn_shift),
+                    channels,
+                    channel_stride(x, channels_last),
+                    static_cast<int>(bits),
+                    relu,
+                    chain_scale};
   }
 };
 
@@ -245,8 +254,9 @@ void launch_forward(const at::Tensor& x_c, at::Tensor& out, const at::Tensor& si
       using Out = std::remove_pointer_t<decltype(out_p)>;
       constexpr int kVec = kPackBytes / sizeof(scalar_t);
       if (aligned_for_packs({x_p, out_p})) {
-        act_quant_forward_kernel<scalar_t, Out, kVec><<<grid_for<kVec>(numel), kThreads, 0, stream>>>(
-            x_p, out_p, sigma_p, mu_p, numel, inner, levels_f, inv_levels, act_range_f, v);
+        act_quant_forward_kernel<scalar_t, Out, kVec>
+            <<<grid_for<kVec>(numel), kThreads, 0, stream>>>(
+                x_p, out_p, sigma_p, mu_p, numel, inner, levels_f, inv_levels, act_range_f, v);
       } else {
         act_quant_forward_kernel<scalar_t, Out, 1><<<grid_for<1>(numel), kThreads, 0, stream>>>(
             x_p, out_p, sigma_p, mu_p, numel, inner, levels_f, inv_levels, act_range_f, v);

@@ -1,4 +1,5 @@
-// ClimbQ weight quantizer on CUDA (algorithms.md §1b); the math and the checks are in ../climbq_weight.h.
+// ClimbQ weight quantizer on CUDA (algorithms.md §1b); the math and the checks are in
+// ../climbq_weight.h.
 //
 // Forward: shifted_sums_kernel writes one float64 (sum d, sum d^2) partial per block
 // (d = w - w[0]); forward_kernel's blocks each add the partials in one fixed order (so every
@@ -54,12 +55,13 @@ __device__ Standardize standardize(const Pair& sums, float shift, int64_t n) {
   const double mean_d = sums.a / n;
   const double m2 = sums.b - sums.a * mean_d;
   const double std = m2 > 0 ? sqrt(m2 / (n - 1)) : 0.0;
-  return {static_cast<float>(shift + mean_d), std > 0 ? static_cast<float>(1.0 / (std * kSqrt2)) : 0.0f,
-          std};
+  return {static_cast<float>(shift + mean_d),
+          std > 0 ? static_cast<float>(1.0 / (std * kSqrt2)) : 0.0f, std};
 }
 
 template <typename T>
-__global__ void shifted_sums_kernel(const T* __restrict__ w, int64_t n, Pair* __restrict__ partials) {
+__global__ void shifted_sums_kernel(const T* __restrict__ w, int64_t n,
+                                    Pair* __restrict__ partials) {
   __shared__ double scratch[kWarp];
   const float shift = static_cast<float>(w[0]);
   double a = 0, b = 0;
@@ -86,7 +88,7 @@ __global__ void forward_kernel(const T* __restrict__ w, T* __restrict__ out, int
        i += int64_t(gridDim.x) * blockDim.x) {
     const float t = (static_cast<float>(w[i]) - st.mean) * st.inv_std_sqrt2;
     const float code = rintf(fmaf(erff(t), 0.5f * levels, 0.5f * levels));  // rint(Phi(z) N)
-    out[i] = static_cast<T>(fmaf(code, 2.0f, -levels) * inv_levels);     // (2q - N)/N
+    out[i] = static_cast<T>(fmaf(code, 2.0f, -levels) * inv_levels);        // (2q - N)/N
   }
 }
 
@@ -113,8 +115,9 @@ __global__ void grad_sums_kernel(const T* __restrict__ g, const T* __restrict__ 
 
 // dw = (2/s)(g phi - S1/n - z S2/(n-1)) = g_scale g e + offset + t_scale t.
 template <typename T>
-__global__ void backward_kernel(const T* __restrict__ g, const T* __restrict__ w, T* __restrict__ dw,
-                                int64_t n, const Pair* __restrict__ stat_partials,
+__global__ void backward_kernel(const T* __restrict__ g, const T* __restrict__ w,
+                                T* __restrict__ dw, int64_t n,
+                                const Pair* __restrict__ stat_partials,
                                 const Pair* __restrict__ grad_partials, int num_partials) {
   __shared__ double scratch[kWarp];
   const Standardize st =
@@ -127,25 +130,30 @@ __global__ void backward_kernel(const T* __restrict__ g, const T* __restrict__ w
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float t = (static_cast<float>(w[i]) - st.mean) * st.inv_std_sqrt2;
-    dw[i] = static_cast<T>(fmaf(static_cast<float>(g[i]) * g_scale, expf(-t * t), fmaf(t, t_scale, offset)));
+    dw[i] = static_cast<T>(
+        fmaf(static_cast<float>(g[i]) * g_scale, expf(-t * t), fmaf(t, t_scale, offset)));
   }
 }
 
 int num_partials(int64_t n) {
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({kMaxPartials, 2 * sms, (n + kThreads - 1) / kThreads})));
+  return static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>({kMaxPartials, 2 * sms, (n + kThreads - 1) / kThreads})));
 }
 
 int elementwise_blocks(int64_t n) {
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(sms * kBlocksPerSm, (n + kThreads - 1) / kThreads)));
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(sms * kBlocksPerSm, (n + kThreads - 1) / kThreads)));
 }
 
+// clang-format off
 #define CLIMBQ_DISPATCH_WEIGHT_DTYPES(TYPE, NAME, ...)         \
   AT_DISPATCH_SWITCH(TYPE, NAME,                               \
                      AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+// clang-format on
 
 // (partials tensor, count): the statistics reduction, launched on the current stream.
 template <typename T>
@@ -177,7 +185,8 @@ at::Tensor weight_quant_forward_cuda(const at::Tensor& w, int64_t bits) {
   return out;
 }
 
-at::Tensor weight_quant_backward_cuda(const at::Tensor& grad_out, const at::Tensor& w, int64_t bits) {
+at::Tensor weight_quant_backward_cuda(const at::Tensor& grad_out, const at::Tensor& w,
+                                      int64_t bits) {
   check_weight_quant_args("climbq_weight_quant_backward", w, bits, c10::kCUDA);
   check_weight_grad("climbq_weight_quant_backward", grad_out, w);
   const c10::cuda::CUDAGuard device_guard(w.device());
@@ -194,8 +203,8 @@ at::Tensor weight_quant_backward_cuda(const at::Tensor& grad_out, const at::Tens
         g_c.const_data_ptr<scalar_t>(), w_c.const_data_ptr<scalar_t>(), n, stats_p, parts, grad_p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     backward_kernel<scalar_t><<<elementwise_blocks(n), kThreads, 0, stream>>>(
-        g_c.const_data_ptr<scalar_t>(), w_c.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(), n,
-        stats_p, grad_p, parts);
+        g_c.const_data_ptr<scalar_t>(), w_c.const_data_ptr<scalar_t>(),
+        dw.mutable_data_ptr<scalar_t>(), n, stats_p, grad_p, parts);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dw;

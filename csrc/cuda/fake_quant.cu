@@ -1,5 +1,6 @@
-// Uniform fake quant on CUDA (algorithms.md §1e affine/LSQ, algorithms.md §3 per-sample bits); the row view and the
-// checks are in ../fake_quant.h, the math in csrc/cpu/isa/fake_quant_kernel.cpp's header comment.
+// Uniform fake quant on CUDA (algorithms.md §1e affine/LSQ, algorithms.md §3 per-sample bits); the
+// row view and the checks are in ../fake_quant.h, the math in csrc/cpu/isa/fake_quant_kernel.cpp's
+// header comment.
 //
 // One block per piece (kChunk consecutive elements of one row, so a row's constants are loaded
 // once per block); threads stride through the piece so loads coalesce. The *_rn intrinsics keep
@@ -57,15 +58,17 @@ template <int kZpMode>
 __device__ float code_of(float x, float inv_scale, float zp, float& v) {
   v = __fmul_rn(x, inv_scale);
   if constexpr (kZpMode == static_cast<int>(ZeroPointMode::kInteger)) return rintf(v) + zp;
-  if constexpr (kZpMode == static_cast<int>(ZeroPointMode::kFusedFloat)) return rintf(fmaf(x, inv_scale, zp));
+  if constexpr (kZpMode == static_cast<int>(ZeroPointMode::kFusedFloat))
+    return rintf(fmaf(x, inv_scale, zp));
   return rintf(__fadd_rn(v, zp));
 }
 
 template <typename T, int kZpMode, bool kDoubleProduct>
 __global__ void affine_forward_kernel(const T* __restrict__ x, T* __restrict__ out,
-                                      const float* __restrict__ scale, const float* __restrict__ zero_point,
-                                      int64_t inner, int64_t channels, int64_t chunks_per_row,
-                                      float quant_min, float quant_max) {
+                                      const float* __restrict__ scale,
+                                      const float* __restrict__ zero_point, int64_t inner,
+                                      int64_t channels, int64_t chunks_per_row, float quant_min,
+                                      float quant_max) {
   const Piece p = piece_of(blockIdx.x, inner, chunks_per_row);
   const int64_t channel = p.row % channels;
   const float s = __ldg(scale + channel), zp = __ldg(zero_point + channel);
@@ -102,7 +105,8 @@ __global__ void affine_backward_kernel(const T* __restrict__ grad_out, const T* 
     const float q = code_of<kZpMode>(static_cast<float>(x[j]), inv_scale, zp, v);
     const bool inside = q >= quant_min && q <= quant_max;  // false for a NaN code
     dx[j] = static_cast<T>(g * (inside ? 1.0f : 0.0f));
-    const float term = q < quant_min ? quant_min - zp : (q > quant_max ? quant_max - zp : (q - zp) - v);
+    const float term =
+        q < quant_min ? quant_min - zp : (q > quant_max ? quant_max - zp : (q - zp) - v);
     dscale_acc += g * term;
     dzp_acc += g * (inside ? 0.0f : -s);
   }
@@ -131,8 +135,9 @@ struct SampleGrid {
 
 template <typename T>
 __global__ void sample_bits_forward_kernel(const T* __restrict__ x, T* __restrict__ out,
-                                           const int32_t* __restrict__ bits, const float* __restrict__ clip,
-                                           int64_t inner, int64_t chunks_per_row) {
+                                           const int32_t* __restrict__ bits,
+                                           const float* __restrict__ clip, int64_t inner,
+                                           int64_t chunks_per_row) {
   const Piece p = piece_of(blockIdx.x, inner, chunks_per_row);
   const SampleGrid grid(bits, clip, p.row);
   for (int64_t j = p.begin + threadIdx.x; j < p.end; j += kThreads) {
@@ -160,11 +165,13 @@ __global__ void sample_bits_backward_kernel(const T* __restrict__ grad_out, cons
   if (threadIdx.x == 0) dclip_partials[blockIdx.x] = total;
 }
 
+// clang-format off
 #define CLIMBQ_DISPATCH_KERNEL_DTYPES(TYPE, NAME, ...)         \
   AT_DISPATCH_SWITCH(TYPE, NAME,                               \
                      AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+// clang-format on
 
 // Calls f(std::integral_constant<int, mode>{}) for the run-time zero-point mode.
 template <typename F>
@@ -180,17 +187,22 @@ void dispatch_zp_mode(ZeroPointMode mode, const F& f) {
 at::Tensor reduce_partials(const at::Tensor& partials, const RowLayout& layout, double factor) {
   if (layout.pieces() == 0) return at::zeros({layout.channels}, partials.options());
   return partials.view({layout.rows / layout.channels, layout.channels, layout.chunks_per_row()})
-      .to(at::kDouble).sum(at::IntArrayRef{0, 2}).mul(factor).to(at::kFloat);
+      .to(at::kDouble)
+      .sum(at::IntArrayRef{0, 2})
+      .mul(factor)
+      .to(at::kFloat);
 }
 
-at::Tensor affine_forward_cuda(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                               int64_t quant_min, int64_t quant_max, c10::optional<int64_t> axis) {
+at::Tensor affine_forward_cuda(const at::Tensor& x, const at::Tensor& scale,
+                               const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                               c10::optional<int64_t> axis) {
   RowLayout layout = check_affine_args("fake_quant_affine_forward", x, scale, zero_point, quant_min,
                                        quant_max, axis, c10::kCUDA);
   layout.chunk = kChunk;
   const c10::cuda::CUDAGuard device_guard(x.device());
   const at::Tensor x_c = x.contiguous();
-  const at::Tensor scale_f = scale.to(at::kFloat).contiguous(), zp_f = zero_point.to(at::kFloat).contiguous();
+  const at::Tensor scale_f = scale.to(at::kFloat).contiguous(),
+                   zp_f = zero_point.to(at::kFloat).contiguous();
   at::Tensor out = at::empty(x_c.sizes(), x_c.options());
   if (layout.pieces() == 0) return out;
   const ZeroPointMode mode = zero_point_mode(zero_point);
@@ -201,9 +213,10 @@ at::Tensor affine_forward_cuda(const at::Tensor& x, const at::Tensor& scale, con
       constexpr int kMode = decltype(zp_mode)::value;
       const auto launch = [&](auto kernel) {
         kernel<<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
-            x_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), scale_f.const_data_ptr<float>(),
-            zp_f.const_data_ptr<float>(), layout.inner, layout.channels, layout.chunks_per_row(),
-            static_cast<float>(quant_min), static_cast<float>(quant_max));
+            x_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+            scale_f.const_data_ptr<float>(), zp_f.const_data_ptr<float>(), layout.inner,
+            layout.channels, layout.chunks_per_row(), static_cast<float>(quant_min),
+            static_cast<float>(quant_max));
       };
       if (double_product) {
         launch(affine_forward_kernel<scalar_t, kMode, true>);
@@ -217,17 +230,20 @@ at::Tensor affine_forward_cuda(const at::Tensor& x, const at::Tensor& scale, con
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-    int64_t quant_min, int64_t quant_max, c10::optional<int64_t> axis, bool scale_grad, bool zero_point_grad) {
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max, c10::optional<int64_t> axis,
+    bool scale_grad, bool zero_point_grad) {
   const char* op = "fake_quant_affine_backward";
-  RowLayout layout = check_affine_args(op, x, scale, zero_point, quant_min, quant_max, axis, c10::kCUDA);
+  RowLayout layout =
+      check_affine_args(op, x, scale, zero_point, quant_min, quant_max, axis, c10::kCUDA);
   layout.chunk = kChunk;
   check_act_quant_grad(op, grad_out, x);
   TORCH_CHECK_VALUE(!zero_point_grad || at::isFloatingType(zero_point.scalar_type()), op,
-              ": zero_point must be floating to receive a gradient (a learned zero point)");
+                    ": zero_point must be floating to receive a gradient (a learned zero point)");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
-  const at::Tensor scale_f = scale.to(at::kFloat).contiguous(), zp_f = zero_point.to(at::kFloat).contiguous();
+  const at::Tensor scale_f = scale.to(at::kFloat).contiguous(),
+                   zp_f = zero_point.to(at::kFloat).contiguous();
   at::Tensor dx = at::empty(x_c.sizes(), x_c.options());
   const auto float_opts = x_c.options().dtype(at::kFloat);
   at::Tensor dscale_partials = at::empty({scale_grad ? layout.pieces() : 0}, float_opts);
@@ -239,11 +255,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
         constexpr int kMode = decltype(zp_mode)::value;
         const auto blocks = static_cast<unsigned>(layout.pieces());
         affine_backward_kernel<scalar_t, kMode><<<blocks, kThreads, 0, stream>>>(
-            grad_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-            scale_f.const_data_ptr<float>(), zp_f.const_data_ptr<float>(),
+            grad_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(),
+            dx.mutable_data_ptr<scalar_t>(), scale_f.const_data_ptr<float>(),
+            zp_f.const_data_ptr<float>(),
             scale_grad ? dscale_partials.mutable_data_ptr<float>() : nullptr,
-            zero_point_grad ? dzp_partials.mutable_data_ptr<float>() : nullptr, layout.inner, layout.channels,
-            layout.chunks_per_row(), static_cast<float>(quant_min), static_cast<float>(quant_max));
+            zero_point_grad ? dzp_partials.mutable_data_ptr<float>() : nullptr, layout.inner,
+            layout.channels, layout.chunks_per_row(), static_cast<float>(quant_min),
+            static_cast<float>(quant_max));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -265,7 +283,8 @@ RowLayout sample_layout(const at::Tensor& x) {
   return layout;
 }
 
-at::Tensor sample_bits_forward_cuda(const at::Tensor& x, const at::Tensor& bits, const at::Tensor& clip) {
+at::Tensor sample_bits_forward_cuda(const at::Tensor& x, const at::Tensor& bits,
+                                    const at::Tensor& clip) {
   check_sample_bits_args("fake_quant_per_sample_bits_forward", x, bits, clip, c10::kCUDA);
   const c10::cuda::CUDAGuard device_guard(x.device());
   const RowLayout layout = sample_layout(x);
@@ -275,32 +294,39 @@ at::Tensor sample_bits_forward_cuda(const at::Tensor& x, const at::Tensor& bits,
   if (layout.pieces() == 0) return out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   CLIMBQ_DISPATCH_KERNEL_DTYPES(x_c.scalar_type(), "fake_quant_per_sample_bits_forward", [&] {
-    sample_bits_forward_kernel<scalar_t><<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
-        x_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), bits_i.const_data_ptr<int32_t>(),
-        clip_f.const_data_ptr<float>(), layout.inner, layout.chunks_per_row());
+    sample_bits_forward_kernel<scalar_t>
+        <<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
+            x_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+            bits_i.const_data_ptr<int32_t>(), clip_f.const_data_ptr<float>(), layout.inner,
+            layout.chunks_per_row());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> sample_bits_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                                             const at::Tensor& bits, const at::Tensor& clip) {
+std::tuple<at::Tensor, at::Tensor> sample_bits_backward_cuda(const at::Tensor& grad_out,
+                                                             const at::Tensor& x,
+                                                             const at::Tensor& bits,
+                                                             const at::Tensor& clip) {
   const char* op = "fake_quant_per_sample_bits_backward";
   check_sample_bits_args(op, x, bits, clip, c10::kCUDA);
   check_act_quant_grad(op, grad_out, x);
   const c10::cuda::CUDAGuard device_guard(x.device());
   const RowLayout layout = sample_layout(x);
-  const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous(), bits_i = bits.to(at::kInt).contiguous();
+  const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous(),
+                   bits_i = bits.to(at::kInt).contiguous();
   const at::Tensor clip_f = clip.to(at::kFloat).reshape({1}).contiguous();
   at::Tensor dx = at::empty(x_c.sizes(), x_c.options());
   at::Tensor partials = at::empty({layout.pieces()}, x_c.options().dtype(at::kFloat));
   if (layout.pieces() != 0) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     CLIMBQ_DISPATCH_KERNEL_DTYPES(x_c.scalar_type(), "fake_quant_per_sample_bits_backward", [&] {
-      sample_bits_backward_kernel<scalar_t><<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
-          grad_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-          bits_i.const_data_ptr<int32_t>(), clip_f.const_data_ptr<float>(), partials.mutable_data_ptr<float>(),
-          layout.inner, layout.chunks_per_row());
+      sample_bits_backward_kernel<scalar_t>
+          <<<static_cast<unsigned>(layout.pieces()), kThreads, 0, stream>>>(
+              grad_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(),
+              dx.mutable_data_ptr<scalar_t>(), bits_i.const_data_ptr<int32_t>(),
+              clip_f.const_data_ptr<float>(), partials.mutable_data_ptr<float>(), layout.inner,
+              layout.chunks_per_row());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

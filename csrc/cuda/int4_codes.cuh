@@ -15,9 +15,9 @@
 
 namespace climbq::cuda::int4 {
 
-constexpr int kWordFeatures = 8;                  // codes per 32-bit word
-constexpr int kChunkBytes = 16;                   // one uint4 of codes
-constexpr int kChunkFeatures = 2 * kChunkBytes;   // 32 features: always inside one group
+constexpr int kWordFeatures = 8;                 // codes per 32-bit word
+constexpr int kChunkBytes = 16;                  // one uint4 of codes
+constexpr int kChunkFeatures = 2 * kChunkBytes;  // 32 features: always inside one group
 constexpr int kChunkWords = kChunkBytes / 4;
 constexpr uint32_t kNibbleMask = 0xFu;
 constexpr uint32_t kLowNibbles = 0x0F0F0F0Fu;
@@ -55,7 +55,9 @@ constexpr float kOffsetCodeBias = 128.0f;   // B = -(128 + z) s
 // The four low nibbles of a word, one per byte (features 0, 2, 4, 6), and the four high ones
 // (features 1, 3, 5, 7).
 __device__ __forceinline__ uint32_t even_codes(uint32_t word) { return word & kLowNibbles; }
-__device__ __forceinline__ uint32_t odd_codes(uint32_t word) { return (word >> kNibbleBits) & kLowNibbles; }
+__device__ __forceinline__ uint32_t odd_codes(uint32_t word) {
+  return (word >> kNibbleBits) & kLowNibbles;
+}
 
 // 0.5 + q / 256 for the code in byte `byte` (0..3) of `codes` (from even_codes / odd_codes); in
 // unrolled loops `byte` is a constant and this is one PRMT.

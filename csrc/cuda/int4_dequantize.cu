@@ -35,8 +35,8 @@ struct alignas(2 * sizeof(Unit) * sizeof(T)) UnitWeights {
 template <typename T, typename Unit>
 __global__ void __launch_bounds__(kThreads)
     dequantize_kernel(const Unit* __restrict__ packed, const float* __restrict__ scales,
-                      const float* __restrict__ zeros, T* __restrict__ weight, int64_t n, int64_t units_per_row,
-                      int64_t groups, int64_t units_per_group) {
+                      const float* __restrict__ zeros, T* __restrict__ weight, int64_t n,
+                      int64_t units_per_row, int64_t groups, int64_t units_per_group) {
   constexpr int kFeatures = 2 * sizeof(Unit);
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= units_per_row) return;
@@ -52,13 +52,15 @@ __global__ void __launch_bounds__(kThreads)
     const float s = __ldg(scales + row * groups + group), z = __ldg(zeros + row * groups + group);
     UnitWeights<T, Unit> out;
 #pragma unroll
-    for (int t = 0; t < kFeatures; ++t) out.v[t] = static_cast<T>(dequantize(code_at(codes, t), z, s));
+    for (int t = 0; t < kFeatures; ++t)
+      out.v[t] = static_cast<T>(dequantize(code_at(codes, t), z, s));
     // Unit i's features start at element kFeatures i, so the store is aligned to its own size.
     reinterpret_cast<UnitWeights<T, Unit>*>(weight)[i] = out;
   }
 }
 
-// One thread per unit (word or byte) of a row, one block row per weight row up to CUDA's grid limit.
+// One thread per unit (word or byte) of a row, one block row per weight row up to CUDA's
+// grid limit.
 dim3 grid_for(int64_t units_per_row, int64_t n) {
   return dim3(static_cast<unsigned>((units_per_row + kThreads - 1) / kThreads),
               static_cast<unsigned>(std::min(n, kMaxGridY)));
@@ -66,11 +68,13 @@ dim3 grid_for(int64_t units_per_row, int64_t n) {
 
 }  // namespace
 
-void int4_dequantize(const Int4Operands& a, int64_t first_row, at::Tensor& weight, cudaStream_t stream) {
+void int4_dequantize(const Int4Operands& a, int64_t first_row, at::Tensor& weight,
+                     cudaStream_t stream) {
   const int64_t n = weight.size(0), k = a.in_features, row_bytes = k / 2, groups = k / a.group_size;
-  TORCH_CHECK(weight.is_contiguous() && weight.size(1) == k && first_row >= 0 && first_row + n <= a.out_features,
-              "int4_dequantize: weight must be a contiguous (rows, ", k, ") block inside W's ", a.out_features,
-              " rows");
+  TORCH_CHECK(weight.is_contiguous() && weight.size(1) == k && first_row >= 0 &&
+                  first_row + n <= a.out_features,
+              "int4_dequantize: weight must be a contiguous (rows, ", k, ") block inside W's ",
+              a.out_features, " rows");
   if (n == 0 || k == 0) return;
   const uint8_t* packed = a.packed.const_data_ptr<uint8_t>() + first_row * row_bytes;
   const float* scales = a.scales.const_data_ptr<float>() + first_row * groups;

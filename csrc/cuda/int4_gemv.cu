@@ -1,5 +1,6 @@
-// INT4 GEMV on CUDA cores for 1..8 rows of x (algorithms.md §6; path choice in int4_matmul.cu: float32 x,
-// and 16-bit x at M = 1, 2 or where the tensor-core kernel does not apply): reads the weight once.
+// INT4 GEMV on CUDA cores for 1..8 rows of x (algorithms.md §6; path choice in int4_matmul.cu:
+// float32 x, and 16-bit x at M = 1, 2 or where the tensor-core kernel does not apply): reads the
+// weight once.
 //
 // A block owns kRows consecutive output features (8 for M <= 4, else 4: `rows_per_block`); its
 // threads (up to 256, a multiple of 32) stride together over K, each holding kRows x M float32
@@ -54,7 +55,8 @@ constexpr int rows_per_block() {
 // Sum over the warp, returned to every lane (butterfly).
 __device__ __forceinline__ float warp_allreduce_sum(float v) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
@@ -89,8 +91,9 @@ __device__ __forceinline__ int64_t row_of_slot(int64_t first_row, int i, int64_t
 // sum + bias[first_row + i] in T (the bias added in float32, one rounding). blockDim.x is a
 // multiple of 32, at most kMaxThreads.
 template <typename T, int kM, int kRows>
-__device__ __forceinline__ void reduce_and_store(const float (&acc)[kRows][kM], const T* __restrict__ bias,
-                                                 T* __restrict__ out, int64_t first_row, int64_t n_out) {
+__device__ __forceinline__ void reduce_and_store(const float (&acc)[kRows][kM],
+                                                 const T* __restrict__ bias, T* __restrict__ out,
+                                                 int64_t first_row, int64_t n_out) {
   __shared__ float partial[kMaxWarps][kRows * kM];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
 #pragma unroll
@@ -122,9 +125,9 @@ struct GemvArgs {
   const uint8_t* packed;
   const float* scales;
   const float* zeros;
-  const T* bias;  // (N,) or null
-  T* out;         // (kM, N)
-  int64_t n_out;  // N
+  const T* bias;        // (N,) or null
+  T* out;               // (kM, N)
+  int64_t n_out;        // N
   int64_t in_features;  // K
   int64_t groups;       // K / g
   int64_t group_size;   // g
@@ -134,7 +137,8 @@ struct GemvArgs {
 // exact float32 form (float32 x).
 template <int kM>
 __device__ __forceinline__ void accumulate_word_exact(uint32_t word, float zero, float scale,
-                                                      const float (&xs)[kM][kWordFeatures], float (&acc)[kM]) {
+                                                      const float (&xs)[kM][kWordFeatures],
+                                                      float (&acc)[kM]) {
 #pragma unroll
   for (int t = 0; t < kWordFeatures; ++t) {
     const float weight = dequantize(code_at(word, t), zero, scale);
@@ -152,7 +156,8 @@ __device__ __forceinline__ void accumulate_word_offset(uint32_t word, float b, f
   const uint32_t even = even_codes(word), odd = odd_codes(word);
   float v[kWordFeatures];
 #pragma unroll
-  for (int j = 0; j < kWordFeatures / 2; ++j) {  // features 2j (low nibble of byte j), 2j + 1 (high)
+  for (int j = 0; j < kWordFeatures / 2; ++j) {
+    // Features 2j (low nibble of byte j) and 2j + 1 (high).
     v[2 * j] = offset_code(even, j);
     v[2 * j + 1] = offset_code(odd, j);
   }
@@ -183,7 +188,8 @@ __global__ void __launch_bounds__(kMaxThreads) gemv_aligned_kernel(const GemvArg
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {  // all weight loads first: kRows in flight
       const int64_t row = row_of_slot(first_row, i, a.n_out);
-      codes[i] = __ldcs(reinterpret_cast<const uint4*>(a.packed + row * row_bytes) + c);  // read once
+      // Read once.
+      codes[i] = __ldcs(reinterpret_cast<const uint4*>(a.packed + row * row_bytes) + c);
       scale[i] = __ldg(a.scales + row * a.groups + group);
       zero[i] = __ldg(a.zeros + row * a.groups + group);
     }
@@ -216,7 +222,8 @@ __global__ void __launch_bounds__(kMaxThreads) gemv_aligned_kernel(const GemvArg
         }
       } else {
 #pragma unroll
-        for (int i = 0; i < kRows; ++i) accumulate_word_exact<kM>(word_of(codes[i], w), zero[i], scale[i], xs, acc[i]);
+        for (int i = 0; i < kRows; ++i)
+          accumulate_word_exact<kM>(word_of(codes[i], w), zero[i], scale[i], xs, acc[i]);
       }
     }
   }
@@ -278,7 +285,9 @@ void with_row_count(int64_t m, const F& f) {
   }
 }
 
-bool is_aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+bool is_aligned(const void* p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
 
 template <typename T>
 void launch(const GemvArgs<T>& args, int64_t rows, int64_t forced_threads, cudaStream_t stream) {
@@ -286,9 +295,10 @@ void launch(const GemvArgs<T>& args, int64_t rows, int64_t forced_threads, cudaS
                        is_aligned(args.packed, kChunkBytes);
   // Per weight row, the units the threads stride over: 16-byte chunks or single bytes.
   const int64_t units = aligned ? args.in_features / kChunkFeatures : args.in_features / 2;
-  const int64_t threads = forced_threads > 0
-                              ? forced_threads
-                              : std::clamp<int64_t>((units + kWarp - 1) / kWarp * kWarp, kWarp, kMaxThreads);
+  const int64_t threads =
+      forced_threads > 0
+          ? forced_threads
+          : std::clamp<int64_t>((units + kWarp - 1) / kWarp * kWarp, kWarp, kMaxThreads);
   with_row_count(rows, [&](auto row_count) {
     constexpr int kM = decltype(row_count)::value;
     constexpr int kRows = rows_per_block<kM>();
@@ -305,16 +315,22 @@ void launch(const GemvArgs<T>& args, int64_t rows, int64_t forced_threads, cudaS
 }  // namespace
 
 void int4_gemv(const Int4Operands& a, at::Tensor& out, int64_t threads, cudaStream_t stream) {
-  TORCH_CHECK(a.rows >= 1 && a.rows <= kGemvMaxRows, "int4_gemv: rows must be in [1, ", kGemvMaxRows, "], got ",
-              a.rows);
+  TORCH_CHECK(a.rows >= 1 && a.rows <= kGemvMaxRows, "int4_gemv: rows must be in [1, ",
+              kGemvMaxRows, "], got ", a.rows);
   TORCH_CHECK(threads == 0 || (threads % kWarp == 0 && threads >= kWarp && threads <= kMaxThreads),
-              "int4_gemv: threads must be 0 or a multiple of ", kWarp, " up to ", kMaxThreads, ", got ", threads);
+              "int4_gemv: threads must be 0 or a multiple of ", kWarp, " up to ", kMaxThreads,
+              ", got ", threads);
   CLIMBQ_DISPATCH_INT4_DTYPES(a.x.scalar_type(), "int4_gemv", [&] {
-    const GemvArgs<scalar_t> args{a.x.const_data_ptr<scalar_t>(), a.packed.const_data_ptr<uint8_t>(),
-                                  a.scales.const_data_ptr<float>(), a.zeros.const_data_ptr<float>(),
+    const GemvArgs<scalar_t> args{a.x.const_data_ptr<scalar_t>(),
+                                  a.packed.const_data_ptr<uint8_t>(),
+                                  a.scales.const_data_ptr<float>(),
+                                  a.zeros.const_data_ptr<float>(),
                                   a.bias.has_value() ? a.bias->const_data_ptr<scalar_t>() : nullptr,
-                                  out.mutable_data_ptr<scalar_t>(), a.out_features, a.in_features,
-                                  a.in_features / a.group_size, a.group_size};
+                                  out.mutable_data_ptr<scalar_t>(),
+                                  a.out_features,
+                                  a.in_features,
+                                  a.in_features / a.group_size,
+                                  a.group_size};
     launch(args, a.rows, threads, stream);
   });
 }

@@ -1,5 +1,5 @@
-// The CUDA INT4 matmul's kernels (algorithms.md §6), one file each, and what they are given; the path
-// choice and the registration live in int4_matmul.cu.
+// The CUDA INT4 matmul's kernels (algorithms.md §6), one file each, and what they are given; the
+// path choice and the registration live in int4_matmul.cu.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -10,11 +10,13 @@
 #include <optional>
 
 // x's dtypes: scalar_t in the body is float, c10::Half or c10::BFloat16.
-#define CLIMBQ_DISPATCH_INT4_DTYPES(TYPE, NAME, ...)          \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                              \
+// clang-format off
+#define CLIMBQ_DISPATCH_INT4_DTYPES(TYPE, NAME, ...)           \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                               \
                      AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+// clang-format on
 
 namespace climbq::cuda {
 
@@ -46,10 +48,12 @@ void int4_gemv(const Int4Operands& a, at::Tensor& out, int64_t threads, cudaStre
 constexpr int kMmaMaxRows = 64;
 enum class MmaKernel { kAuto, kRegisters, kPipelined };
 bool int4_mma_supports(const Int4Operands& a);
-void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel, cudaStream_t stream);
+void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel,
+              cudaStream_t stream);
 
 // W rows [first_row, first_row + weight.size(0)) dequantized into weight (rows, K) in x's dtype,
 // bit for bit the reference's dequantize_int4 (int4_dequantize.cu).
-void int4_dequantize(const Int4Operands& a, int64_t first_row, at::Tensor& weight, cudaStream_t stream);
+void int4_dequantize(const Int4Operands& a, int64_t first_row, at::Tensor& weight,
+                     cudaStream_t stream);
 
 }  // namespace climbq::cuda

@@ -51,7 +51,8 @@ namespace {
 // Large-M buffer: bounds the memory, not a speed-up. Blocks small enough to stay in L2 are slower
 // than one block for the whole of W, so one block covers most layers.
 constexpr int64_t kDequantBlockBytes = int64_t{256} << 20;
-constexpr int64_t kDequantBlockRowMultiple = 64;  // keeps each block's columns of y 128-byte aligned
+// Keeps each block's columns of y 128-byte aligned.
+constexpr int64_t kDequantBlockRowMultiple = 64;
 // 16-bit x: below, the GEMV, which is faster at M = 1, 2; from M = 4 on the MMA kernel is faster
 // (at M = 3 the two are about even).
 constexpr int64_t kMmaMinRows = 3;
@@ -62,7 +63,9 @@ int64_t dequant_block_rows(int64_t n_out, int64_t in_features, int64_t element_b
   int64_t budget = kDequantBlockBytes;
   if (const char* env = std::getenv("CLIMBQ_INT4_DEQUANT_BLOCK_BYTES")) {
     const long long parsed = std::atoll(env);
-    TORCH_CHECK_VALUE(parsed > 0, "CLIMBQ_INT4_DEQUANT_BLOCK_BYTES must be a positive byte count, got '", env, "'");
+    TORCH_CHECK_VALUE(parsed > 0,
+                      "CLIMBQ_INT4_DEQUANT_BLOCK_BYTES must be a positive byte count, got '", env,
+                      "'");
     budget = parsed;
   }
   const int64_t row_bytes = std::max<int64_t>(1, in_features * element_bytes);
@@ -94,7 +97,8 @@ int64_t env_int(const char* name, int64_t fallback) {
   if (env == nullptr || *env == '\0') return fallback;
   char* end = nullptr;
   const long long parsed = std::strtoll(env, &end, 10);
-  TORCH_CHECK_VALUE(*end == '\0' && parsed >= 0, name, " must be a non-negative integer, got '", env, "'");
+  TORCH_CHECK_VALUE(*end == '\0' && parsed >= 0, name, " must be a non-negative integer, got '",
+                    env, "'");
   return parsed;
 }
 
@@ -105,15 +109,16 @@ MmaKernel forced_mma_kernel() {
   const std::string_view name(env);
   if (name == "registers") return MmaKernel::kRegisters;
   if (name == "pipelined") return MmaKernel::kPipelined;
-  TORCH_CHECK_VALUE(false, "CLIMBQ_INT4_MMA_KERNEL must be 'registers' or 'pipelined', got '", name, "'");
+  TORCH_CHECK_VALUE(false, "CLIMBQ_INT4_MMA_KERNEL must be 'registers' or 'pipelined', got '", name,
+                    "'");
 }
 
 // CLIMBQ_INT4_GEMV_THREADS forces the GEMV's threads per block (0 or unset: its own choice).
 int64_t forced_gemv_threads() {
   const int64_t threads = env_int("CLIMBQ_INT4_GEMV_THREADS", 0);
   TORCH_CHECK_VALUE(threads == 0 || (threads % 32 == 0 && threads <= kGemvMaxThreads),
-                    "CLIMBQ_INT4_GEMV_THREADS must be a multiple of 32 from 32 to ", kGemvMaxThreads, ", got ",
-                    threads);
+                    "CLIMBQ_INT4_GEMV_THREADS must be a multiple of 32 from 32 to ",
+                    kGemvMaxThreads, ", got ", threads);
   return threads;
 }
 
@@ -126,9 +131,10 @@ Path choose_path(const Int4Operands& a) {
     if (forced == "gemv" && gemv) return Path::kGemv;
     if (forced == "mma" && mma) return Path::kMma;
     if (forced == "dequantize") return Path::kDequantize;
-    TORCH_CHECK_VALUE(false, "CLIMBQ_INT4_CUDA_PATH=", forced, " does not apply to ", a.rows, " rows of ",
-                      a.x.scalar_type(), " x with K = ", a.in_features,
-                      " (gemv: at most 8 rows; mma: 16-bit x, at most 64 rows, K % 32 == 0, aligned; dequantize)");
+    TORCH_CHECK_VALUE(false, "CLIMBQ_INT4_CUDA_PATH=", forced, " does not apply to ", a.rows,
+                      " rows of ", a.x.scalar_type(), " x with K = ", a.in_features,
+                      " (gemv: at most 8 rows; mma: 16-bit x, at most 64 rows, K % 32 == 0, "
+                      "aligned; dequantize)");
   }
   if (mma && a.rows >= kMmaMinRows) return Path::kMma;
   if (gemv) return Path::kGemv;
@@ -140,9 +146,10 @@ at::Tensor int4_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const
                             const std::optional<at::Tensor>& bias) {
   check_int4_matmul_args(x, packed, scales, zeros, group_size, bias, c10::kCUDA);
   const int64_t in_features = x.size(-1), n_out = packed.size(0);
-  TORCH_CHECK_VALUE(in_features <= std::numeric_limits<int32_t>::max(),
-                    "int4_matmul: in_features must be below 2**31 on CUDA (32-bit indices within a row), got ",
-                    in_features);
+  TORCH_CHECK_VALUE(
+      in_features <= std::numeric_limits<int32_t>::max(),
+      "int4_matmul: in_features must be below 2**31 on CUDA (32-bit indices within a row), got ",
+      in_features);
   const c10::cuda::CUDAGuard device_guard(x.device());
   int64_t rows = 1;  // M: the product of x's leading dimensions
   for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
@@ -162,15 +169,11 @@ at::Tensor int4_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor out = at::empty({rows, n_out}, x.options());
   switch (choose_path(a)) {
-    case Path::kGemv:
-      int4_gemv(a, out, forced_gemv_threads(), stream);
-      break;
+    case Path::kGemv: int4_gemv(a, out, forced_gemv_threads(), stream); break;
     case Path::kMma:
       int4_mma(a, out, env_int("CLIMBQ_INT4_MMA_SPLIT_K", 0), forced_mma_kernel(), stream);
       break;
-    case Path::kDequantize:
-      dequantize_then_gemm(a, out, stream);
-      break;
+    case Path::kDequantize: dequantize_then_gemm(a, out, stream); break;
   }
   return out.view(out_shape);
 }

@@ -59,12 +59,12 @@ using namespace int4;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * kWarp;
-constexpr int kTileRows = 16;                     // output features per warp (the MMA's M)
-constexpr int kBlockRows = kWarps * kTileRows;    // output features per block
-constexpr int kNTile = 8;                         // rows of x per MMA (the MMA's N)
-constexpr int kLanesPerRow = 4;                   // lanes (t = 0..3) sharing a row of the tile
+constexpr int kTileRows = 16;                   // output features per warp (the MMA's M)
+constexpr int kBlockRows = kWarps * kTileRows;  // output features per block
+constexpr int kNTile = 8;                       // rows of x per MMA (the MMA's N)
+constexpr int kLanesPerRow = 4;                 // lanes (t = 0..3) sharing a row of the tile
 constexpr int kBlockFeatures = kLanesPerRow * kChunkFeatures;  // 128 input features per k-block
-constexpr int kStepsPerWord = 2;                  // MMA k-steps per 32-bit word of codes
+constexpr int kStepsPerWord = 2;  // MMA k-steps per 32-bit word of codes
 // Split K until the grid has about this many blocks per SM, rounding down: rounding up leaves a
 // partial last wave of blocks, which costs more than the extra split gains.
 constexpr int kTargetBlocksPerSm = 4;
@@ -84,19 +84,18 @@ __device__ __forceinline__ uint32_t pack_pair(float low, float high) {
 
 // acc += A B for one m16n8k16 step, 16-bit inputs, float32 accumulators.
 template <typename T>
-__device__ __forceinline__ void mma_16816(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_16816(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 }
 
@@ -106,15 +105,15 @@ struct MmaArgs {
   const uint8_t* packed;  // (N, K/2)
   const float* scales;    // (N, groups)
   const float* zeros;
-  const T* bias;          // (N,) or null
-  T* out;                 // (M, N), written when there is one split
-  float* partial;         // (splits, M, N), written when there are more
-  int64_t rows;           // M
-  int64_t n_out;          // N
-  int64_t in_features;    // K
+  const T* bias;        // (N,) or null
+  T* out;               // (M, N), written when there is one split
+  float* partial;       // (splits, M, N), written when there are more
+  int64_t rows;         // M
+  int64_t n_out;        // N
+  int64_t in_features;  // K
   int64_t groups;
-  int chunks_per_group;   // g / 32
-  int k_blocks;           // ceil(K / 128)
+  int chunks_per_group;  // g / 32
+  int k_blocks;          // ceil(K / 128)
   int k_blocks_per_split;
 };
 
@@ -122,8 +121,9 @@ struct MmaArgs {
 // rows of the tile (with their group's scale and zero) times x; x_word(j, w) is x[8j + g],
 // features 32t + 8w .. + 8 of the k-block, as a uint4 (steps 2w: .x, .y; 2w + 1: .z, .w).
 template <typename T, int kNT, typename XWord>
-__device__ __forceinline__ void mma_k_block(float (&acc)[kNT][4], const uint4 (&codes)[2], const float (&scale)[2],
-                                            const float (&zero)[2], const XWord& x_word) {
+__device__ __forceinline__ void mma_k_block(float (&acc)[kNT][4], const uint4 (&codes)[2],
+                                            const float (&scale)[2], const float (&zero)[2],
+                                            const XWord& x_word) {
   float big_scale[2], bias[2];  // S = 256 s, B = -(128 + z) s (int4_codes.cuh)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -167,8 +167,8 @@ __device__ __forceinline__ void mma_k_block(float (&acc)[kNT][4], const uint4 (&
 // Stores a warp's tile: acc[j] holds {row g, x rows 8j + 2t, 8j + 2t + 1}, {row g + 8, the same}
 // for the rows from tile_row; into the split's float32 partial sums, or into out with the bias.
 template <typename T, int kNT>
-__device__ __forceinline__ void store_tile(const MmaArgs<T>& a, const float (&acc)[kNT][4], int64_t tile_row, int g,
-                                           int t) {
+__device__ __forceinline__ void store_tile(const MmaArgs<T>& a, const float (&acc)[kNT][4],
+                                           int64_t tile_row, int g, int t) {
 #pragma unroll
   for (int j = 0; j < kNT; ++j) {
 #pragma unroll
@@ -192,15 +192,18 @@ __device__ __forceinline__ void store_tile(const MmaArgs<T>& a, const float (&ac
 // through shared memory instead).
 __device__ __forceinline__ void copy_async_16(void* dst, const void* src, bool valid) {
   const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(src), "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(src),
+               "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool valid) {
   const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(address), "l"(src), "r"(valid ? 4 : 0));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(address), "l"(src),
+               "r"(valid ? 4 : 0));
 }
 __device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+// Until at most kPending committed groups are in flight.
 template <int kPending>
-__device__ __forceinline__ void wait_copies() {  // until at most kPending committed groups are in flight
+__device__ __forceinline__ void wait_copies() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
@@ -250,7 +253,8 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
   constexpr int kRowsPerCopy = kThreads / kLanesPerRow;
   constexpr int kXRowsPerCopy = kThreads / kXChunks;
   static_assert(kCodeCopies * kThreads == kRows * kLanesPerRow && kXRowsPerCopy == kNTile);
-  static_assert(kTableCopies * kThreads == 2 * kRows, "row tables: whole copies a thread, scales then zeros");
+  static_assert(kTableCopies * kThreads == 2 * kRows,
+                "row tables: whole copies a thread, scales then zeros");
   const int copy_t = threadIdx.x % kLanesPerRow;
   const int copy_c = threadIdx.x % kXChunks;
   const uint8_t* code_src[kCodeCopies];
@@ -272,7 +276,8 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
   for (int i = 0; i < kTableCopies; ++i) {
     const int entry = threadIdx.x + i * kThreads, row = entry % kRows;
     table_valid[i] = block_row + row < a.n_out;
-    row_table_src[i] = (entry < kRows ? a.scales : a.zeros) + (table_valid[i] ? block_row + row : 0) * a.groups;
+    row_table_src[i] =
+        (entry < kRows ? a.scales : a.zeros) + (table_valid[i] ? block_row + row : 0) * a.groups;
   }
   const T* x_src[kNT];
   bool x_valid[kNT];
@@ -295,7 +300,8 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
     for (int i = 0; i < kCodeCopies; ++i) {
       const bool valid = row_valid[i] && chunk_valid;
       const int slot_index = threadIdx.x + i * kThreads;
-      copy_async_16(codes + slot_index, code_src[i] + (valid ? int64_t(kb) * kBlockFeatures / 2 : 0), valid);
+      copy_async_16(codes + slot_index,
+                    code_src[i] + (valid ? int64_t(kb) * kBlockFeatures / 2 : 0), valid);
       if constexpr (!kRowTables) {
         copy_async_4(scales + slot_index, scale_src[i] + group, valid);
         copy_async_4(zeros + slot_index, zero_src[i] + group, valid);
@@ -306,8 +312,8 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
 #pragma unroll
       for (int i = 0; i < kTableCopies; ++i) {
         const int entry = threadIdx.x + i * kThreads;  // zeros follow the scales' kRows entries
-        copy_async_4((entry < kRows ? scales + entry : zeros + entry - kRows), row_table_src[i] + block_group,
-                     table_valid[i]);
+        copy_async_4((entry < kRows ? scales + entry : zeros + entry - kRows),
+                     row_table_src[i] + block_group, table_valid[i]);
       }
     }
     const bool x_chunk_valid = kb * kLanesPerRow + copy_c / kChunkWords < chunks;
@@ -315,8 +321,8 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
     for (int i = 0; i < kNT; ++i) {
       const int m = threadIdx.x / kXChunks + i * kXRowsPerCopy;
       const bool valid = x_valid[i] && x_chunk_valid;
-      copy_async_16(xs + m * kXChunks + x_slot(m, copy_c), x_src[i] + (valid ? int64_t(kb) * kBlockFeatures : 0),
-                    valid);
+      copy_async_16(xs + m * kXChunks + x_slot(m, copy_c),
+                    x_src[i] + (valid ? int64_t(kb) * kBlockFeatures : 0), valid);
     }
   };
 
@@ -326,8 +332,10 @@ __global__ void __launch_bounds__(kThreads) int4_mma_kernel(const MmaArgs<T> a) 
     const uint8_t* stage = shared + slot * Layout::kBytes;
     const auto* codes = reinterpret_cast<const uint4*>(stage);
     const auto* scales = reinterpret_cast<const float*>(stage + Layout::kCodeBytes);
-    const auto* zeros = reinterpret_cast<const float*>(stage + Layout::kCodeBytes + Layout::kTableBytes);
-    const auto* xs = reinterpret_cast<const uint4*>(stage + Layout::kCodeBytes + 2 * Layout::kTableBytes);
+    const auto* zeros =
+        reinterpret_cast<const float*>(stage + Layout::kCodeBytes + Layout::kTableBytes);
+    const auto* xs =
+        reinterpret_cast<const uint4*>(stage + Layout::kCodeBytes + 2 * Layout::kTableBytes);
     uint4 code[2];
     float scale[2], zero[2];
 #pragma unroll
@@ -380,7 +388,8 @@ __global__ void __launch_bounds__(kThreads) int4_mma_registers_kernel(const MmaA
   const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
   const int64_t warp_row = (int64_t(blockIdx.x) * kWarps + warp) * kTileRows;
   // Rows past N re-read the last row (in bounds) and are never stored.
-  const int64_t rows[2] = {std::min(warp_row + g, a.n_out - 1), std::min(warp_row + g + 8, a.n_out - 1)};
+  const int64_t rows[2] = {std::min(warp_row + g, a.n_out - 1),
+                           std::min(warp_row + g + 8, a.n_out - 1)};
   const int64_t row_bytes = a.in_features / 2;
   const int chunks = static_cast<int>(a.in_features / kChunkFeatures);
   const int kb_begin = blockIdx.y * a.k_blocks_per_split;
@@ -409,7 +418,8 @@ __global__ void __launch_bounds__(kThreads) int4_mma_registers_kernel(const MmaA
       st.scale[r] = 0.0f;
       st.zero[r] = 0.0f;
       if (chunk < chunks) {
-        st.codes[r] = __ldcs(reinterpret_cast<const uint4*>(a.packed + rows[r] * row_bytes) + chunk);
+        st.codes[r] =
+            __ldcs(reinterpret_cast<const uint4*>(a.packed + rows[r] * row_bytes) + chunk);
         const int64_t table = rows[r] * a.groups + chunk / a.chunks_per_group;
         st.scale[r] = __ldg(a.scales + table);
         st.zero[r] = __ldg(a.zeros + table);
@@ -437,7 +447,8 @@ template <typename T>
 __global__ void sum_splits_kernel(const float* __restrict__ partial, const T* __restrict__ bias,
                                   T* __restrict__ out, int64_t rows, int64_t n_out, int splits) {
   const int64_t count = rows * n_out;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
     float y = 0.0f;
     for (int s = 0; s < splits; ++s) y += partial[s * count + i];
     if (bias != nullptr) y += static_cast<float>(bias[i % n_out]);
@@ -454,7 +465,9 @@ void with_n_tiles(int64_t rows, const F& f) {
   }
 }
 
-bool is_aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+bool is_aligned(const void* p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
 
 // Shared-memory buffers of the pipelined kernel: k-blocks in flight while one computes. Four
 // rather than three: three are faster at M = 32 but slower at M = 64, whose k-blocks carry the
@@ -482,29 +495,43 @@ bool k_blocks_inside_groups(const Int4Operands& a) {
 }
 
 template <typename T, int kNT>
-void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel, cudaStream_t stream) {
-  if (kernel == MmaKernel::kAuto) kernel = kNT <= kRegistersMaxNTiles ? MmaKernel::kRegisters : MmaKernel::kPipelined;
+void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel,
+            cudaStream_t stream) {
+  if (kernel == MmaKernel::kAuto)
+    kernel = kNT <= kRegistersMaxNTiles ? MmaKernel::kRegisters : MmaKernel::kPipelined;
   const int64_t row_blocks = (a.out_features + kBlockRows - 1) / kBlockRows;
   const int k_blocks = static_cast<int>((a.in_features + kBlockFeatures - 1) / kBlockFeatures);
   const int device = a.x.get_device();
   int64_t splits = split_k;
   if (splits <= 0) {  // as many as keep the grid within kTargetBlocksPerSm blocks per SM
-    const int64_t target = int64_t(kTargetBlocksPerSm) * at::cuda::getDeviceProperties(device)->multiProcessorCount;
+    const int64_t target =
+        int64_t(kTargetBlocksPerSm) * at::cuda::getDeviceProperties(device)->multiProcessorCount;
     splits = std::min<int64_t>(target / row_blocks, kMaxSplits);
   }
   splits = std::clamp<int64_t>(splits, 1, std::min<int64_t>(k_blocks, kMaxGridY));
   const int per_split = static_cast<int>((k_blocks + splits - 1) / splits);
   splits = (k_blocks + per_split - 1) / per_split;  // no empty split
-  TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max(), "int4_mma: too many output features");
+  TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max(),
+              "int4_mma: too many output features");
   at::Tensor partial;
-  if (splits > 1) partial = at::empty({splits, a.rows, a.out_features}, a.x.options().dtype(at::kFloat));
+  if (splits > 1)
+    partial = at::empty({splits, a.rows, a.out_features}, a.x.options().dtype(at::kFloat));
 
   const T* bias = a.bias.has_value() ? a.bias->const_data_ptr<T>() : nullptr;
-  const MmaArgs<T> args{a.x.const_data_ptr<T>(), a.packed.const_data_ptr<uint8_t>(), a.scales.const_data_ptr<float>(),
-                        a.zeros.const_data_ptr<float>(), bias, out.mutable_data_ptr<T>(),
-                        splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, a.rows, a.out_features,
-                        a.in_features, a.in_features / a.group_size,
-                        static_cast<int>(a.group_size / kChunkFeatures), k_blocks, per_split};
+  const MmaArgs<T> args{a.x.const_data_ptr<T>(),
+                        a.packed.const_data_ptr<uint8_t>(),
+                        a.scales.const_data_ptr<float>(),
+                        a.zeros.const_data_ptr<float>(),
+                        bias,
+                        out.mutable_data_ptr<T>(),
+                        splits > 1 ? partial.mutable_data_ptr<float>() : nullptr,
+                        a.rows,
+                        a.out_features,
+                        a.in_features,
+                        a.in_features / a.group_size,
+                        static_cast<int>(a.group_size / kChunkFeatures),
+                        k_blocks,
+                        per_split};
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits));
   if (kernel == MmaKernel::kRegisters) {
     int4_mma_registers_kernel<T, kNT><<<grid, kThreads, 0, stream>>>(args);
@@ -512,7 +539,8 @@ void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel k
     const auto run = [&](auto row_tables) {
       constexpr bool kRowTables = decltype(row_tables)::value;
       allow_shared_memory<T, kNT, kRowTables>(device);
-      int4_mma_kernel<T, kNT, kStages, kRowTables><<<grid, kThreads, kStages * StageLayout<kNT>::kBytes, stream>>>(args);
+      int4_mma_kernel<T, kNT, kStages, kRowTables>
+          <<<grid, kThreads, kStages * StageLayout<kNT>::kBytes, stream>>>(args);
     };
     if (k_blocks_inside_groups(a)) {
       run(std::true_type{});
@@ -524,9 +552,10 @@ void launch(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel k
   if (splits > 1) {
     constexpr int kSumThreads = 256;
     const int64_t count = a.rows * a.out_features;
-    const auto blocks = static_cast<unsigned>(std::min<int64_t>((count + kSumThreads - 1) / kSumThreads, 4096));
-    sum_splits_kernel<T><<<blocks, kSumThreads, 0, stream>>>(args.partial, bias, args.out, a.rows, a.out_features,
-                                                             static_cast<int>(splits));
+    const auto blocks =
+        static_cast<unsigned>(std::min<int64_t>((count + kSumThreads - 1) / kSumThreads, 4096));
+    sum_splits_kernel<T><<<blocks, kSumThreads, 0, stream>>>(
+        args.partial, bias, args.out, a.rows, a.out_features, static_cast<int>(splits));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -537,12 +566,14 @@ bool int4_mma_supports(const Int4Operands& a) {
   const auto dtype = a.x.scalar_type();
   return (dtype == at::kHalf || dtype == at::kBFloat16) && a.rows >= 1 && a.rows <= kMmaMaxRows &&
          a.in_features % kChunkFeatures == 0 && a.in_features > 0 && a.out_features > 0 &&
-         is_aligned(a.x.const_data_ptr(), kChunkBytes) && is_aligned(a.packed.const_data_ptr(), kChunkBytes) &&
+         is_aligned(a.x.const_data_ptr(), kChunkBytes) &&
+         is_aligned(a.packed.const_data_ptr(), kChunkBytes) &&
          a.in_features / kChunkFeatures <= std::numeric_limits<int>::max() &&
          at::cuda::getCurrentDeviceProperties()->major >= 8;  // mma.sync m16n8k16 with bf16: sm_80+
 }
 
-void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel, cudaStream_t stream) {
+void int4_mma(const Int4Operands& a, at::Tensor& out, int64_t split_k, MmaKernel kernel,
+              cudaStream_t stream) {
   TORCH_CHECK(int4_mma_supports(a), "int4_mma: unsupported operands (see int4_mma_supports)");
   const auto run = [&](auto type_tag) {
     with_n_tiles(a.rows, [&](auto n_tiles) {

@@ -1,5 +1,5 @@
-// Class-segmented statistics kernel (algorithms.md §1c, algorithms.md §4), compiled once per instruction set like
-// climbq_act_kernel.cpp. See ../class_stats_kernel.h for the accumulation.
+// Class-segmented statistics kernel (algorithms.md §1c, algorithms.md §4), compiled once per
+// instruction set like climbq_act_kernel.cpp. See ../class_stats_kernel.h for the accumulation.
 //
 // Threads own disjoint feature ranges and visit the samples in order, so no two threads touch
 // one accumulator and the result does not depend on the number of threads. A row of

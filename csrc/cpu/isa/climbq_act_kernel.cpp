@@ -1,4 +1,5 @@
-// ClimbQ activation quantizer kernels (algorithms.md §1a), vectorised with at::vec::Vectorized<float>.
+// ClimbQ activation quantizer kernels (algorithms.md §1a), vectorised with
+// at::vec::Vectorized<float>.
 //
 // setup.py compiles this file once per instruction set, each time with
 // -DCPU_CAPABILITY=<ISA> -DCPU_CAPABILITY_<ISA> and that ISA's -m flags, so the functions land
@@ -106,11 +107,12 @@ struct Coder {
   Vec mu, inv_sigma_sqrt2, half_levels;
 
   Coder(const ActQuantProblem& problem, const ActQuantSample& s)
-      : p(problem), mu(s.mu), inv_sigma_sqrt2(s.inv_sigma_sqrt2), half_levels(problem.half_levels) {}
+      : p(problem), mu(s.mu), inv_sigma_sqrt2(s.inv_sigma_sqrt2), half_levels(problem.half_levels) {
+  }
 
   Vec code(const Vec& y) const {
     if (p.thresholds == nullptr) {
-      const Vec t = (y - mu) * inv_sigma_sqrt2;                      // z / sqrt(2)
+      const Vec t = (y - mu) * inv_sigma_sqrt2;                          // z / sqrt(2)
       return at::vec::fmadd(t.erf(), half_levels, half_levels).round();  // rint(u N)
     }
     if (p.bits <= kMaxLinearBucketBits) return bucket_linear(y);
@@ -153,7 +155,8 @@ void forward_typed(const ActQuantProblem& p, const T* x, T* out) {
     for (; k + kLanes <= n; k += kLanes) {
       store_floats(out_of(load_floats(x + begin + k, kLanes), kLanes), out + begin + k, kLanes);
     }
-    if (k < n) store_floats(out_of(load_floats(x + begin + k, n - k), n - k), out + begin + k, n - k);
+    if (k < n)
+      store_floats(out_of(load_floats(x + begin + k, n - k), n - k), out + begin + k, n - k);
   });
 }
 

@@ -1,5 +1,5 @@
-// ClimbQ weight quantizer kernels (algorithms.md §1b; math in ../../climbq_weight.h), vectorised with
-// at::vec::Vectorized<float>. Compiled once per instruction set like climbq_act_kernel.cpp.
+// ClimbQ weight quantizer kernels (algorithms.md §1b; math in ../../climbq_weight.h), vectorised
+// with at::vec::Vectorized<float>. Compiled once per instruction set like climbq_act_kernel.cpp.
 //
 // Reductions are two-level: float32 vector accumulators over blocks of kBlock elements (at
 // most kBlock / lanes terms per lane), folded into float64 after each block; chunks of
@@ -55,9 +55,7 @@ PairSums blocked_sums(int64_t numel, const F& f) {
 
 // Lanes past n are masked out of a partial vector (load_floats zero-fills them, but a zero
 // input does not give a zero term once shifted).
-Vec live_lanes(const Vec& v, int64_t n) {
-  return n == kLanes ? v : Vec::set(Vec(0.0f), v, n);
-}
+Vec live_lanes(const Vec& v, int64_t n) { return n == kLanes ? v : Vec::set(Vec(0.0f), v, n); }
 
 template <typename T>
 PairSums shifted_sums_typed(const T* w, int64_t numel, float shift) {
@@ -79,7 +77,8 @@ PairSums grad_sums_typed(const WeightPass& p, const T* g, const T* w) {
     for (int64_t j = begin; j < end; j += kLanes) {
       const int64_t n = std::min(kLanes, end - j);
       const Vec t = (load_floats(w + j, n) - mean) * inv_std_sqrt2;
-      const Vec ge = load_floats(g + j, n) * (t * t).neg().exp();  // zero-filled g: dead lanes add 0
+      // Zero-filled g: dead lanes add 0.
+      const Vec ge = load_floats(g + j, n) * (t * t).neg().exp();
       acc_a = acc_a + ge;
       acc_b = at::vec::fmadd(ge, t, acc_b);
     }
@@ -105,7 +104,8 @@ void forward_typed(const WeightPass& p, const T* w, T* out) {
   elementwise(p.numel, w, static_cast<const T*>(nullptr), out, [&](const Vec& wv, const Vec&) {
     const Vec t = (wv - mean) * inv_std_sqrt2;
     const Vec code = at::vec::fmadd(t.erf(), half_levels, half_levels).round();  // rint(Phi(z) N)
-    return at::vec::fmsub(code, two, levels) * inv_levels;  // (2q - N)/N: exactly -1 and 1 at the ends
+    // (2q - N)/N: exactly -1 and 1 at the ends.
+    return at::vec::fmsub(code, two, levels) * inv_levels;
   });
 }
 

@@ -1,7 +1,8 @@
 // Uniform fake quant kernels, vectorised with at::vec::Vectorized<float> and compiled once per
 // instruction set (see setup.py and csrc/cpu/isa/climbq_act_kernel.cpp).
 //
-// Affine (algorithms.md §1e; climbq_kernels/reference/fake_quant.py is the spec, torch the bit pattern):
+// Affine (algorithms.md §1e; climbq_kernels/reference/fake_quant.py is the spec, torch the
+// bit pattern):
 //   v = x * inv_scale                        (float32, inv_scale = 1.0f / scale)
 //   q = rint(v) + zp | rint(fma(x, inv_scale, zp)) | rint(v + zp)   (see ZeroPointMode)
 //   out = (fmin(fmax(q, qmin), qmax) - zp) * scale   (float32, or double per channel where
@@ -9,7 +10,8 @@
 //   dx = grad * [qmin <= q <= qmax]
 //   dscale partial = sum grad * (qmin - zp | qmax - zp | (q - zp) - v)   (below | above | in)
 //   dzp partial    = sum grad * (-scale outside, 0 inside)
-// Per-sample bits (algorithms.md §3; reference/dynamic_bits.py), s = clip / L, c = min(max(x, 0), clip):
+// Per-sample bits (algorithms.md §3; reference/dynamic_bits.py), s = clip / L,
+// c = min(max(x, 0), clip):
 //   out = rint(c / s) * s
 //   dx = grad * [0 <= x <= clip];  dclip partial = sum grad * ((rint(c/s) - c/s) / L inside,
 //                                                             1 above clip, 0 below 0)
@@ -217,8 +219,10 @@ void affine_backward_typed(const AffineProblem& p, const T* grad_out, const T* x
       ch.backward(grad_out + j, x + j, dx + j, std::min(kLanes, end - j),
                   dscale_partials ? &dscale_acc : nullptr, dzp_partials ? &dzp_acc : nullptr);
     }
-    if (dscale_partials != nullptr) dscale_partials[piece] = static_cast<float>(vec_io::sum_lanes(dscale_acc));
-    if (dzp_partials != nullptr) dzp_partials[piece] = static_cast<float>(vec_io::sum_lanes(dzp_acc));
+    if (dscale_partials != nullptr)
+      dscale_partials[piece] = static_cast<float>(vec_io::sum_lanes(dscale_acc));
+    if (dzp_partials != nullptr)
+      dzp_partials[piece] = static_cast<float>(vec_io::sum_lanes(dzp_acc));
   });
 }
 
@@ -254,7 +258,8 @@ void sample_bits_backward_typed(const SampleBitsProblem& p, const T* grad_out, c
         dclip_acc = dclip_acc + g * term;
       }
     }
-    if (dclip_partials != nullptr) dclip_partials[piece] = static_cast<float>(vec_io::sum_lanes(dclip_acc));
+    if (dclip_partials != nullptr)
+      dclip_partials[piece] = static_cast<float>(vec_io::sum_lanes(dclip_acc));
   });
 }
 
@@ -283,8 +288,8 @@ void sample_bits_forward(const SampleBitsProblem& p, const void* x, void* out) {
   });
 }
 
-void sample_bits_backward(const SampleBitsProblem& p, const void* grad_out, const void* x,
-                          void* dx, float* dclip_partials) {
+void sample_bits_backward(const SampleBitsProblem& p, const void* grad_out, const void* x, void* dx,
+                          float* dclip_partials) {
   vec_io::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     sample_bits_backward_typed(p, static_cast<const T*>(grad_out), static_cast<const T*>(x),

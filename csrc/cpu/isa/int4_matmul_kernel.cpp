@@ -1,5 +1,5 @@
-// INT4 packed-weight matmul (algorithms.md §6) on the CPU, compiled once per instruction set like the
-// other kernels in this folder; the problem and the activation layouts are described in
+// INT4 packed-weight matmul (algorithms.md §6) on the CPU, compiled once per instruction set like
+// the other kernels in this folder; the problem and the activation layouts are described in
 // ../int4_matmul_kernel.h.
 //
 // A tile is kTileRows weight rows times kTileBatch activation rows over the whole of K. Each
@@ -95,7 +95,8 @@ struct GroupTable {
   // values[index & 15] for each lane: the bits above an index's low 4 are ignored.
   __m512 lookup(__m512i indices) const { return _mm512_permutexvar_ps(indices, values); }
   void dequantize(const uint8_t* bytes, Reg& even, Reg& odd) const {
-    const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+    const __m512i codes =
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
     even = lookup(codes);
     odd = lookup(_mm512_srli_epi32(codes, kNibbleBits));
   }
@@ -108,7 +109,8 @@ struct GroupTable {
     zero = _mm256_set1_ps(z);
   }
   void dequantize(const uint8_t* bytes, Reg& even, Reg& odd) const {
-    const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
+    const __m256i codes =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
     const __m256 low = _mm256_cvtepi32_ps(_mm256_and_si256(codes, _mm256_set1_epi32(kLowNibble)));
     const __m256 high = _mm256_cvtepi32_ps(_mm256_srli_epi32(codes, kNibbleBits));
     even = _mm256_mul_ps(_mm256_sub_ps(low, zero), scale);
@@ -292,7 +294,8 @@ void word_tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride) {
   for (int64_t group = 0; group < groups; ++group) {
     CLIMBQ_UNROLL
     for (int r = 0; r < R; ++r) table[r].set(scale[r][group], zero[r][group]);
-    for (int64_t feature = group * g; feature < (group + 1) * g; feature += kInt4WordBlockFeatures) {
+    for (int64_t feature = group * g; feature < (group + 1) * g;
+         feature += kInt4WordBlockFeatures) {
       prefetch_rows<R>(w, feature / 2);
       __m512i words[R];
       CLIMBQ_UNROLL
@@ -319,7 +322,8 @@ void word_tile(const Int4MatmulProblem& p, int64_t n0, int64_t stride) {
 // than one. Rows past kGemvRows * (N / kGemvRows) run one per task.
 void single_row_matmul(const Int4MatmulProblem& p) {
   const int64_t stride = p.out_features / kGemvRows, spare = p.out_features % kGemvRows;
-  const int64_t grain = std::max<int64_t>(1, kGrainMacs / (kGemvRows * std::max<int64_t>(p.in_features, 1)));
+  const int64_t grain =
+      std::max<int64_t>(1, kGrainMacs / (kGemvRows * std::max<int64_t>(p.in_features, 1)));
   at::parallel_for(0, stride + spare, grain, [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
       const bool whole = task < stride;
@@ -347,7 +351,8 @@ void single_row_matmul(const Int4MatmulProblem& p) {
 
 Int4XLayout int4_x_layout(int64_t rows, int64_t in_features, int64_t group_size) {
 #if defined(CPU_CAPABILITY_AVX512)
-  if (rows == 1 && in_features % kInt4WordBlockFeatures == 0 && group_size % kInt4WordBlockFeatures == 0) {
+  if (rows == 1 && in_features % kInt4WordBlockFeatures == 0 &&
+      group_size % kInt4WordBlockFeatures == 0) {
     return Int4XLayout::kWords;
   }
 #endif
@@ -357,7 +362,8 @@ Int4XLayout int4_x_layout(int64_t rows, int64_t in_features, int64_t group_size)
 
 void int4_matmul(const Int4MatmulProblem& p) {
 #if !defined(CPU_CAPABILITY_AVX512)
-  TORCH_INTERNAL_ASSERT(p.x_layout == Int4XLayout::kSplit, "int4_matmul: the word layout is read by AVX-512 only");
+  TORCH_INTERNAL_ASSERT(p.x_layout == Int4XLayout::kSplit,
+                        "int4_matmul: the word layout is read by AVX-512 only");
 #endif
   if (p.rows == 1) {
     single_row_matmul(p);
@@ -367,7 +373,8 @@ void int4_matmul(const Int4MatmulProblem& p) {
   const int64_t row_tasks = (p.out_features + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t task_macs = kRowsPerTask * p.rows * std::max<int64_t>(p.in_features, 1);
   // A task's weight rows stay in L1 while its tiles pass over every activation row block.
-  at::parallel_for(0, row_tasks, std::max<int64_t>(1, kGrainMacs / task_macs), [&](int64_t first, int64_t last) {
+  at::parallel_for(0, row_tasks, std::max<int64_t>(1, kGrainMacs / task_macs),
+                   [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
       const int64_t n0 = task * kRowsPerTask, rows = std::min(kRowsPerTask, p.out_features - n0);
       for (int64_t m0 = 0; m0 < p.rows; m0 += kTileBatch) {
@@ -380,7 +387,8 @@ void int4_matmul(const Int4MatmulProblem& p) {
 void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* w) {
   const int64_t in = p.in_features, g = p.group_size, groups = in / g;
   const int64_t whole = in / kInt4BlockFeatures * kInt4BlockFeatures;
-  at::parallel_for(n0, n1, std::max<int64_t>(1, kGrainMacs / std::max<int64_t>(in, 1)), [&](int64_t first, int64_t last) {
+  at::parallel_for(n0, n1, std::max<int64_t>(1, kGrainMacs / std::max<int64_t>(in, 1)),
+                   [&](int64_t first, int64_t last) {
     for (int64_t n = first; n < last; ++n) {
       const uint8_t* bytes = p.packed + n * (in / 2);
       const float* scale = p.scales + n * groups;
@@ -389,7 +397,8 @@ void int4_dequantize(const Int4MatmulProblem& p, int64_t n0, int64_t n1, float* 
       GroupTable table;
       for (int64_t group_begin = 0; group_begin < whole; group_begin += g) {
         table.set(scale[group_begin / g], zero[group_begin / g]);
-        for (int64_t feature = group_begin; feature < std::min(group_begin + g, whole); feature += kInt4BlockFeatures) {
+        for (int64_t feature = group_begin; feature < std::min(group_begin + g, whole);
+             feature += kInt4BlockFeatures) {
           for (int64_t lane0 = 0; lane0 < kBlockBytes; lane0 += kLanes) {
             Reg even, odd;
             table.dequantize(bytes + feature / 2 + lane0, even, odd);
