@@ -8,6 +8,7 @@ import torch
 from scipy import stats
 
 from climbq_kernels.reference import f_critical, homovar_loss, homovar_weights
+from climbq_kernels.reference.homovar import f_critical_table
 
 
 def make_gen(seed: int) -> torch.Generator:
@@ -145,6 +146,45 @@ def test_f_critical_cached():
     assert f_critical.cache_info().hits == 1
 
 
+def test_f_critical_table_matches_the_scalar_quantiles():
+    table = f_critical_table(0.05, 6, 9)
+    assert table.shape == (7,) and table.dtype == torch.float64
+    assert table[:2].tolist() == [1.0, 1.0]  # K' < 2: undefined, placeholder 1
+    for k in range(2, 7):
+        assert table[k].item() == f_critical(0.05, k, 9)
+    assert f_critical_table(0.05, 6, 9) is table  # cached
+    assert f_critical_table(0.05, 12, 10)[10:].tolist() == [1.0, 1.0, 1.0]  # N - K' < 1
+
+
+@pytest.mark.parametrize("counts", [[500, 3, 5], (500.0, 3.0, 5.0), torch.tensor([500.0, 3.0, 5.0]),
+                                    torch.tensor([500, 3, 5], dtype=torch.int16)])
+def test_class_counts_of_any_real_kind(counts):
+    F, labels = torch.tensor(HAND_F, dtype=torch.float64), torch.tensor(HAND_LABELS)
+    expected = homovar_weights(F, labels, torch.tensor([500, 3, 5]))
+    assert torch.equal(homovar_weights(F, labels, counts), expected)
+
+
+def test_weights_read_nothing_on_the_host(monkeypatch):
+    """Steps 3-7 keep K' on the device: no tensor is converted to a Python number."""
+    F, labels = torch.tensor(HAND_F, dtype=torch.float64), torch.tensor(HAND_LABELS)
+    counts = torch.tensor([500, 3, 5])
+    expected = homovar_weights(F, labels, counts)
+    from climbq_kernels.reference import homovar as module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host read")
+
+    for name in ("__int__", "__bool__", "item", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    z = module.levene_deviations(F, labels, module.segment_sum(F, labels, 3) / torch.tensor([5.0, 3, 2]).unsqueeze(1))
+    m = torch.tensor([5.0, 3.0, 2.0], dtype=torch.float64)
+    zbar_c = module.segment_sum(z, labels, 3) / m
+    got = module._class_balanced_weights(
+        module.log_betas_from_levene(z, labels, zbar_c, m, counts.double(), 0.05, 0.999), counts.double())
+    monkeypatch.undo()
+    assert torch.equal(got, expected)
+
+
 # --- step 8: the loss -----------------------------------------------------------------------
 
 def test_loss_matches_loop():
@@ -226,10 +266,16 @@ def test_bad_inputs():
         homovar_weights(F, labels, [5, 0, 3])
     with pytest.raises(ValueError, match="class_counts"):
         homovar_weights(F, labels, torch.tensor([5, -2, 3]))
-    with pytest.raises(TypeError, match="class_counts"):
-        homovar_weights(F, labels, torch.tensor([5.0, 2.0, 3.0]))
-    with pytest.raises(TypeError, match="class_counts"):
+    with pytest.raises(ValueError, match="class_counts"):
+        homovar_weights(F, labels, torch.tensor([5.0, 2.5, 3.0]))
+    with pytest.raises(ValueError, match="class_counts"):
         homovar_weights(F, labels, [5, 2.5, 3])
+    with pytest.raises(ValueError, match="class_counts"):
+        homovar_weights(F, labels, torch.tensor([5.0, float("inf"), 3.0]))
+    with pytest.raises(TypeError, match="class_counts"):
+        homovar_weights(F, labels, torch.tensor([True, True, True]))
+    with pytest.raises(TypeError, match="class_counts"):
+        homovar_weights(F, labels, [5, "2", 3])
     with pytest.raises(ValueError, match="labels"):
         homovar_weights(F, labels, [5, 3])  # label 2 out of range for K = 2
     with pytest.raises(ValueError, match="labels"):

@@ -2,9 +2,12 @@
 
 Steps 1-3 are segmented reductions by label (`segment_stats.segment_sum`): memory
 O(B * D + K * D), never a (B, K, D) tensor. Step 4's F quantile comes from
-`scipy.stats.f.ppf`, once per (alpha, K', N) (`f_critical`, lru-cached). The weights are
-loss coefficients: computed without gradient in the features' dtype (float32 for float16 /
-bfloat16 features, whose range cannot hold the Levene sums reliably).
+`scipy.stats.f.ppf`: as the table Fcrit[K'] over every possible number K' of present classes,
+built on the host once per (alpha, K, N) and cached (`f_critical_table`), and indexed on the
+device by K', so that nothing here reads a tensor on the host (no sync, no graph break under
+torch.compile). The weights are loss coefficients: computed without gradient in the features'
+dtype (float32 for float16 / bfloat16 features, whose range cannot hold the Levene sums
+reliably).
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import guard_scalar
 
-from ..checks import check_labels, check_tensor
+from ..checks import can_sync, check_labels, check_tensor
 from ..constants import HOMOVAR_ALPHA, HOMOVAR_BETA0
 from ._args import check_fraction
 from .climbq import class_counts as batch_class_counts
@@ -31,19 +36,63 @@ def f_critical(alpha: float, present: int, batch: int) -> float:
     return float(stats.f.ppf(1.0 - alpha, present - 1, batch - present))
 
 
-def _check_class_counts(class_counts, device: torch.device) -> Tensor:
-    """Dataset class sizes n_c: a (K,) integer tensor or sequence of ints, all >= 1 -> int64."""
+@functools.lru_cache(maxsize=64)
+def _f_critical_table(alpha: float, num_classes: int, batch: int, dtype: torch.dtype,
+                      device: torch.device) -> Tensor:
+    present = np.arange(num_classes + 1)
+    defined = (present >= 2) & (batch - present >= 1)
+    values = np.ones(num_classes + 1)
+    values[defined] = stats.f.ppf(1.0 - alpha, present[defined] - 1, batch - present[defined])
+    return torch.tensor(values, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+@torch.compiler.assume_constant_result
+def f_critical_table(alpha: float, num_classes: int, batch: int, dtype: torch.dtype = torch.float64,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """Fcrit[K'] = `f_critical(alpha, K', batch)` for K' = 0..num_classes (algorithms.md §1c step 4).
+
+    Shape (num_classes + 1,), `dtype` on `device`; 1.0 where the F distribution is undefined
+    (K' < 2 or batch - K' < 1, the cases where step 4 falls back to beta0). Built with one
+    vectorised `scipy.stats.f.ppf` call (the same ufunc as `f_critical`, so the same values)
+    once per (alpha, num_classes, batch, dtype, device) and cached: only the first call per
+    key copies to the device. Under torch.compile it is a constant of the graph; its
+    arguments must then be concrete numbers (`guard_scalar` specialises symbolic ones).
+    The returned tensor is shared: do not modify it.
+    """
+    return _f_critical_table(alpha, num_classes, batch, dtype, torch.device(device))
+
+
+def _whole_number_error() -> ValueError:
+    return ValueError("class_counts must hold positive whole numbers (dataset class sizes, "
+                      "every class with >= 1 training sample)")
+
+
+def check_class_counts(class_counts, device: torch.device) -> Tensor:
+    """Dataset class sizes n_c -> (K,) int64 on `device`: a (K,) real tensor (integer or
+    floating dtype) or a sequence of ints/floats, whose values are positive whole numbers.
+
+    TypeError for another kind of thing (bool or complex dtype included); ValueError naming
+    `class_counts` for a wrong shape or a value that is not a positive whole number. The values
+    of a sequence are always checked, those of a tensor where reading them costs no device
+    sync: a CPU tensor, except while torch.compile traces. A GPU tensor's values are not read
+    per call (the loss runs every training step; `nn.HomoVarLoss` checks its counts once when
+    built); a zero count there makes the weights NaN."""
     if not isinstance(class_counts, Tensor):
         if not isinstance(class_counts, (list, tuple)) or not all(
-                isinstance(c, int) and not isinstance(c, bool) for c in class_counts):
-            raise TypeError("class_counts must be a (K,) integer tensor or a sequence of ints")
-        class_counts = torch.tensor(class_counts, dtype=torch.int64)
-    if class_counts.dtype not in _INT_DTYPES:
-        raise TypeError(f"class_counts must hold integers (dataset class sizes), got dtype {class_counts.dtype}")
+                isinstance(c, (int, float)) and not isinstance(c, bool) for c in class_counts):
+            raise TypeError("class_counts must be a (K,) real tensor or a sequence of numbers")
+        if not all(0 < c < math.inf and c == math.floor(c) for c in class_counts):
+            raise _whole_number_error()
+        class_counts = torch.tensor([int(c) for c in class_counts], dtype=torch.int64)
+    if class_counts.dtype == torch.bool or class_counts.is_complex():
+        raise TypeError(f"class_counts must be a real tensor (dataset class sizes), got dtype {class_counts.dtype}")
     if class_counts.dim() != 1 or class_counts.numel() < 1:
         raise ValueError(f"class_counts must have shape (K,) with K >= 1, got {tuple(class_counts.shape)}")
-    if not bool((class_counts > 0).all()):
-        raise ValueError("class_counts must be positive integers (every class has >= 1 training sample)")
+    if class_counts.device.type == "cpu" and can_sync(class_counts):
+        whole = torch.isfinite(class_counts) & (class_counts == class_counts.round()) \
+            if class_counts.is_floating_point() else torch.ones_like(class_counts, dtype=torch.bool)
+        if not bool((whole & (class_counts > 0)).all()):
+            raise _whole_number_error()
     return class_counts.to(device=device, dtype=torch.int64)
 
 
@@ -98,24 +147,31 @@ def log_betas_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, 
 
     z: (B,) from step 2; zbar_c: (K,) class means of z (0 for absent classes); m: (K,) batch
     counts and n: (K,) dataset counts, both in z's dtype. log(beta0) wherever a step degenerates.
+
+    The number of present classes K' stays on the device: Fcrit is read from
+    `f_critical_table(alpha, K, N)` at index K', and the fallbacks (K' < 2 or N - K' < 1: every
+    class gets log(beta0)) are a torch.where, so nothing syncs and torch.compile traces it
+    whole. alpha, beta0 and N = B must be concrete there (specialised if symbolic).
     """
-    num_classes, batch = n.numel(), z.shape[0]
+    num_classes, batch = n.numel(), guard_scalar(z.shape[0])
+    alpha, beta0 = guard_scalar(alpha), guard_scalar(beta0)
     present = m > 0
     log_beta0 = torch.full((num_classes,), math.log(beta0), dtype=z.dtype, device=z.device)
-    k_present = int(present.sum())
-    if k_present < 2 or batch - k_present < 1:
-        return log_beta0
+    k_present = present.sum()  # K', int64 0-d on the device
+    defined = (k_present >= 2) & (batch - k_present >= 1)
+    k_f = k_present.to(z.dtype)
     index = labels.to(torch.int64)
     zbar_c = torch.where(present, zbar_c, torch.zeros_like(zbar_c))
     class_sum = zbar_c * m  # S_c
-    zbar = zbar_c.sum() / k_present
-    # 4. Levene terms.
-    msw = ((z - zbar_c[index]) ** 2).sum() / (batch - k_present)
+    zbar = zbar_c.sum() / k_f.clamp_min(1)
+    # 4. Levene terms (with placeholder divisors where the test is undefined; discarded below).
+    msw = ((z - zbar_c[index]) ** 2).sum() / (batch - k_f).clamp_min(1)
     between = m * (zbar_c - zbar) ** 2  # b_c, 0 for absent classes
-    bound = f_critical(alpha, k_present, batch) * msw * (k_present - 1) - (between.sum() - between)
+    fcrit = f_critical_table(alpha, num_classes, batch, z.dtype, z.device)[k_present.reshape(1)].reshape(())
+    bound = fcrit * msw * (k_f - 1) - (between.sum() - between)
     # 5. bounds on the class size; 6. beta_c from the distance of n_c to them.
     n_lb, n_ub, real = _size_bounds(zbar, class_sum, bound)
-    valid = present & real
+    valid = present & real & defined
     below, above = valid & (n < n_lb), valid & (n > n_ub)
     distance = torch.where(below, n_lb - n, torch.where(above, n - n_ub, torch.ones_like(n)))
     return torch.where(below | above, log_beta0 / distance, log_beta0)
@@ -142,7 +198,14 @@ def homovar_weights_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Te
     zbar_c (K,) their class means, m (K,) batch class counts. Computed in z's dtype; other
     arguments as in `homovar_weights`, unchecked beyond class_counts.
     """
-    n = _check_class_counts(class_counts, z.device).to(z.dtype)
+    n = check_class_counts(class_counts, z.device).to(z.dtype)
+    return weights_from_levene(z, labels, zbar_c, m, n, alpha, beta0)
+
+
+def weights_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, n: Tensor, alpha: float,
+                        beta0: float) -> Tensor:
+    """`homovar_weights_from_levene` without its class_counts check: n (K,) the dataset counts,
+    already checked, in z's dtype (algorithms.md §1c steps 3-7)."""
     return _class_balanced_weights(log_betas_from_levene(z, labels, zbar_c, m.to(z.dtype), n, alpha, beta0), n)
 
 
@@ -170,7 +233,7 @@ def homovar_weights(features: Tensor, labels: Tensor, class_counts, alpha: float
     out; float32 for float32/float16/bfloat16 features.
     """
     features = _check_features(features)
-    n = _check_class_counts(class_counts, features.device)
+    n = check_class_counts(class_counts, features.device)
     check_labels(labels, features.shape[0], n.numel())
     alpha = check_fraction("alpha", alpha)
     beta0 = check_fraction("beta0", beta0)
@@ -192,7 +255,7 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts,
     """
     check_tensor("logits", logits, floating=True)
     features = _check_features(features)
-    num_classes = _check_class_counts(class_counts, logits.device).numel()
+    num_classes = check_class_counts(class_counts, logits.device).numel()
     if logits.shape != (features.shape[0], num_classes):
         raise ValueError(f"logits must have shape (B, K) = ({features.shape[0]}, {num_classes}), "
                          f"got {tuple(logits.shape)}")
