@@ -6,6 +6,8 @@ whichever backend `climbq_kernels.use_backend` / `CLIMBQ_BACKEND` / the device s
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -110,19 +112,32 @@ def _act_tables(x: Tensor, labels, num_classes, sigma,
     return sigma_s, mu[labels].to(_table_dtype(x)), None, in_range
 
 
+@functools.lru_cache(maxsize=64)
+def _standard_thresholds_cached(bits: int, device: torch.device) -> Tensor:
+    return reference.climbq_act_thresholds(bits, 1.0, 0.0, dtype=torch.float64).to(device)
+
+
+@torch.compiler.assume_constant_result
+def _standard_thresholds(bits: int, device: torch.device) -> Tensor:
+    """Phi^-1((j + 0.5)/N), j = 0..N-1 (algorithms.md §1a inference), float64 (N,) on `device`:
+    cached per (bits, device), a constant of the graph under torch.compile (no per-call host
+    work or copy). Shared: not to be modified."""
+    return _standard_thresholds_cached(bits, device)
+
+
 def _thresholds(x: Tensor, bits: int, inference: tuple[float, float] | None) -> Tensor | None:
     """The inference thresholds t_j = mu + sigma*Phi^-1((j + 0.5)/N) (N,) as float32 on x's
     device: computed in float64 on the host once per call (N <= 65535 values), no erf per element.
 
-    A symbolic sigma or mu (torch.compile, see `checks.check_positive_float`) enters the graph
-    instead of a constant table: the same float64 expression on the standard thresholds
-    Phi^-1((j + 0.5)/N), rounded once to float32, so the values equal the eager ones."""
+    A symbolic sigma or mu (torch.compile, see `checks.check_positive_float`) is applied in the
+    graph, on x's device, to the cached standard thresholds Phi^-1((j + 0.5)/N): the same
+    float64 expression rounded once to float32 as the eager table (up to the compiler's
+    float64 contraction of mu + sigma*t, far below float32's rounding)."""
     if inference is None:
         return None
     sigma, mu = inference
     if is_symbolic(sigma) or is_symbolic(mu):
-        standard = reference.climbq_act_thresholds(bits, 1.0, 0.0, dtype=torch.float64).to(x.device)
-        return (mu + sigma * standard).to(torch.float32)
+        return (mu + sigma * _standard_thresholds(bits, x.device)).to(torch.float32)
     return reference.climbq_act_thresholds(bits, sigma, mu, dtype=torch.float32).to(x.device)
 
 

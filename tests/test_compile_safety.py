@@ -76,12 +76,13 @@ def test_dynamic_act_range_compiles_once_and_differentiates_like_eager(gen):
 
 
 @pytest.mark.slow
-def test_changing_act_range_with_inductor(gen):
-    x, labels, _ = _case(gen)
-    fn = CASES["act_range"]
+@pytest.mark.parametrize("name", ["act_range", "sigma inference", "clip"])
+def test_changing_float_with_inductor(name, gen):
+    x, labels, bits = _case(gen)
+    fn = CASES[name]
     compiled = torch.compile(fn, fullgraph=True)
     for value in VALUES:
-        torch.testing.assert_close(compiled(x, labels, None, value), fn(x, labels, None, value))
+        torch.testing.assert_close(compiled(x, labels, bits, value), fn(x, labels, bits, value))
 
 
 @pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), float("inf")])
