@@ -215,8 +215,9 @@ def homovar_weights(features: Tensor, labels: Tensor, class_counts, alpha: float
     """HomoVar class weights w (K,) (algorithms.md §1c steps 1-7), detached, summing to K.
 
     features F: (B, D) floating (pooled penultimate features); labels: (B,) integer in [0, K);
-    class_counts n: the DATASET class sizes, (K,) positive integers (tensor or sequence;
-    ValueError naming `class_counts` otherwise), K = class_counts.numel(). alpha, beta0 in (0, 1).
+    class_counts n: the DATASET class sizes, (K,) positive whole numbers, as a real tensor of
+    any integer or floating dtype or a sequence of numbers (`check_class_counts`; ValueError
+    naming `class_counts` otherwise), K = class_counts.numel(). alpha, beta0 in (0, 1).
 
     1. Xbar_c = mean of F over the batch samples of class c.
     2. z_i = sum_d |F_id - Xbar_{y_i d}| over the d with F_id != 0.
