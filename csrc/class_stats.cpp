@@ -1,4 +1,4 @@
-// Schema of the class-segmented statistics op (algorithms.md §1c, algorithms.md §4); kernels in
+// Schema of the class-segmented statistics op (algorithms.md §1c, §4a); kernels in
 // cpu/ and cuda/class_stats.*.
 #include <torch/library.h>
 

@@ -1,4 +1,4 @@
-// Class-segmented statistics (algorithms.md §1c steps 1-3, algorithms.md §4): the checks the CPU
+// Class-segmented statistics (algorithms.md §1c steps 1-3, §4a): the checks the CPU
 // and CUDA ops share (csrc/cpu/class_stats.cpp, csrc/cuda/class_stats.cu).
 //
 // x (B, F, S...) is viewed as (B, F, S): F = x.size(1) features (1 for x of shape (B,)), S the

@@ -1,4 +1,4 @@
-// Schemas of the uniform fake quant ops (algorithms.md §1e, algorithms.md §3) in the climbq_native
+// Schemas of the uniform fake quant ops (algorithms.md §1e, §3a) in the climbq_native
 // library; the kernels are in csrc/cpu/fake_quant.cpp and csrc/cuda/fake_quant.cu.
 #include <torch/library.h>
 
@@ -16,7 +16,7 @@ TORCH_LIBRARY_FRAGMENT(climbq_native, m) {
   m.def("fake_quant_affine_backward(Tensor grad_out, Tensor x, Tensor scale, Tensor zero_point,"
         " int quant_min, int quant_max, int? axis, bool scale_grad, bool zero_point_grad)"
         " -> (Tensor, Tensor, Tensor)");
-  // algorithms.md §3. x: (B, ...) float32/float16/bfloat16; bits: (B,) integer in [1, 16]; clip:
+  // algorithms.md §3a. x: (B, ...) float32/float16/bfloat16; bits: (B,) integer in [1, 16]; clip:
   // one floating element > 0. out = rint(clamp(x, 0, clip) / s_i) * s_i, s_i = clip / (2^b_i - 1).
   m.def("fake_quant_per_sample_bits_forward(Tensor x, Tensor bits, Tensor clip) -> Tensor");
   // (dx, dclip): straight-through on rint; dclip is a float32 0-d tensor.

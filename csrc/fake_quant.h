@@ -1,5 +1,5 @@
 // Uniform fake quantization (algorithms.md §1e: affine per tensor / per channel, LSQ gradients) and
-// per-sample bit-width fake quant (algorithms.md §3, DynaDFQ): what the CPU and CUDA backends
+// per-sample bit-width fake quant (algorithms.md §3a, DynaDFQ): what the CPU and CUDA backends
 // share, the view of x as rows and the argument checks (csrc/cpu/fake_quant.cpp,
 // csrc/cuda/fake_quant.cu). The math is documented where it is evaluated, in
 // csrc/cpu/isa/fake_quant_kernel.cpp; climbq_kernels/reference/{fake_quant,dynamic_bits}.py is

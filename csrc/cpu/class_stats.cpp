@@ -1,4 +1,4 @@
-// Class-segmented statistics on the CPU (algorithms.md §1c, algorithms.md §4): checks, label
+// Class-segmented statistics on the CPU (algorithms.md §1c, §4a): checks, label
 // bookkeeping and the float64 -> x's dtype epilogue (mean and var rounded once, through float32);
 // the accumulation is in isa/class_stats_kernel.cpp.
 #include "../class_stats.h"

@@ -1,4 +1,4 @@
-// The class-segmented statistics kernel (algorithms.md §1c, algorithms.md §4) on raw pointers,
+// The class-segmented statistics kernel (algorithms.md §1c, §4a) on raw pointers,
 // compiled once per CPU instruction set (isa/class_stats_kernel.cpp) and chosen at run time by
 // class_stats.cpp.
 #pragma once

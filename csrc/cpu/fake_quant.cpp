@@ -1,4 +1,4 @@
-// Uniform fake quant on the CPU (algorithms.md §1e affine/LSQ, algorithms.md §3 per-sample bits):
+// Uniform fake quant on the CPU (algorithms.md §1e affine/LSQ, §3a per-sample bits):
 // checks, tables, output allocation and the final per-channel reduction of the backward partial
 // sums; the vectorised loops are in isa/fake_quant_kernel.cpp.
 #include "../fake_quant.h"

@@ -1,4 +1,4 @@
-// The uniform fake quant kernels (algorithms.md §1e affine/LSQ, algorithms.md §3 per-sample bits)
+// The uniform fake quant kernels (algorithms.md §1e affine/LSQ, §3a per-sample bits)
 // on raw pointers, compiled once per CPU instruction set (csrc/cpu/isa/fake_quant_kernel.cpp) and
 // chosen at run time by csrc/cpu/fake_quant.cpp, like the ClimbQ activation kernels.
 #pragma once

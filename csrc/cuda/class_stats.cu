@@ -1,4 +1,4 @@
-// Class-segmented statistics on CUDA (algorithms.md §1c, algorithms.md §4); shapes and checks in
+// Class-segmented statistics on CUDA (algorithms.md §1c, §4a); shapes and checks in
 // ../class_stats.h.
 //
 // Accumulation: float64 sums of shifted values, d = x - x[0, f, 0] (the first sample's first

@@ -1,4 +1,4 @@
-// Uniform fake quant on CUDA (algorithms.md §1e affine/LSQ, algorithms.md §3 per-sample bits); the
+// Uniform fake quant on CUDA (algorithms.md §1e affine/LSQ, §3a per-sample bits); the
 // row view and the checks are in ../fake_quant.h, the math in csrc/cpu/isa/fake_quant_kernel.cpp's
 // header comment.
 //

@@ -1,4 +1,4 @@
-// Class-segmented statistics kernel (algorithms.md §1c, algorithms.md §4), compiled once per
+// Class-segmented statistics kernel (algorithms.md §1c, §4a), compiled once per
 // instruction set like climbq_act_kernel.cpp. See ../class_stats_kernel.h for the accumulation.
 //
 // Threads own disjoint feature ranges and visit the samples in order, so no two threads touch

@@ -10,7 +10,7 @@
 //   dx = grad * [qmin <= q <= qmax]
 //   dscale partial = sum grad * (qmin - zp | qmax - zp | (q - zp) - v)   (below | above | in)
 //   dzp partial    = sum grad * (-scale outside, 0 inside)
-// Per-sample bits (algorithms.md §3; reference/dynamic_bits.py), s = clip / L,
+// Per-sample bits (algorithms.md §3a; reference/dynamic_bits.py), s = clip / L,
 // c = min(max(x, 0), clip):
 //   out = rint(c / s) * s
 //   dx = grad * [0 <= x <= clip];  dclip partial = sum grad * ((rint(c/s) - c/s) / L inside,
