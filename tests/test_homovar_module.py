@@ -6,6 +6,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import climbq_kernels as cq
 from climbq_kernels import checks, reference
@@ -187,3 +188,24 @@ def test_module_in_a_compiled_training_step(backend, gen):
     torch.testing.assert_close(compiled, eager)
     for got, expected in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(got, expected)
+
+
+def test_attach_feeds_the_classifier_input_to_the_loss():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    cq.quantize_(model, cq.ClimbQConfig())
+    counts = torch.tensor([40, 20, 10, 5])
+    homovar = cq.nn.HomoVarLoss(counts).attach(model)
+    x, labels = torch.randn(32, 6), torch.arange(32) % 4
+    features = {}
+    model[3].register_forward_pre_hook(lambda m, inputs: features.setdefault("x", inputs[0]))
+    with cq.class_labels(labels):
+        logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, labels) + homovar(logits, labels)
+    torch.testing.assert_close(homovar(logits, labels), cq.homovar_loss(features["x"], logits, labels, counts))
+    loss.backward()
+    homovar.detach()
+    with pytest.raises(RuntimeError, match="attach"):
+        homovar(logits, labels)
+    with pytest.raises(ValueError, match="layer must name"):
+        homovar.attach(model, "head")

@@ -2,7 +2,7 @@
 
 QAT (what `climbq_kernels.quantize_` swaps in): `QuantConv2d`, `QuantLinear`,
 `QuantBatchNorm1d/2d` and the quantizers they hold (`ClimbQWeightQuant`, `LSQWeightQuant`,
-`AffineWeightQuant`, `ClimbQActQuant`, `LSQActQuant`, `AffineActQuant`).
+`AffineWeightQuant`, `ClimbQActQuant`, `LSQActQuant`, `AffineActQuant`); `HomoVarLoss`.
 
 Serving (algorithms.md §6): a float or ClimbQ-trained model -> `convert_int4` packs each layer's
 weight -> `Int4Linear` / `Int4Conv2d` call `climbq_kernels.int4_matmul` on whichever backend
@@ -11,6 +11,7 @@ dispatch picks.
 
 from .conv import Int4Conv2d
 from .convert import convert_int4
+from .homovar import HomoVarLoss
 from .int4_module import Int4Module
 from .linear import Int4Linear
 from .qat import QuantBatchNorm1d, QuantBatchNorm2d, QuantConv2d, QuantLinear
@@ -24,7 +25,7 @@ from .quantizers import (
 )
 
 __all__ = [
-    "AffineActQuant", "AffineWeightQuant", "ClimbQActQuant", "ClimbQWeightQuant", "Int4Conv2d", "Int4Linear",
-    "Int4Module", "LSQActQuant", "LSQWeightQuant", "QuantBatchNorm1d", "QuantBatchNorm2d", "QuantConv2d",
-    "QuantLinear", "convert_int4",
+    "AffineActQuant", "AffineWeightQuant", "ClimbQActQuant", "ClimbQWeightQuant", "convert_int4", "HomoVarLoss",
+    "Int4Conv2d", "Int4Linear", "Int4Module", "LSQActQuant", "LSQWeightQuant", "QuantBatchNorm1d", "QuantBatchNorm2d",
+    "QuantConv2d", "QuantLinear",
 ]

@@ -44,7 +44,53 @@ class HomoVarLoss(nn.Module):
     def num_classes(self) -> int:
         return self.class_counts.numel()
 
-    def forward(self, features: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    def attach(self, model: nn.Module, layer: str | None = None) -> HomoVarLoss:
+        """Capture the pooled penultimate features from `model` on each forward, and return self.
+
+        A forward pre-hook on `layer` (a module name; default: the last nn.Linear, or QuantLinear,
+        in module order, i.e. the classifier) keeps its input, flattened to (B, D), so the loss
+        can be called as `homovar(logits, labels)` after `logits = model(x)`. Attach once; the
+        hook is removed by `detach()`.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if layer is None:
+            linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ValueError("model has no nn.Linear classifier: name the layer whose input is the features")
+            layer = linears[-1]
+        try:
+            target = model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(f"layer must name a module of the model, got {layer!r}") from None
+        self.detach()
+        self._hook = target.register_forward_pre_hook(self._capture)
+        return self
+
+    def detach(self) -> None:
+        """Remove the hook `attach` installed (no-op without one)."""
+        hook = self.__dict__.pop("_hook", None)
+        if hook is not None:
+            hook.remove()
+        self.__dict__.pop("_features", None)
+
+    def _capture(self, module: nn.Module, inputs: tuple) -> None:
+        self.__dict__["_features"] = inputs[0].flatten(1)
+
+    def forward(self, *args: Tensor) -> Tensor:
+        """forward(features, logits, labels), or forward(logits, labels) after `attach`."""
+        if len(args) == 2:
+            features = self.__dict__.get("_features")
+            if features is None:
+                raise RuntimeError("HomoVarLoss(logits, labels) needs the features: call attach(model) and run the "
+                                   "model first, or pass forward(features, logits, labels)")
+            args = (features, *args)
+        if len(args) != 3:
+            raise TypeError(f"HomoVarLoss takes (features, logits, labels) or (logits, labels), got {len(args)} "
+                            "arguments")
+        return self._loss(*args)
+
+    def _loss(self, features: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
         if isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[1] != self.num_classes:
             raise ValueError(f"class_counts has {self.num_classes} classes but logits has {logits.shape[1]} "
                              f"(logits must be (B, {self.num_classes}))")
