@@ -82,14 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             demo.error(f"--seed must be >= 0, got {args.seed}")
         if not (args.device in ("auto", "cpu", "cuda") or args.device.startswith("cuda:")):
             demo.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
-        from .demo import DemoOptions, run
+        from .demo import DemoOptions, DemoSetupError, run
         try:
             return run(DemoOptions(data=args.data, gamma=args.gamma, bits=args.bits, epochs=args.epochs,
                                    seeds=args.seeds, seed=args.seed, device=args.device, out=args.out))
-        except RuntimeError as error:
-            if "pip install mlxtend" not in str(error) and "CUDA is not available" not in str(error):
-                raise
-            print(f"climbq demo: {error}", file=sys.stderr)
+        except DemoSetupError as error:
+            print(f"climbq demo: error: {error}", file=sys.stderr)
             return 2
     return 2
 

@@ -48,6 +48,11 @@ MIN_AGREEMENT = 99.0
 convert stores the QAT model's quantized weights exactly (algorithms.md §1b, §6)."""
 
 
+class DemoSetupError(Exception):
+    """The demo cannot start with these options (a data source missing, a device absent, an
+    imbalance the data set cannot hold); the message says which option and why."""
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """The demo's settings; `climbq demo --help` documents each."""
@@ -68,12 +73,16 @@ class DemoOptions:
 
 
 def small_cnn(num_classes: int, image_size: int, width: int = 32) -> nn.Sequential:
-    """conv-BN-ReLU x3 (the second, and for inputs above 16 pixels the third, at stride 2),
-    global average pool, linear classifier: standard torch.nn layers only."""
+    """conv-BN-ReLU x3, global average pool, linear classifier: standard torch.nn layers only.
+
+    8x8 inputs: strides 1, 2, 1. Inputs above 16 pixels (28x28 MNIST): strides 2, 2, 2, so that
+    the last convolution sees a 15-pixel window of a digit and the first works on 14x14 maps.
+    """
     def block(c_in, c_out, stride):
         return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-    return nn.Sequential(*block(1, width, 1), *block(width, 2 * width, 2),
-                         *block(2 * width, 2 * width, 2 if image_size > 16 else 1),
+    strides = (2, 2, 2) if image_size > 16 else (1, 2, 1)
+    return nn.Sequential(*block(1, width, strides[0]), *block(width, 2 * width, strides[1]),
+                         *block(2 * width, 2 * width, strides[2]),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
 
 
@@ -304,15 +313,19 @@ def conclusions(summary: dict, seeds: int) -> list[str]:
 
 def run(options: DemoOptions) -> int:
     """Run the demo (module docstring); 0 when every INT4 model agrees with its QAT model on at
-    least MIN_AGREEMENT percent of test predictions, else 1."""
-    device = pick_device(options.device)
+    least MIN_AGREEMENT percent of test predictions, else 1. DemoSetupError before any work
+    when the options cannot run here."""
+    seeds = [options.seed + i for i in range(options.seeds)]
+    try:
+        device = pick_device(options.device)
+        preview = data.long_tailed_split(options.data, gamma=options.gamma, seed=seeds[0])
+    except (ValueError, RuntimeError) as error:
+        raise DemoSetupError(str(error)) from error
     if device.type == "cpu":
         # The demo's tensors are a few hundred kilobytes: intra-op threads add more synchronisation
         # than they save, and spin-waiting OpenMP threads slow down several-fold when another
         # process shares the cores.
         torch.set_num_threads(1)
-    seeds = [options.seed + i for i in range(options.seeds)]
-    preview = data.long_tailed_split(options.data, gamma=options.gamma, seed=seeds[0])
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     header = (f"climbq demo: {options.data}, gamma {options.gamma:g}, {preview.num_classes} classes, training sizes "

@@ -67,6 +67,7 @@ def test_demo_trains_every_variant_converts_and_reports(tmp_path):
     (("--seed", "-1"), "--seed must be >= 0"),
     (("--device", "tpu"), "--device must be auto, cpu, cuda or cuda:N"),
     (("--data", "cifar"), "--data: invalid choice"),
+    (("--gamma", "500"), "gamma=500.0 with n_max=124 leaves the tail class without images"),
 ])
 def test_demo_rejects_bad_options_naming_them(args, message, tmp_path):
     run = climbq("demo", *args, "--out", str(tmp_path / "out"))
