@@ -56,9 +56,28 @@ def _check_uniform_bits(bits, signed: bool, name: str = "bits") -> int:
     return bits
 
 
+class _Quantizer(nn.Module):
+    """A quantizer whose grid settings (`SETTINGS`) travel in its state dict as extra state, so a
+    checkpoint made with another method, bit-width or scale rule is refused on load instead of
+    loading its tensors into a different grid."""
+
+    SETTINGS: tuple[str, ...] = ("bits",)
+
+    def _settings(self) -> dict:
+        return {"quantizer": type(self).__name__, **{name: getattr(self, name) for name in self.SETTINGS}}
+
+    def get_extra_state(self) -> dict:
+        return self._settings()
+
+    def set_extra_state(self, state) -> None:
+        if state != self._settings():
+            raise ValueError(f"the checkpoint's quantizer {state} does not match this model's {self._settings()}: "
+                             "quantize_ the model with the config the checkpoint was trained with")
+
+
 # --- weights ----------------------------------------------------------------------------------
 
-class ClimbQWeightQuant(nn.Module):
+class ClimbQWeightQuant(_Quantizer):
     """W -> climbq_weight_quant(W, bits) (algorithms.md §1b), times a learned per-channel scale.
 
     With `channel_scale`, out = s_c * Wq for output channel c. A layer followed by a
@@ -68,6 +87,8 @@ class ClimbQWeightQuant(nn.Module):
     its float layer's output scale; the optimiser then learns s like any other parameter.
     """
 
+    SETTINGS = ("bits", "channel_scale")
+
     def __init__(self, bits: int = 4, out_channels: int | None = None, channel_scale: bool = False):
         super().__init__()
         check_bits(bits, "bits")
@@ -75,6 +96,10 @@ class ClimbQWeightQuant(nn.Module):
             raise ValueError(f"out_channels must be a positive int with channel_scale, got {out_channels!r}")
         self.bits = bits
         self.scale = nn.Parameter(torch.ones(out_channels)) if channel_scale else None
+
+    @property
+    def channel_scale(self) -> bool:
+        return self.scale is not None
 
     @torch.no_grad()
     def init_scale(self, weight: Tensor) -> None:
@@ -95,7 +120,7 @@ class ClimbQWeightQuant(nn.Module):
         return f"bits={self.bits}, channel_scale={self.scale is not None}"
 
 
-class LSQWeightQuant(nn.Module):
+class LSQWeightQuant(_Quantizer):
     """Signed LSQ per output channel (algorithms.md §1e): codes in [-2^(b-1), 2^(b-1) - 1].
 
     The step s (C,) starts at 2 mean|W_c| / sqrt(Qp) (`init_step`) and is learned with LSQ's
@@ -128,7 +153,7 @@ class LSQWeightQuant(nn.Module):
         return f"bits={self.bits}, per_channel=True"
 
 
-class AffineWeightQuant(nn.Module):
+class AffineWeightQuant(_Quantizer):
     """Symmetric per-channel affine fake quant with the range of the current weight (min/max).
 
     scale_c = max|W_c| / (2^(b-1) - 1), zero point 0, codes in [-2^(b-1), 2^(b-1) - 1];
@@ -167,7 +192,7 @@ RUNNING_MOMENTUM = 0.1
 """Weight of each training batch in the running sigma of `sigma="class_std"` (BatchNorm's default)."""
 
 
-class ClimbQActQuant(nn.Module):
+class ClimbQActQuant(_Quantizer):
     """ClimbQ activation quantizer (algorithms.md §1a, §1f) reading the labels of `class_labels`.
 
     sigma: "batch_frequency", the published rule sigma_c = 2 - n_c / sum_k n_k^2, its per-sample
@@ -186,6 +211,7 @@ class ClimbQActQuant(nn.Module):
     """
 
     _warned_without_labels = False
+    SETTINGS = ("bits", "num_classes", "act_range", "sigma", "form")
 
     def __init__(self, bits: int = 4, num_classes: int = 10, act_range: float = DEFAULT_ACT_RANGE,
                  inference_sigma: float = DEFAULT_INFERENCE_SIGMA, sigma: str = "batch_frequency",
@@ -282,7 +308,7 @@ class ClimbQActQuant(nn.Module):
                 f"sigma={self.sigma}, form={self.form}, inference_sigma={self.inference_sigma}")
 
 
-class _LazyInit(nn.Module):
+class _LazyInit(_Quantizer):
     """A quantizer whose parameters are set from the first training batch; a loaded state dict
     counts as initialised (checked on the host through a Python flag, not a tensor read)."""
 
@@ -307,6 +333,8 @@ class LSQActQuant(_LazyInit):
     BatchNorm); unsigned: [0, 2^b - 1] (after a ReLU). The step starts at 2 mean|x| / sqrt(Qp)
     from the first training batch and is used as max(|s|, 1e-8).
     """
+
+    SETTINGS = ("bits", "signed")
 
     def __init__(self, bits: int = 4, signed: bool = True):
         super().__init__()
@@ -341,6 +369,8 @@ class AffineActQuant(_LazyInit):
     by `averaging_constant` per batch (PyTorch's MovingAverageMinMaxObserver). The range always
     includes 0; scale = (max - min) / (2^b - 1), zero point = clamp(-rint(min / scale)).
     """
+
+    SETTINGS = ("bits", "observer")
 
     def __init__(self, bits: int = 8, observer: str = "ema", averaging_constant: float = 0.01):
         super().__init__()
