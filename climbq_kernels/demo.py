@@ -8,9 +8,11 @@ The protocol of algorithms.md §1d, shrunk to run in a few minutes on a CPU:
 2. A small CNN (conv-BatchNorm-ReLU x3, global average pool, linear classifier) pre-trained in
    float32.
 3. From that same float checkpoint, with the same seed, batch order, optimiser, learning rate
-   and epochs, W/A-bit QAT through `quantize_` for three variants: LSQ + cross-entropy,
+   and epochs, W/A-bit QAT through `quantize_` for five variants: LSQ + cross-entropy,
    ClimbQ + cross-entropy, ClimbQ + HomoVar (cross-entropy plus `homovar_loss` on the pooled
-   penultimate features, read by a forward pre-hook on the classifier; algorithms.md §1c).
+   penultimate features, read by a forward pre-hook on the classifier; algorithms.md §1c), and
+   the library's two ClimbQ variants with cross-entropy: ReLU-aware levels and the class-spread
+   scale (algorithms.md §1f).
    Every QAT forward runs inside `class_labels(labels)`.
 4. The ClimbQ variant with the better validation accuracy is converted to INT4 (`convert`) and
    its test predictions are compared with the QAT model's.
@@ -92,7 +94,15 @@ def variants(bits: int) -> dict[str, tuple[str, object, bool]]:
         "lsq_ce": (f"LSQ W{bits}A{bits} + CE", cq.LSQConfig(w_bits=bits, a_bits=bits), False),
         "climbq_ce": (f"ClimbQ W{bits}A{bits} + CE", cq.ClimbQConfig(w_bits=bits, a_bits=bits), False),
         "climbq_homovar": (f"ClimbQ W{bits}A{bits} + HomoVar", cq.ClimbQConfig(w_bits=bits, a_bits=bits), True),
+        "climbq_relu": (f"ClimbQ ReLU-aware W{bits}A{bits} + CE",
+                        cq.ClimbQConfig(w_bits=bits, a_bits=bits, act_form="relu"), False),
+        "climbq_class_std": (f"ClimbQ class-std W{bits}A{bits} + CE",
+                             cq.ClimbQConfig(w_bits=bits, a_bits=bits, sigma="class_std"), False),
     }
+
+
+CLIMBQ_VARIANTS = ("climbq_ce", "climbq_homovar", "climbq_relu", "climbq_class_std")
+"""The ClimbQ rows: the INT4 model is converted from whichever scores best on validation."""
 
 
 def state_dict_bytes(model: nn.Module) -> int:
@@ -209,7 +219,7 @@ def run_seed(options: DemoOptions, seed: int, device: torch.device, progress: tq
         progress.update()
 
     # Model selection on the validation split only; ties go to the first variant (ClimbQ + CE).
-    best = max(("climbq_ce", "climbq_homovar"), key=lambda key: result["rows"][key]["val_overall"])
+    best = max(CLIMBQ_VARIANTS, key=lambda key: result["rows"][key]["val_overall"])
     served = cq.convert(copy.deepcopy(qat_models[best]))
     served_predictions = predict(served, x_test)
     agreement = 100 * (served_predictions == qat_predictions[best]).float().mean().item()
@@ -271,8 +281,8 @@ def plot(summary: dict, counts: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = "osD^v"
-    for (key, row), marker in zip(summary.items(), markers, strict=False):
+    markers = "osD^v<>p"[:len(summary)]
+    for (key, row), marker in zip(summary.items(), markers, strict=True):
         ax.plot(counts, row["per_class_mean"], marker=marker, linestyle="-" if key != "int4" else ":",
                 label=row["name"], alpha=0.85)
     ax.set_xscale("log")
@@ -289,7 +299,7 @@ def plot(summary: dict, counts: list[int], path: Path) -> None:
 def conclusions(summary: dict, seeds: int) -> list[str]:
     """Plain statements of what the numbers show, whichever variant wins."""
     lines = []
-    for key in ("climbq_ce", "climbq_homovar"):
+    for key in (key for key in CLIMBQ_VARIANTS if key in summary):
         gap = summary[key]["tail_minus_lsq"]
         if seeds == 1:
             verdict = "one seed: no spread to compare it with"

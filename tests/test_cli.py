@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-ROWS = ("float32", "LSQ W4A4 + CE", "ClimbQ W4A4 + CE", "ClimbQ W4A4 + HomoVar", "INT4 served")
+from climbq_kernels import demo
+
+ROWS = ("float32", "LSQ W4A4 + CE", "ClimbQ W4A4 + CE", "ClimbQ W4A4 + HomoVar", "ClimbQ ReLU-aware W4A4 + CE",
+        "ClimbQ class-std W4A4 + CE", "INT4 served")
 
 
 def climbq(*args, **kwargs):
@@ -44,14 +47,14 @@ def test_demo_trains_every_variant_converts_and_reports(tmp_path):
     assert (tmp_path / "per_class_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((tmp_path / "results.json").read_text())
     assert {"options", "device", "seeds", "summary", "wall_seconds"} <= record.keys()
-    assert set(record["summary"]) == {"float32", "lsq_ce", "climbq_ce", "climbq_homovar", "int4"}
+    assert set(record["summary"]) == {"float32", "lsq_ce", *demo.CLIMBQ_VARIANTS, "int4"}
     seed = record["seeds"][0]
     for key in ("train_counts", "fit_counts", "groups", "rows"):
         assert key in seed
     for row in seed["rows"].values():
         assert {"overall", "head", "middle", "tail", "per_class", "tail_minus_lsq", "model_bytes"} <= row.keys()
         assert len(row["per_class"]) == 10
-    assert seed["rows"]["int4"]["from"] in ("climbq_ce", "climbq_homovar")
+    assert seed["rows"]["int4"]["from"] in demo.CLIMBQ_VARIANTS
     assert seed["rows"]["int4"]["agreement"] >= 99.0
     assert seed["rows"]["int4"]["model_bytes"] < seed["rows"]["float32"]["model_bytes"] / 3
     agreement = re.search(r"INT4 served model: ([\d.]+)% of test predictions identical", run.stdout)

@@ -18,10 +18,11 @@ def test_small_cnn_takes_8x8_and_28x28_and_quantizes_with_a_float_classifier():
 
 def test_variants_share_bits_and_differ_only_in_method_and_loss():
     variants = demo.variants(3)
-    assert list(variants) == ["lsq_ce", "climbq_ce", "climbq_homovar"]
+    assert list(variants) == ["lsq_ce", *demo.CLIMBQ_VARIANTS]
     for _, config, _ in variants.values():
         assert config.w_bits == config.a_bits == 3
-    assert [homovar for _, _, homovar in variants.values()] == [False, False, True]
+    assert [homovar for _, _, homovar in variants.values()] == [False, False, True, False, False]
+    assert variants["climbq_relu"][1].act_form == "relu" and variants["climbq_class_std"][1].sigma == "class_std"
 
 
 def test_scores_average_classes_within_each_group():
