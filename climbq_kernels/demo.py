@@ -118,9 +118,7 @@ def train(model: nn.Module, images, labels, *, epochs: int, lr: float, batch_siz
     the batch order depends on `seed` alone, so every variant sees the same batches. With
     class_counts, HomoVar joins cross-entropy (algorithms.md §1c). Returns seconds per step."""
     model.train()
-    classifier = model[-1]
-    captured = {}
-    hook = classifier.register_forward_pre_hook(lambda module, inputs: captured.__setitem__("features", inputs[0]))
+    homovar = cq.nn.HomoVarLoss(class_counts).attach(model) if class_counts is not None else None
     steps_per_epoch = max(1, labels.numel() // batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
@@ -135,8 +133,8 @@ def train(model: nn.Module, images, labels, *, epochs: int, lr: float, batch_siz
                 with cq.class_labels(yb):
                     logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
-                if class_counts is not None:
-                    loss = loss + cq.homovar_loss(captured["features"], logits, yb, class_counts)
+                if homovar is not None:
+                    loss = loss + homovar(logits, yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -146,7 +144,8 @@ def train(model: nn.Module, images, labels, *, epochs: int, lr: float, batch_siz
                 elapsed += time.perf_counter() - start
                 steps += 1
     finally:
-        hook.remove()
+        if homovar is not None:
+            homovar.detach()
     return elapsed / steps
 
 

@@ -50,8 +50,7 @@ def synthetic_long_tailed(n_max: int, gamma: float, test_per_class: int, noise: 
 
 def train(model, x, y, steps, lr, batch, seed, homovar_counts=None, log_every=0):
     """SGD (momentum 0.9, weight decay 1e-4) on random mini-batches drawn with `seed`."""
-    captured = {}
-    hook = model.fc.register_forward_pre_hook(lambda module, inputs: captured.__setitem__("features", inputs[0]))
+    homovar = cq.nn.HomoVarLoss(homovar_counts).attach(model) if homovar_counts is not None else None
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -61,14 +60,15 @@ def train(model, x, y, steps, lr, batch, seed, homovar_counts=None, log_every=0)
         with cq.class_labels(yb):
             logits = model(xb)
         loss = F.cross_entropy(logits, yb)
-        if homovar_counts is not None:
-            loss = loss + cq.homovar_loss(captured["features"], logits, yb, homovar_counts)
+        if homovar is not None:
+            loss = loss + homovar(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if log_every and (step % log_every == 0 or step == steps):
             print(f"  step {step:3d}  loss {loss.item():.3f}")
-    hook.remove()
+    if homovar is not None:
+        homovar.detach()
 
 
 @torch.no_grad()
