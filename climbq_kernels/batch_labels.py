@@ -31,7 +31,7 @@ from . import reference
 from .checks import check_labels, check_tensor, raise_pending_label_errors
 
 
-def _distributed_group(process_group, sync: bool | None):
+def distributed_group(process_group, sync: bool | None):
     """The process group to all-reduce class statistics over, or None for a single process."""
     if sync is False or not dist.is_available() or not dist.is_initialized():
         if sync:
@@ -100,7 +100,7 @@ def class_labels(labels: Tensor, *, sync: bool | None = None, process_group=None
     if outer is not None and outer.labels.shape != labels.shape:
         raise ValueError(f"labels of a nested class_labels block must match the outer batch size "
                          f"{outer.labels.shape[0]}, got {labels.shape[0]}")
-    token = _CURRENT.set(BatchLabels(labels, _distributed_group(process_group, sync)))
+    token = _CURRENT.set(BatchLabels(labels, distributed_group(process_group, sync)))
     try:
         yield _CURRENT.get()
     finally:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from . import ops, reference
+from .batch_labels import distributed_group
 from .checks import (
     check_labels,
     check_same_device,
@@ -18,7 +20,8 @@ from .reference.homovar import check_class_counts, weights_from_levene
 
 
 def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts,
-                 alpha: float = HOMOVAR_ALPHA, beta0: float = HOMOVAR_BETA0) -> Tensor:
+                 alpha: float = HOMOVAR_ALPHA, beta0: float = HOMOVAR_BETA0, *, sync: bool | None = None,
+                 process_group=None) -> Tensor:
     """Mean over (sample, class) of w_{y_i} * BCE(softmax(logits)_ic, onehot_ic).
 
     features (B, D) pooled penultimate features, logits (B, K), labels (B,) in [0, K),
@@ -45,6 +48,12 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts,
     during CUDA graph capture). A label out of range there makes the loss NaN; on CPU tensors
     the compiled code raises RuntimeError naming `labels` (`checks.unchecked_label_mask`).
     Eagerly it raises ValueError.
+
+    Data-parallel training: with `sync` (default: whenever torch.distributed is initialised
+    with more than one process, as `class_labels`), the class weights are those of the whole
+    batch split over the processes of `process_group`: the class counts (K), feature sums
+    (K x D), deviation sums (K) and the within-class sum of squares are all-reduced, never the
+    samples. Every process must pass the same batch size B (the whole batch is B x processes).
     """
     check_tensor("features", features, floating=True)
     check_tensor("logits", logits, floating=True)
@@ -70,11 +79,33 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts,
     with torch.no_grad():
         dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
         f = features.detach().to(dtype)
-        xbar, _, _ = ops.class_stats_eager(f, labels, num_classes)  # 1. class means (K, D)
-        z = reference.levene_deviations(f, labels, xbar)  # 2. (B,)
-        zbar_c, _, batch_counts = ops.class_stats_eager(z, labels, num_classes)  # 3. class means of z
-        w = weights_from_levene(z, labels, zbar_c, batch_counts, class_counts.to(dtype), alpha, beta0)
+        group = distributed_group(process_group, sync)
+        if group is None:
+            xbar, _, _ = ops.class_stats_eager(f, labels, num_classes)  # 1. class means (K, D)
+            z = reference.levene_deviations(f, labels, xbar)  # 2. (B,)
+            zbar_c, _, batch_counts = ops.class_stats_eager(z, labels, num_classes)  # 3. class means of z
+            w = weights_from_levene(z, labels, zbar_c, batch_counts, class_counts.to(dtype), alpha, beta0)
+        else:
+            w = _split_batch_weights(f, labels, class_counts.to(dtype), alpha, beta0, group)
     loss = reference.homovar_bce(w, logits, labels)
     if in_range is not None:
         loss = torch.where(in_range.all(), loss, torch.nan)
     return loss
+
+
+def _split_batch_weights(f: Tensor, labels: Tensor, n: Tensor, alpha: float, beta0: float, group) -> Tensor:
+    """Steps 1-7 of algorithms.md §1c for a batch split over the processes of `group`."""
+    num_classes = n.numel()
+    m = reference.class_counts(labels, num_classes).to(f.dtype)
+    sums = reference.segment_sum(f, labels, num_classes)
+    for t in (m, sums):
+        dist.all_reduce(t, group=group)
+    xbar = sums / m.clamp_min(1).unsqueeze(1)  # 1. whole-batch class means
+    z = reference.levene_deviations(f, labels, xbar)  # 2.
+    z_sums = reference.segment_sum(z, labels, num_classes)
+    dist.all_reduce(z_sums, group=group)
+    zbar_c = z_sums / m.clamp_min(1)  # 3.
+    within = ((z - zbar_c[labels]) ** 2).sum()
+    dist.all_reduce(within, group=group)
+    batch = f.shape[0] * dist.get_world_size(group)
+    return weights_from_levene(z, labels, zbar_c, m, n, alpha, beta0, within=within, batch=batch)

@@ -1,5 +1,6 @@
 """Data-parallel ClimbQ QAT: two CPU processes on gloo (127.0.0.1) give the losses and gradients
-of one process on the concatenated batch, because class statistics are all-reduced."""
+of one process on the concatenated batch, because class statistics are all-reduced (the label
+histogram and class spreads of the quantizers, HomoVar's class sums)."""
 
 from __future__ import annotations
 
@@ -20,39 +21,48 @@ WORLD = 2
 BATCH = 32
 CLASSES = 5
 TIMEOUT_S = 120
-CONFIGS = {"batch_frequency": cq.ClimbQConfig(), "class_std": cq.ClimbQConfig(sigma="class_std")}
+CASES = {"batch_frequency": (cq.ClimbQConfig(), False), "class_std": (cq.ClimbQConfig(sigma="class_std"), False),
+         "homovar": (cq.ClimbQConfig(), True)}
+"""case -> (quantize_ config, HomoVar beside cross-entropy)."""
+CLASS_COUNTS = torch.tensor([160, 80, 40, 30, 10])
 
 
-def model_and_batch(config_name: str):
+def model_and_batch(case: str, sync: bool | None = None):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 16), nn.LayerNorm(16),
                           nn.ReLU(), nn.Linear(16, CLASSES)).double()
-    cq.quantize_(model, CONFIGS[config_name])
+    config, homovar = CASES[case]
+    cq.quantize_(model, config)
+    homovar = cq.nn.HomoVarLoss(CLASS_COUNTS, sync=sync).attach(model) if homovar else None
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(BATCH, 6, generator=gen, dtype=torch.float64)
     labels = torch.tensor([0] * 16 + [1] * 8 + [2] * 4 + [3] * 3 + [4] * 1)[torch.randperm(BATCH, generator=gen)]
-    return model, x, labels
+    return model, homovar, x, labels
 
 
-def step(model, x, labels, sync=None):
+def step(model, x, labels, homovar=None, sync=None):
     model.train()
     with cq.class_labels(labels, sync=sync):
-        loss = F.cross_entropy(model(x), labels)
+        logits = model(x)
+    loss = F.cross_entropy(logits, labels)
+    if homovar is not None:
+        loss = loss + homovar(logits, labels)
     loss.backward()
     return loss.detach()
 
 
 def grads(model) -> dict[str, torch.Tensor]:
+    """Gradients by parameter name."""
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def worker(rank: int, port: int, config_name: str, sync: bool, out: str) -> None:
+def worker(rank: int, port: int, case: str, sync: bool | None, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        model, x, labels = model_and_batch(config_name)
+        model, homovar, x, labels = model_and_batch(case, sync)
         ddp = DistributedDataParallel(model)
         part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        loss = step(ddp, x[part], labels[part], sync=sync)
+        loss = step(ddp, x[part], labels[part], homovar, sync=sync)
         torch.save({"loss": loss, "grads": grads(model)}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -64,8 +74,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(config_name: str, sync: bool, tmp_path) -> list[dict]:
-    context = mp.start_processes(worker, args=(free_port(), config_name, sync, str(tmp_path)), nprocs=WORLD,
+def run_two_processes(case: str, sync: bool | None, tmp_path) -> list[dict]:
+    context = mp.start_processes(worker, args=(free_port(), case, sync, str(tmp_path)), nprocs=WORLD,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not context.join(timeout=1):
@@ -77,12 +87,12 @@ def run_two_processes(config_name: str, sync: bool, tmp_path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config_name", CONFIGS)
-def test_two_processes_match_one_process_on_the_whole_batch(config_name, tmp_path):
-    model, x, labels = model_and_batch(config_name)
-    loss = step(model, x, labels)
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_match_one_process_on_the_whole_batch(case, tmp_path):
+    model, homovar, x, labels = model_and_batch(case)
+    loss = step(model, x, labels, homovar)
     expected = grads(model)
-    ranks = run_two_processes(config_name, True, tmp_path)
+    ranks = run_two_processes(case, None, tmp_path)
     torch.testing.assert_close(sum(r["loss"] for r in ranks) / WORLD, loss)
     for r in ranks:
         assert r["grads"].keys() == expected.keys()
@@ -93,10 +103,10 @@ def test_two_processes_match_one_process_on_the_whole_batch(config_name, tmp_pat
 @pytest.mark.slow
 def test_without_sync_each_process_scales_by_its_own_labels(tmp_path):
     """The control: per-process tables differ from the whole batch's, and so do the gradients."""
-    model, x, labels = model_and_batch("batch_frequency")
-    step(model, x, labels)
+    model, homovar, x, labels = model_and_batch("homovar")
+    step(model, x, labels, homovar)
     expected = grads(model)
-    ranks = run_two_processes("batch_frequency", False, tmp_path)
+    ranks = run_two_processes("homovar", False, tmp_path)
     assert any(not torch.allclose(ranks[0]["grads"][name], grad) for name, grad in expected.items())
 
 

@@ -20,6 +20,8 @@ class HomoVarLoss(nn.Module):
     across devices (`.to`, `.cuda`) and round-trips through `state_dict` (a loaded state must
     hold K positive whole counts too). alpha, beta0 in (0, 1): the significance of the
     homogeneity test and the base of the class-balanced weights (algorithms.md §1c steps 4, 6).
+    sync, process_group: all-reduce the class statistics of a batch split over processes, as
+    `homovar_loss` says (default: whenever torch.distributed runs more than one process).
 
     forward(features (B, D), logits (B, K), labels (B,)) -> 0-d loss in logits' dtype,
     differentiable in logits only (the class weights carry no gradient). K must equal
@@ -30,8 +32,10 @@ class HomoVarLoss(nn.Module):
 
     class_counts: Tensor
 
-    def __init__(self, class_counts, alpha: float = HOMOVAR_ALPHA, beta0: float = HOMOVAR_BETA0):
+    def __init__(self, class_counts, alpha: float = HOMOVAR_ALPHA, beta0: float = HOMOVAR_BETA0, *,
+                 sync: bool | None = None, process_group=None):
         super().__init__()
+        self.sync, self.process_group = sync, process_group
         device = class_counts.device if isinstance(class_counts, Tensor) else torch.device("cpu")
         counts = check_class_counts(class_counts, device)
         if counts.device.type != "cpu":  # a GPU tensor's values are not read per call: read them once here
@@ -94,7 +98,8 @@ class HomoVarLoss(nn.Module):
         if isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[1] != self.num_classes:
             raise ValueError(f"class_counts has {self.num_classes} classes but logits has {logits.shape[1]} "
                              f"(logits must be (B, {self.num_classes}))")
-        return homovar_loss(features, logits, labels, self.class_counts, self.alpha, self.beta0)
+        return homovar_loss(features, logits, labels, self.class_counts, self.alpha, self.beta0, sync=self.sync,
+                            process_group=self.process_group)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

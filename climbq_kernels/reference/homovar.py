@@ -142,7 +142,7 @@ def _log_betas(f: Tensor, labels: Tensor, n: Tensor, alpha: float, beta0: float)
 
 
 def log_betas_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, n: Tensor, alpha: float,
-                          beta0: float) -> Tensor:
+                          beta0: float, *, within: Tensor | None = None, batch: int | None = None) -> Tensor:
     """log(beta_c), (K,), from algorithms.md §1c steps 3-6 given the Levene deviations and their class means.
 
     z: (B,) from step 2; zbar_c: (K,) class means of z (0 for absent classes); m: (K,) batch
@@ -152,8 +152,13 @@ def log_betas_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, 
     `f_critical_table(alpha, K, N)` at index K', and the fallbacks (K' < 2 or N - K' < 1: every
     class gets log(beta0)) are a torch.where, so nothing syncs and torch.compile traces it
     whole. alpha, beta0 and N = B must be concrete there (specialised if symbolic).
+
+    For a batch split over several processes, `within` (the sum over the whole batch of
+    (z_i - zbar_{y_i})^2, 0-d) and `batch` (its size N) replace what z alone would give; zbar_c
+    and m must then be the whole batch's too.
     """
-    num_classes, batch = n.numel(), guard_scalar(z.shape[0])
+    num_classes = n.numel()
+    batch = guard_scalar(z.shape[0] if batch is None else batch)
     alpha, beta0 = guard_scalar(alpha), guard_scalar(beta0)
     present = m > 0
     log_beta0 = torch.full((num_classes,), math.log(beta0), dtype=z.dtype, device=z.device)
@@ -165,7 +170,9 @@ def log_betas_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, 
     class_sum = zbar_c * m  # S_c
     zbar = zbar_c.sum() / k_f.clamp_min(1)
     # 4. Levene terms (with placeholder divisors where the test is undefined; discarded below).
-    msw = ((z - zbar_c[index]) ** 2).sum() / (batch - k_f).clamp_min(1)
+    if within is None:
+        within = ((z - zbar_c[index]) ** 2).sum()
+    msw = within / (batch - k_f).clamp_min(1)
     between = m * (zbar_c - zbar) ** 2  # b_c, 0 for absent classes
     fcrit = f_critical_table(alpha, num_classes, batch, z.dtype, z.device)[k_present.reshape(1)].reshape(())
     bound = fcrit * msw * (k_f - 1) - (between.sum() - between)
@@ -203,10 +210,12 @@ def homovar_weights_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Te
 
 
 def weights_from_levene(z: Tensor, labels: Tensor, zbar_c: Tensor, m: Tensor, n: Tensor, alpha: float,
-                        beta0: float) -> Tensor:
+                        beta0: float, *, within: Tensor | None = None, batch: int | None = None) -> Tensor:
     """`homovar_weights_from_levene` without its class_counts check: n (K,) the dataset counts,
-    already checked, in z's dtype (algorithms.md §1c steps 3-7)."""
-    return _class_balanced_weights(log_betas_from_levene(z, labels, zbar_c, m.to(z.dtype), n, alpha, beta0), n)
+    already checked, in z's dtype (algorithms.md §1c steps 3-7); `within`, `batch` as in
+    `log_betas_from_levene`."""
+    log_beta = log_betas_from_levene(z, labels, zbar_c, m.to(z.dtype), n, alpha, beta0, within=within, batch=batch)
+    return _class_balanced_weights(log_beta, n)
 
 
 @torch.no_grad()
