@@ -74,15 +74,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(case: str, sync: bool | None, tmp_path) -> list[dict]:
-    context = mp.start_processes(worker, args=(free_port(), case, sync, str(tmp_path)), nprocs=WORLD,
-                                 join=False, start_method="spawn")
+def join_within_timeout(context) -> None:
+    """Wait for the spawned processes; kill them and fail after TIMEOUT_S seconds."""
     deadline = time.monotonic() + TIMEOUT_S
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
             pytest.fail(f"the two gloo processes did not finish within {TIMEOUT_S} s")
+
+
+def run_two_processes(case: str, sync: bool | None, tmp_path) -> list[dict]:
+    context = mp.start_processes(worker, args=(free_port(), case, sync, str(tmp_path)), nprocs=WORLD,
+                                 join=False, start_method="spawn")
+    join_within_timeout(context)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -114,3 +119,37 @@ def test_sync_without_an_initialised_process_group_is_refused():
     with pytest.raises(RuntimeError, match="torch.distributed"), cq.class_labels(torch.zeros(4, dtype=torch.long),
                                                                                   sync=True):
         pass
+
+
+def fsdp_worker(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        from torch.distributed.fsdp import fully_shard
+
+        model, homovar, x, labels = model_and_batch("homovar")
+        model.float()
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+        part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        losses = []
+        for _ in range(5):
+            optimiser.zero_grad()
+            losses.append(step(model, x[part].float(), labels[part], homovar))
+            optimiser.step()
+        torch.save({"losses": torch.stack(losses)}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_shards_and_trains_a_quantized_model(tmp_path):
+    """FSDP2 (`fully_shard`) over the quantized layers on CPU/gloo: it wraps, trains and learns."""
+    context = mp.start_processes(fsdp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    join_within_timeout(context)
+    for rank in range(WORLD):
+        losses = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)["losses"]
+        assert torch.isfinite(losses).all() and losses[-1] < losses[0]
