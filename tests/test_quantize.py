@@ -57,6 +57,15 @@ class TinyViT(nn.Module):
         return self.head(torch.relu(self.pre_head(self.blocks(tokens).mean(dim=1))))
 
 
+HEAVY = ("resnet18", "mobilenet_v2", "tiny_vit")
+"""Models whose runs belong to the slow tier (`pytest -m "not slow"` keeps the MLPs)."""
+
+
+def model_names(*names: str) -> list:
+    """Parameters for `name`, the heavy models marked slow."""
+    return [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name for name in names]
+
+
 MODELS = {
     "mlp_bn": (mlp_bn, (12,)),
     "mlp_layernorm": (mlp_layernorm, (12,)),
@@ -80,7 +89,7 @@ def batch(shape, gen, size=8):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", model_names(*MODELS))
 def test_quantize_trains_every_standard_model(name, config, gen):
     make, shape = MODELS[name]
     torch.manual_seed(0)
@@ -204,6 +213,7 @@ def test_labels_out_of_range_raise(gen):
         model(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_state_dict_round_trips_into_a_fresh_model(config, gen):
     torch.manual_seed(0)
@@ -304,7 +314,7 @@ def trained(make, config, shape, gen, steps=3):
 @pytest.mark.parametrize("config", [cq.ClimbQConfig(), cq.ClimbQConfig(quantize_classifier=True), cq.LSQConfig(),
                                     cq.FakeQuantConfig(w_bits=4, a_bits=8)], ids=["climbq", "climbq-head", "lsq",
                                                                                    "fakequant"])
-@pytest.mark.parametrize("name", ["mlp_bn", "mlp_layernorm", "resnet18"])
+@pytest.mark.parametrize("name", model_names("mlp_bn", "mlp_layernorm", "resnet18"))
 def test_convert_serves_int4_and_predicts_as_the_qat_model(name, config, gen):
     make, shape = MODELS[name]
     model, x = trained(make, config, shape, gen)
@@ -320,6 +330,7 @@ def test_convert_serves_int4_and_predicts_as_the_qat_model(name, config, gen):
     assert (after - before).abs().mean() <= 0.05 * before.abs().mean()
 
 
+@pytest.mark.slow
 def test_convert_keeps_grouped_convolutions_as_qat_layers(gen):
     model, x = trained(MODELS["mobilenet_v2"][0], cq.LSQConfig(), (3, 32, 32), gen, steps=1)
     cq.convert(model)
@@ -342,7 +353,7 @@ VARIANTS = [cq.ClimbQConfig(sigma="class_std"), cq.ClimbQConfig(act_form="relu")
 
 
 @pytest.mark.parametrize("config", VARIANTS, ids=["class_std", "relu", "class_std+relu"])
-@pytest.mark.parametrize("name", ["mlp_bn", "resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("name", model_names("mlp_bn", "resnet18", "mobilenet_v2"))
 def test_climbq_variants_train_and_convert(name, config, gen):
     make, shape = MODELS[name]
     model, x = trained(make, config, shape, gen, steps=2)
