@@ -15,9 +15,10 @@ Placement (algorithms.md §1d):
   BatchNorms too), before the nonlinearity after it; in a model without BatchNorm (Linear +
   LayerNorm blocks) the activation quantizer sits at the input of every quantized layer;
 - linear layers whose weight their parent reads directly (`nn.MultiheadAttention`'s output
-  projection, `nn.TransformerEncoderLayer`'s feed-forward in its inference fast path) stay in
-  float, as do layer kinds other than these; `summary(model)` lists every layer with its
-  quantizers or the reason it stayed in float.
+  projection) stay in float, as do layer kinds other than these; `summary(model)` lists every
+  layer with its quantizers or the reason it stayed in float. An `nn.TransformerEncoderLayer`
+  whose feed-forward is quantized has its fused inference fast path turned off (that path
+  reads the weights directly).
 
 A ClimbQ weight quantizer on a layer that no BatchNorm follows gets a learned per-output-channel
 scale, initialised by least squares from the float weight (`ClimbQWeightQuant`).
@@ -131,7 +132,9 @@ _CONFIGS = (ClimbQConfig, LSQConfig, FakeQuantConfig)
 _LAYERS = (nn.Conv2d, nn.Linear)
 _BATCHNORMS = {nn.BatchNorm1d: QuantBatchNorm1d, nn.BatchNorm2d: QuantBatchNorm2d}
 _QUANT_TYPES = (QuantConv2d, QuantLinear, QuantBatchNorm1d, QuantBatchNorm2d)
-_READ_CHILD_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+_READ_CHILD_WEIGHTS = (nn.MultiheadAttention,)
+"""Parents whose forward reads their linear children's weights directly (MultiheadAttention's
+out_proj): a quantized child would be bypassed, so those children stay in float."""
 _FLOAT_REASONS = "_climbq_float_layers"
 """Attribute quantize_ leaves on the model: {layer name: why it stayed in float}, for summary."""
 
@@ -228,12 +231,11 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     swaps: list[tuple[str, nn.Module]] = []
     for name, module in leaves:
         kind = type(module)
-        if kind not in (nn.Conv2d, nn.Linear, *_BATCHNORMS):
-            if isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Embedding)):
-                kept[name] = f"{kind.__name__} is not quantized (Conv2d and Linear are)"
-            continue
-        if name in read_by_parent and kind is nn.Linear:
+        if name in read_by_parent and isinstance(module, nn.Linear):
             kept[name] = f"its parent {read_by_parent[name]} reads the weight directly"
+        elif kind not in (nn.Conv2d, nn.Linear, *_BATCHNORMS):
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Embedding)):
+                kept[name] = f"{kind.__name__} is not quantized (Conv2d and Linear are)"
         elif name == classifier and not config.quantize_classifier:
             kept[name] = "final classifier (quantize_classifier=True quantizes it)"
         elif filter_fn is not None and not filter_fn(module, name):
@@ -251,6 +253,12 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
                          f"kept in float: {kept or 'none found'})")
     for name, new in swaps:
         _set_child(model, name, new)
+    for layer in model.modules():
+        if isinstance(layer, nn.TransformerEncoderLayer) and any(
+                isinstance(child, QuantLinear) for child in (layer.linear1, layer.linear2)):
+            # Its fused inference fast path reads linear1/linear2's weights directly; this flag
+            # only selects that path, so clearing it keeps every forward on the quantized layers.
+            layer.activation_relu_or_gelu = 0
     object.__setattr__(model, _FLOAT_REASONS, kept)
     return model
 

@@ -134,13 +134,22 @@ def test_models_without_batchnorm_quantize_each_layer_input():
     assert type(model[6]) is nn.Linear
 
 
-def test_transformer_layers_read_by_their_parent_stay_float_with_a_reason():
+def test_transformer_feed_forward_is_quantized_and_attention_projection_stays_float(gen):
     model = cq.quantize_(TinyViT(), cq.ClimbQConfig())
     layer = model.blocks.layers[0]
-    assert type(layer.linear1) is nn.Linear and type(layer.self_attn.out_proj) is not QuantLinear
+    assert isinstance(layer.linear1, QuantLinear) and isinstance(layer.linear2, QuantLinear)
+    assert type(layer.self_attn.out_proj) is not QuantLinear
     assert isinstance(model.patch, QuantConv2d) and isinstance(model.pre_head, QuantLinear)
-    assert "blocks.layers.0.linear1 (Linear): float, its parent TransformerEncoderLayer reads the weight" \
-        in cq.summary(model)
+    assert "blocks.layers.0.self_attn.out_proj (NonDynamicallyQuantizableLinear): float, its parent " \
+           "MultiheadAttention reads the weight" in cq.summary(model)
+    calls = []
+    layer.linear1.register_forward_hook(lambda *args: calls.append(1))
+    x, labels = batch((3, 16, 16), gen)
+    train_step(model, x, labels)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert len(calls) == 2, "eval under no_grad must not take the fast path that bypasses linear1"
 
 
 def test_climbq_layers_without_batchnorm_keep_their_output_scale(gen):
