@@ -326,17 +326,22 @@ def _serving_layer(name: str, layer: QuantConv2d | QuantLinear) -> nn.Module:
     return nn.Sequential(layer.input_quant, served)
 
 
-def convert(model: nn.Module) -> nn.Module:
+def convert(model: nn.Module, *, quantize_float_layers: bool = False, group_size: int | None = 128) -> nn.Module:
     """A `quantize_`d (QAT) model becomes a serving model in place, in eval mode, and is returned.
 
     Every QuantConv2d / QuantLinear with at most 4-bit weights is replaced by an `Int4Conv2d` /
     `Int4Linear` holding its quantized weight as INT4 codes with one scale and zero per output
     channel: the stored weight equals the QAT layer's quantized weight (ClimbQ, LSQ and affine
     grids all fit a nibble), so the served model predicts as the QAT model does in eval mode.
-    Activation quantizers stay, in their eval form (ClimbQ: threshold bucketing). Layers that
-    were not trained quantized stay in float; grouped convolutions (depthwise) stay as QAT
-    layers computing with their quantized weight, since Int4Conv2d serves groups=1 only.
-    ValueError for a model with no quantized layer, or one with more than 4-bit weights.
+    Activation quantizers stay, in their eval form (ClimbQ: threshold bucketing). Grouped
+    convolutions (depthwise) stay as QAT layers computing with their quantized weight, since
+    Int4Conv2d serves groups=1 only.
+
+    Layers that were not trained quantized (those `quantize_` kept in float, e.g. the final
+    classifier) stay in float: quantizing them now would change the model's predictions. With
+    `quantize_float_layers=True` they are quantized anyway, group-wise (`convert_int4` with
+    `group_size`). ValueError for a model with no quantized layer, or one with more than 4-bit
+    weights; the model is then left unchanged.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -345,6 +350,22 @@ def convert(model: nn.Module) -> nn.Module:
         raise ValueError("model has no quantized layer: convert takes a model prepared with quantize_ and trained")
     swaps = [(name, _serving_layer(name, m)) for name, m in layers
              if not (isinstance(m, QuantConv2d) and m.groups != 1)]
+    if quantize_float_layers:
+        swaps += [(name, _group_wise(model.get_submodule(name), group_size))
+                  for name in getattr(model, _FLOAT_REASONS, {}) if _servable(model.get_submodule(name))]
     for name, served in swaps:
         _set_child(model, name, served)
     return model.eval()
+
+
+def _servable(layer: nn.Module) -> bool:
+    return type(layer) is nn.Linear or (type(layer) is nn.Conv2d and layer.groups == 1)
+
+
+def _group_wise(layer: nn.Module, group_size: int | None) -> nn.Module:
+    """A float layer's group-wise INT4 form; one group per row where group_size does not divide."""
+    make = Int4Linear.from_linear if isinstance(layer, nn.Linear) else Int4Conv2d.from_conv2d
+    try:
+        return make(layer, group_size).eval()
+    except ValueError:
+        return make(layer, None).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -57,7 +58,7 @@ class TinyViT(nn.Module):
         return self.head(torch.relu(self.pre_head(self.blocks(tokens).mean(dim=1))))
 
 
-HEAVY = ("resnet18", "mobilenet_v2", "tiny_vit")
+HEAVY = ("resnet18", "resnet50", "mobilenet_v2", "tiny_vit")
 """Models whose runs belong to the slow tier (`pytest -m "not slow"` keeps the MLPs)."""
 
 
@@ -70,6 +71,7 @@ MODELS = {
     "mlp_bn": (mlp_bn, (12,)),
     "mlp_layernorm": (mlp_layernorm, (12,)),
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=CLASSES), (3, 32, 32)),
+    "resnet50": (lambda: torchvision.models.resnet50(num_classes=CLASSES), (3, 32, 32)),
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=CLASSES), (3, 32, 32)),
     "tiny_vit": (TinyViT, (3, 16, 16)),
 }
@@ -436,3 +438,13 @@ def test_a_checkpoint_of_another_grid_is_refused(saved, loaded, match, gen):
     state = torch.load(buffer, weights_only=True)
     with pytest.raises((ValueError, RuntimeError), match=match):
         cq.quantize_(mlp_bn(), loaded).load_state_dict(state)
+
+
+def test_convert_keeps_float_layers_unless_told_to_quantize_them(gen):
+    model, x = trained(mlp_bn, cq.ClimbQConfig(), (12,), gen)
+    default = cq.convert(copy.deepcopy(model))
+    assert type(default[6]) is nn.Linear and isinstance(default[3], cq.nn.Int4Linear)
+    served = cq.convert(model, quantize_float_layers=True, group_size=32)
+    assert isinstance(served[6], cq.nn.Int4Linear) and served[6].group_size == 32
+    with torch.no_grad():
+        assert torch.isfinite(served(x)).all()
