@@ -32,39 +32,32 @@ def _check_layer(name: str, layer, kind: type) -> None:
         raise TypeError(f"{name} must be a torch.nn.{kind.__name__}, got {type(layer).__name__}")
 
 
-class QuantConv2d(nn.Conv2d):
-    """nn.Conv2d computing with `weight_quant(weight)` on `input_quant(x)`."""
+class _WeightQuantized:
+    """Mixin: `from_float(layer, weight_quant, input_quant=None)` for a layer whose weight (and,
+    optionally, input) goes through quantizers; the float class is the mixin's next base."""
 
     weight_quant: nn.Module
     input_quant: nn.Module
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_quant: nn.Module, input_quant: nn.Module | None = None
-                   ) -> QuantConv2d:
-        _check_layer("conv", conv, nn.Conv2d)
-        new = _adopt(cls, conv)
+    def from_float(cls, layer: nn.Module, weight_quant: nn.Module, input_quant: nn.Module | None = None):
+        float_type = cls.__mro__[2]
+        _check_layer(float_type.__name__.lower(), layer, float_type)
+        new = _adopt(cls, layer)
         new.weight_quant = weight_quant
         new.input_quant = input_quant if input_quant is not None else nn.Identity()
         return new
+
+
+class QuantConv2d(_WeightQuantized, nn.Conv2d):
+    """nn.Conv2d computing with `weight_quant(weight)` on `input_quant(x)`."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_WeightQuantized, nn.Linear):
     """nn.Linear computing with `weight_quant(weight)` on `input_quant(x)`."""
-
-    weight_quant: nn.Module
-    input_quant: nn.Module
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, weight_quant: nn.Module, input_quant: nn.Module | None = None
-                   ) -> QuantLinear:
-        _check_layer("linear", linear, nn.Linear)
-        new = _adopt(cls, linear)
-        new.weight_quant = weight_quant
-        new.input_quant = input_quant if input_quant is not None else nn.Identity()
-        return new
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
