@@ -64,7 +64,7 @@ class BatchLabels:
         key = (num_classes, dtype)
         if key not in self._tables:
             labels = self.checked(num_classes)
-            counts = self.all_reduce(reference.class_counts(labels, num_classes))
+            counts = self.all_reduce(reference.label_histogram(labels, num_classes))
             sigma = reference.class_sigma_from_counts(counts, dtype)[labels]
             self._tables[key] = (sigma, torch.zeros_like(sigma))
         return self._tables[key]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import climbq_kernels as cq
 from climbq_kernels import reference
@@ -448,3 +449,31 @@ def test_convert_keeps_float_layers_unless_told_to_quantize_them(gen):
     assert isinstance(served[6], cq.nn.Int4Linear) and served[6].group_size == 32
     with torch.no_grad():
         assert torch.isfinite(served(x)).all()
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Counts the reads of a tensor value on the host (`aten._local_scalar_dense`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("config,reads", [(cq.ClimbQConfig(), 2), (cq.LSQConfig(), 0), (cq.FakeQuantConfig(), 0)],
+                         ids=IDS)
+def test_a_training_step_reads_values_on_the_host_only_to_check_labels_once(config, reads, gen):
+    """ClimbQ range-checks CPU labels once per batch (min and max; CUDA labels are checked on the
+    device), however many quantizers read them; LSQ and affine quantizers read nothing: their
+    steps and zero points are valid by construction."""
+    model = cq.quantize_(nn.Sequential(*(mlp_bn()[:-1]), nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                       nn.Linear(32, CLASSES)), config)
+    x, labels = batch((12,), gen)
+    train_step(model, x, labels)
+    with _ScalarReads() as counter:
+        train_step(model, x, labels)
+    assert sum(isinstance(m, (QuantBatchNorm1d,)) for m in model.modules()) == 3
+    assert counter.count == reads

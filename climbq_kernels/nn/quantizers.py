@@ -46,6 +46,14 @@ def _signed_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
+def _fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+                ) -> Tensor:
+    """The affine fake-quant op (algorithms.md §1e) on parameters valid by construction (scale > 0,
+    zero point in range): the public function's value checks would read them on the host every
+    training step."""
+    return ops.fake_quant_affine_eager(x, scale, zero_point, qmin, qmax, axis)
+
+
 def _check_uniform_bits(bits, signed: bool, name: str = "bits") -> int:
     check_bits(bits, name)
     if bits == IDENTITY_BITS:
@@ -147,7 +155,7 @@ class LSQWeightQuant(_Quantizer):
         if self.bits == IDENTITY_BITS:
             return weight
         qmin, qmax = _signed_range(self.bits)
-        return functional.fake_quant(weight, self.effective_step(), self.zero_point, qmin, qmax, axis=0)
+        return _fake_quant(weight, self.effective_step(), self.zero_point, qmin, qmax, axis=0)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel=True"
@@ -175,7 +183,7 @@ class AffineWeightQuant(_Quantizer):
         if self.bits == IDENTITY_BITS:
             return weight
         qmin, qmax = _signed_range(self.bits)
-        return functional.fake_quant(weight, self.scale_of(weight), self.zero_point, qmin, qmax, axis=0)
+        return _fake_quant(weight, self.scale_of(weight), self.zero_point, qmin, qmax, axis=0)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel=True, observer=minmax"
@@ -341,6 +349,7 @@ class LSQActQuant(_LazyInit):
         self.bits = _check_uniform_bits(bits, signed=signed)
         self.signed = bool(signed)
         self.step = nn.Parameter(torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
 
     def _range(self) -> tuple[int, int]:
         return _signed_range(self.bits) if self.signed else (0, (1 << self.bits) - 1)
@@ -355,7 +364,7 @@ class LSQActQuant(_LazyInit):
             self._needs_init = False
         self._require_init()
         step = self.step.abs().clamp_min(_MIN_STEP)
-        return functional.fake_quant(x, step, 0, qmin, qmax)
+        return _fake_quant(x, step, self.zero_point, qmin, qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
@@ -408,7 +417,7 @@ class AffineActQuant(_LazyInit):
             lo, hi = self.min_val.clamp(max=0), self.max_val.clamp(min=0)
             scale = ((hi - lo) / qmax).clamp_min(torch.finfo(torch.float32).eps)
             zero_point = torch.round(-lo / scale).clamp(0, qmax).to(torch.int32)
-        return functional.fake_quant(x, scale, zero_point, 0, qmax)
+        return _fake_quant(x, scale, zero_point, 0, qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, observer={self.observer}"

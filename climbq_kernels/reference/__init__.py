@@ -21,6 +21,7 @@ from .climbq import (
     climbq_weight_project,
     climbq_weight_quant,
     climbq_weight_quant_backward,
+    label_histogram,
 )
 from .climbq_act_fused import (
     climbq_act_fused,
@@ -53,6 +54,7 @@ __all__ = [
     "climbq_weight_quant_backward", "dequantize_int4", "f_critical", "fake_quant_affine",
     "fake_quant_affine_backward", "fake_quant_per_sample_bits", "fake_quant_per_sample_bits_backward",
     "homovar_bce", "homovar_loss", "homovar_weights", "homovar_weights_from_levene", "int4_from_climbq_weight",
-    "int4_matmul", "levene_deviations", "lsq_grad_scale", "lsq_init_scale", "pack_int4", "quantize_int4",
+    "int4_matmul", "label_histogram", "levene_deviations", "lsq_grad_scale", "lsq_init_scale", "pack_int4",
+    "quantize_int4",
     "segment_sum", "unpack_int4",
 ]

@@ -99,6 +99,11 @@ def class_counts(labels: Tensor, num_classes: int) -> Tensor:
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")
     check_labels(labels, labels.shape[0], num_classes)
+    return label_histogram(labels, num_classes)
+
+
+def label_histogram(labels: Tensor, num_classes: int) -> Tensor:
+    """`class_counts` of labels already checked to lie in [0, K): int64 (K,), one scatter-add."""
     index = labels.to(torch.int64)
     counts = torch.zeros(num_classes, dtype=torch.int64, device=labels.device)
     return counts.scatter_add_(0, index, torch.ones_like(index))
