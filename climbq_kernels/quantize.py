@@ -39,7 +39,7 @@ from .constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
 from .int4 import Int4Weight
 from .nn.conv import Int4Conv2d
 from .nn.linear import Int4Linear
-from .nn.packing import MAX_CLIMBQ_BITS, climbq_weight, pad_columns, padded_width
+from .nn.packing import MAX_CLIMBQ_BITS, climbq_weight, per_row_codes
 from .nn.qat import QuantBatchNorm1d, QuantBatchNorm2d, QuantConv2d, QuantLinear
 from .nn.quantizers import (
     ACT_FORMS,
@@ -51,7 +51,7 @@ from .nn.quantizers import (
     LSQActQuant,
     LSQWeightQuant,
 )
-from .reference import pack_int4
+from .reference._args import check_int
 
 __all__ = ["ClimbQConfig", "FakeQuantConfig", "LSQConfig", "class_labels", "convert", "quantize_", "summary"]
 
@@ -92,9 +92,8 @@ class ClimbQConfig:
             raise ValueError(f"sigma must be one of {SIGMA_RULES}, got {self.sigma!r}")
         if self.act_form not in ACT_FORMS:
             raise ValueError(f"act_form must be one of {ACT_FORMS}, got {self.act_form!r}")
-        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(
-                self.num_classes, int) or self.num_classes < 1):
-            raise ValueError(f"num_classes must be an int >= 1 or None, got {self.num_classes!r}")
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -166,15 +165,16 @@ def _leaves_in_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if name and not any(True for _ in m.children())]
 
 
+def _adjacent_leaves(leaves: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(name, leaf, next leaf in registration order): how quantize_ reads the Conv-BN-ReLU pattern
+    of torchvision's and most hand-written models."""
+    return [(name, leaf, after) for (name, leaf), (_, after) in zip(leaves, leaves[1:], strict=False)]
+
+
 def _followed_by_batchnorm(leaves: list[tuple[str, nn.Module]]) -> set[str]:
-    """Names of layers whose next leaf in registration order is a BatchNorm over their outputs
-    (the Conv-BN pattern of torchvision's and most hand-written models)."""
-    found = set()
-    for (name, layer), (_, after) in zip(leaves, leaves[1:], strict=False):
-        if isinstance(layer, _LAYERS) and isinstance(after, tuple(_BATCHNORMS)) and \
-                after.num_features == layer.weight.shape[0]:
-            found.add(name)
-    return found
+    """Names of layers whose next leaf is a BatchNorm over their outputs."""
+    return {name for name, layer, after in _adjacent_leaves(leaves) if isinstance(layer, _LAYERS)
+            and isinstance(after, tuple(_BATCHNORMS)) and after.num_features == layer.weight.shape[0]}
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -183,8 +183,8 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def _followed_by_relu(leaves: list[tuple[str, nn.Module]]) -> set[str]:
-    """Names of BatchNorms whose next leaf in registration order is a ReLU or ReLU6."""
-    return {name for (name, layer), (_, after) in zip(leaves, leaves[1:], strict=False)
+    """Names of BatchNorms whose next leaf is a ReLU or ReLU6."""
+    return {name for name, layer, after in _adjacent_leaves(leaves)
             if isinstance(layer, tuple(_BATCHNORMS)) and isinstance(after, (nn.ReLU, nn.ReLU6))}
 
 
@@ -304,23 +304,12 @@ def _int4_weight(name: str, layer: QuantConv2d | QuantLinear) -> Int4Weight:
         wq = quant(layer.weight.detach()).float().reshape(step.shape[0], -1)
         offset = 1 << (quant.bits - 1)
         codes = (torch.round(wq / step.reshape(-1, 1)) + offset).clamp_(0, 2 * offset - 1).to(torch.uint8)
-    width = padded_width(codes.shape[1])
-    zeros = torch.full_like(step, float(offset)).reshape(-1, 1)
-    return Int4Weight(pack_int4(pad_columns(codes)), step.reshape(-1, 1).contiguous(), zeros, width)
+    return per_row_codes(codes, step.reshape(-1, 1).contiguous(), torch.full_like(step, float(offset)).reshape(-1, 1))
 
 
 def _serving_layer(name: str, layer: QuantConv2d | QuantLinear) -> nn.Module:
-    qweight = _int4_weight(name, layer)
-    device = layer.weight.device
-    if isinstance(layer, QuantLinear):
-        served = Int4Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                            group_size=qweight.group_size, device=device)
-    else:
-        served = Int4Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                            layer.dilation, bias=layer.bias is not None, padding_mode=layer.padding_mode,
-                            group_size=qweight.group_size, device=device)
-    served._set_qweight(qweight, layer.bias)
-    served.eval()
+    int4_type = Int4Linear if isinstance(layer, QuantLinear) else Int4Conv2d
+    served = int4_type.from_qweight(layer, _int4_weight(name, layer))
     if isinstance(layer.input_quant, nn.Identity):
         return served
     return nn.Sequential(layer.input_quant, served)

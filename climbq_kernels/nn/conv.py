@@ -83,6 +83,13 @@ class Int4Conv2d(Int4Module):
             qweight = quantize_weight("conv.weight", conv.weight, group_size)
         else:
             qweight = climbq_weight("conv.weight", latent_weight(conv), climbq_bits)
+        return cls.from_qweight(conv, qweight)
+
+    @classmethod
+    def from_qweight(cls, conv: nn.Conv2d, qweight) -> Int4Conv2d:
+        """The INT4 form of a groups=1 `conv` holding the packed weight `qweight` (flattened to
+        (C_out, C_in*kh*kw), padded to even), on qweight's device, with conv's settings, bias and
+        train/eval mode."""
         module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                      conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
                      group_size=qweight.group_size, device=qweight.device)

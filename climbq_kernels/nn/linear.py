@@ -38,6 +38,12 @@ class Int4Linear(Int4Module):
             qweight = quantize_weight("linear.weight", linear.weight, group_size)
         else:
             qweight = climbq_weight("linear.weight", latent_weight(linear), climbq_bits)
+        return cls.from_qweight(linear, qweight)
+
+    @classmethod
+    def from_qweight(cls, linear: nn.Linear, qweight) -> Int4Linear:
+        """The INT4 form of `linear` holding the packed weight `qweight` (its shape, padded to even
+        in_features), on qweight's device, with linear's bias and train/eval mode."""
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                      group_size=qweight.group_size, device=qweight.device)
         module._set_qweight(qweight, linear.bias)

@@ -91,10 +91,16 @@ def climbq_weight(name: str, latent: Tensor, bits: int) -> Int4Weight:
     with torch.no_grad():
         wq = climbq_weight_quant(latent.detach(), bits).reshape(matrix.shape)
         codes = torch.round((wq.float() + 1) * (n / 2)).clamp_(0, n).to(torch.uint8)
-    rows, width = matrix.shape[0], padded_width(matrix.shape[1])
+    rows = matrix.shape[0]
     scales = torch.full((rows, 1), 2.0 / n, dtype=torch.float32, device=latent.device)
     zeros = torch.full((rows, 1), n / 2, dtype=torch.float32, device=latent.device)
-    return Int4Weight(pack_int4(pad_columns(codes)), scales, zeros, width)
+    return per_row_codes(codes, scales, zeros)
+
+
+def per_row_codes(codes: Tensor, scales: Tensor, zeros: Tensor) -> Int4Weight:
+    """An Int4Weight from codes (rows, K) in [0, 15] with one float32 scale and zero per row
+    (rows, 1): the storage of a weight trained on a per-row 4-bit grid, packed without loss."""
+    return Int4Weight(pack_int4(pad_columns(codes)), scales, zeros, padded_width(codes.shape[1]))
 
 
 def latent_weight(module: nn.Module) -> Tensor:
