@@ -17,7 +17,6 @@ Activation quantizers take an activation (B, ...):
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -25,16 +24,18 @@ from torch import Tensor, nn
 
 from .. import functional, ops, reference
 from ..batch_labels import current_batch_labels
-from ..checks import check_bits
+from ..checks import check_bits, check_positive_float
 from ..constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, levels
+from ..functional import _table_dtype
+from ..reference._args import check_int
+from ..reference._normal import half_normal_cdf
 
-_SQRT_HALF = math.sqrt(0.5)
 _MIN_STEP = 1e-8
-"""LSQ steps are used as max(|s|, 1e-8): a step driven through zero by the optimiser stays valid."""
 
 
-def _table_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _positive_step(step: Tensor) -> Tensor:
+    """An LSQ step as used: max(|s|, 1e-8), so a step driven through zero by the optimiser stays valid."""
+    return step.abs().clamp_min(_MIN_STEP)
 
 
 def _channel_view(table: Tensor, like: Tensor) -> Tensor:
@@ -149,7 +150,7 @@ class LSQWeightQuant(_Quantizer):
 
     def effective_step(self) -> Tensor:
         """The step the forward uses, max(|s|, 1e-8), (C,)."""
-        return self.step.abs().clamp_min(_MIN_STEP)
+        return _positive_step(self.step)
 
     def forward(self, weight: Tensor) -> Tensor:
         if self.bits == IDENTITY_BITS:
@@ -226,12 +227,9 @@ class ClimbQActQuant(_Quantizer):
                  form: str = "published"):
         super().__init__()
         check_bits(bits, "bits")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        for name, value in (("act_range", act_range), ("inference_sigma", inference_sigma)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        check_int("num_classes", num_classes, minimum=1)
+        act_range = check_positive_float("act_range", act_range)
+        inference_sigma = check_positive_float("inference_sigma", inference_sigma)
         if sigma not in SIGMA_RULES:
             raise ValueError(f"sigma must be one of {SIGMA_RULES}, got {sigma!r}")
         if form not in ACT_FORMS:
@@ -289,7 +287,7 @@ class ClimbQActQuant(_Quantizer):
         """A q/N on u = erf(max(z, 0)/sqrt 2), straight-through on the rounding (algorithms.md §1f)."""
         view = (x.shape[0], *([1] * (x.dim() - 1)))
         z = (x - mu.to(x.dtype).reshape(view)) / sigma.to(x.dtype).reshape(view)
-        u = torch.erf(z.clamp_min(0) * _SQRT_HALF)
+        u = half_normal_cdf(z)
         n = levels(self.bits)
         return self.act_range * (u + (torch.round(u * n) / n - u).detach())
 
@@ -363,7 +361,7 @@ class LSQActQuant(_LazyInit):
                 self.step.copy_(reference.lsq_init_scale(x.detach().float(), qmax))
             self._needs_init = False
         self._require_init()
-        step = self.step.abs().clamp_min(_MIN_STEP)
+        step = _positive_step(self.step)
         return _fake_quant(x, step, self.zero_point, qmin, qmax)
 
     def extra_repr(self) -> str:

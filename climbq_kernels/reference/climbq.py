@@ -30,9 +30,7 @@ from ..checks import (
 )
 from ..constants import DEFAULT_INFERENCE_SIGMA, FLOAT_DTYPES, IDENTITY_BITS, levels
 from ._args import check_batched, check_finite_float, check_grad
-from ._normal import normal_cdf, normal_pdf, normal_ppf
-
-_SQRT_HALF = 0.7071067811865476
+from ._normal import half_normal_cdf, normal_cdf, normal_pdf, normal_ppf
 
 # --- shared pieces --------------------------------------------------------------------------
 
@@ -264,8 +262,7 @@ def climbq_act_quant_relu(x: Tensor, sigma: Tensor, mu: Tensor, bits: int, act_r
     if bits == IDENTITY_BITS:
         return torch.relu(x)
     z, _ = _standardized(x, sigma, mu)
-    u = torch.erf(z.clamp_min(0) * _SQRT_HALF)
-    return act_range * (_codes(u, bits).to(x.dtype) / levels(bits))
+    return act_range * (_codes(half_normal_cdf(z), bits).to(x.dtype) / levels(bits))
 
 
 def climbq_act_quant_relu_backward(grad_out: Tensor, x: Tensor, sigma: Tensor, mu: Tensor, bits: int,
