@@ -22,6 +22,7 @@ from torch import Tensor
 from ..checks import (
     check_bits,
     check_finite,
+    check_finite_number,
     check_labels,
     check_positive,
     check_positive_float,
@@ -29,7 +30,7 @@ from ..checks import (
     check_tensor,
 )
 from ..constants import DEFAULT_INFERENCE_SIGMA, FLOAT_DTYPES, IDENTITY_BITS, levels
-from ._args import check_batched, check_finite_float, check_grad
+from ._args import check_batched, check_grad
 from ._normal import half_normal_cdf, normal_cdf, normal_pdf, normal_ppf
 
 # --- shared pieces --------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def climbq_act_thresholds(bits: int, sigma: float = DEFAULT_INFERENCE_SIGMA, mu:
     """
     bits = _quant_bits(bits)
     sigma = check_positive_float("sigma", sigma)
-    mu = check_finite_float("mu", mu)
+    mu = check_finite_number("mu", mu)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
     n = levels(bits)
