@@ -29,6 +29,7 @@ from torch import Tensor
 
 from . import reference
 from .checks import check_labels, check_tensor, raise_pending_label_errors
+from .ops import train as train_ops
 
 
 def distributed_group(process_group, sync: bool | None):
@@ -62,6 +63,11 @@ class BatchLabels:
         """(sigma_i, mu_i), each (B,) in `dtype`: the default scale rule (algorithms.md §1a)
         gathered by label, and location 0."""
         key = (num_classes, dtype)
+        if key not in self._tables and train_ops.native_tables(self.labels, dtype):
+            # The CPU op checks the range as it counts; CUDA labels are checked on the device first.
+            labels = self.labels.long() if self.labels.is_cpu else self.checked(num_classes)
+            self._tables[key] = train_ops.class_sigma_table(labels, num_classes,
+                                                            self.all_reduce if self.group is not None else None)
         if key not in self._tables:
             labels = self.checked(num_classes)
             counts = self.all_reduce(reference.label_histogram(labels, num_classes))

@@ -25,10 +25,11 @@ from torch import Tensor, nn
 from .. import functional, ops, reference
 from ..batch_labels import current_batch_labels
 from ..checks import check_bits, check_positive_float
-from ..constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, levels
+from ..constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
 from ..functional import _table_dtype
+from ..ops import train as train_ops
 from ..reference._args import check_int
-from ..reference._normal import half_normal_cdf
+from . import fusable
 
 _MIN_STEP = 1e-8
 
@@ -122,7 +123,12 @@ class ClimbQWeightQuant(_Quantizer):
     def forward(self, weight: Tensor) -> Tensor:
         if self.bits == IDENTITY_BITS:
             return weight
-        wq = functional.climbq_weight_quant(weight, self.bits)
+        if torch.compiler.is_compiling():
+            wq = fusable.climbq_weight(weight, self.bits)
+        elif train_ops.native_training(weight):
+            wq = train_ops.climbq_weight_train(weight, self.bits)
+        else:
+            wq = functional.climbq_weight_quant(weight, self.bits)
         return wq if self.scale is None else wq * _channel_view(self.scale.to(wq.dtype), wq)
 
     def extra_repr(self) -> str:
@@ -156,6 +162,10 @@ class LSQWeightQuant(_Quantizer):
         if self.bits == IDENTITY_BITS:
             return weight
         qmin, qmax = _signed_range(self.bits)
+        if torch.compiler.is_compiling():
+            return fusable.lsq(weight, self.step, qmin, qmax, axis=0)
+        if train_ops.native_training(weight):
+            return train_ops.lsq_train(weight, self.step, self.zero_point, qmin, qmax, 0)
         return _fake_quant(weight, self.effective_step(), self.zero_point, qmin, qmax, axis=0)
 
     def extra_repr(self) -> str:
@@ -184,6 +194,8 @@ class AffineWeightQuant(_Quantizer):
         if self.bits == IDENTITY_BITS:
             return weight
         qmin, qmax = _signed_range(self.bits)
+        if torch.compiler.is_compiling():
+            return fusable.affine(weight, self.scale_of(weight), self.zero_point, qmin, qmax, axis=0)
         return _fake_quant(weight, self.scale_of(weight), self.zero_point, qmin, qmax, axis=0)
 
     def extra_repr(self) -> str:
@@ -238,6 +250,9 @@ class ClimbQActQuant(_Quantizer):
         self.act_range, self.inference_sigma = float(act_range), float(inference_sigma)
         if sigma == "class_std":
             self.register_buffer("running_sigma", torch.tensor(float(inference_sigma)))
+        self._native_rule = bits != IDENTITY_BITS and sigma == "batch_frequency" and form == "published"
+        """Whether a training call may take the short path of `forward` (the published form with the
+        batch-frequency table), where the input allows it."""
 
     def _class_std_tables(self, x: Tensor, batch) -> tuple[Tensor, Tensor]:
         """Per-sample (sigma, mu) of `sigma="class_std"`; updates the running sigma.
@@ -283,15 +298,15 @@ class ClimbQActQuant(_Quantizer):
             return self._class_std_tables(x, batch)
         return batch.per_sample_tables(self.num_classes, _table_dtype(x))
 
-    def _relu_form(self, x: Tensor, sigma: Tensor, mu: Tensor) -> Tensor:
-        """A q/N on u = erf(max(z, 0)/sqrt 2), straight-through on the rounding (algorithms.md §1f)."""
-        view = (x.shape[0], *([1] * (x.dim() - 1)))
-        z = (x - mu.to(x.dtype).reshape(view)) / sigma.to(x.dtype).reshape(view)
-        u = half_normal_cdf(z)
-        n = levels(self.bits)
-        return self.act_range * (u + (torch.round(u * n) / n - u).detach())
-
     def forward(self, x: Tensor) -> Tensor:
+        batch = current_batch_labels()
+        if self._native_rule and batch is not None and self.training and train_ops.native_training(x):
+            # The common training call, kept short: its host time is paid per layer per step.
+            sigma, mu = batch.per_sample_tables(self.num_classes, torch.float32)
+            if sigma.shape[0] != x.shape[0]:
+                raise ValueError(f"labels of class_labels have {sigma.shape[0]} entries, but the quantizer's "
+                                 f"input has batch size {x.shape[0]}")
+            return train_ops.native().climbq_act_train(x, sigma, mu, self.bits, self.act_range)
         if self.bits == IDENTITY_BITS:
             return torch.relu(x) if self.form == "relu" else x
         tables = self._tables(x)
@@ -306,7 +321,11 @@ class ClimbQActQuant(_Quantizer):
                 sigma = torch.full((x.shape[0],), self.inference_sigma, dtype=_table_dtype(x), device=x.device)
                 tables = (sigma, torch.zeros_like(sigma))
         if self.form == "relu":
-            return self._relu_form(x, *tables)
+            return fusable.climbq_act_relu(x, *tables, self.bits, self.act_range)
+        if torch.compiler.is_compiling():
+            return fusable.climbq_act(x, *tables, self.bits, self.act_range)
+        if train_ops.native_training(x):
+            return train_ops.climbq_act_train(x, *tables, self.bits, self.act_range)
         return ops.climbq_act_fused_eager(x, *tables, None, None, None, self.bits, self.act_range, False)
 
     def extra_repr(self) -> str:
@@ -346,23 +365,32 @@ class LSQActQuant(_LazyInit):
         super().__init__()
         self.bits = _check_uniform_bits(bits, signed=signed)
         self.signed = bool(signed)
+        self._codes = _signed_range(bits) if signed else (0, (1 << bits) - 1)
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
 
     def _range(self) -> tuple[int, int]:
-        return _signed_range(self.bits) if self.signed else (0, (1 << self.bits) - 1)
+        """(qmin, qmax) of the code grid."""
+        return self._codes
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bits == IDENTITY_BITS:
             return x
         qmin, qmax = self._range()
-        if self.training and self._needs_init:
+        if self._needs_init:
+            if not self.training:
+                self._require_init()
             with torch.no_grad():
                 self.step.copy_(reference.lsq_init_scale(x.detach().float(), qmax))
             self._needs_init = False
-        self._require_init()
-        step = _positive_step(self.step)
-        return _fake_quant(x, step, self.zero_point, qmin, qmax)
+        # step and zero point read from the module's dicts: nn.Module.__getattr__ costs a
+        # microsecond each, a share of a training call's host time worth keeping.
+        step, zero_point = self._parameters["step"], self._buffers["zero_point"]
+        if torch.compiler.is_compiling():
+            return fusable.lsq(x, step, qmin, qmax)
+        if train_ops.native_training(x):
+            return train_ops.native().lsq_train(x, step, zero_point, qmin, qmax, None)
+        return _fake_quant(x, _positive_step(step), zero_point, qmin, qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
@@ -415,6 +443,8 @@ class AffineActQuant(_LazyInit):
             lo, hi = self.min_val.clamp(max=0), self.max_val.clamp(min=0)
             scale = ((hi - lo) / qmax).clamp_min(torch.finfo(torch.float32).eps)
             zero_point = torch.round(-lo / scale).clamp(0, qmax).to(torch.int32)
+        if torch.compiler.is_compiling():
+            return fusable.affine(x, scale, zero_point, 0, qmax)
         return _fake_quant(x, scale, zero_point, 0, qmax)
 
     def extra_repr(self) -> str:

@@ -7,12 +7,15 @@
 #include "fresh_output.h"
 #include "isa_choice.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -28,6 +31,8 @@ constexpr int64_t kChunk = 16384;
 // kMaxRowGroups pieces (that many partial sums per position).
 constexpr int64_t kShortRow = 16;
 constexpr int64_t kMaxRowGroups = 64;
+// The least LSQ step, as csrc/train.cpp and nn/quantizers.py `_positive_step` use it.
+constexpr float kMinStep = 1e-8f;
 
 struct FakeQuantKernels {
   decltype(&DEFAULT::affine_forward) affine_forward;
@@ -47,28 +52,42 @@ const FakeQuantKernels& kernels() {
   return chosen;
 }
 
+// A small table's values as floats, read in place (no float32 copy of the tensor allocated).
+std::vector<float> float_values(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  std::vector<float> values(c.numel());
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "float_values", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(p[i]);
+  });
+  return values;
+}
+
 // The per-channel float32 tables of one affine call and the problem they describe.
 class AffineCall {
  public:
+  // positive_scale: use max(|scale|, kMinStep) (LSQ's learned step, see ../train.cpp) instead of
+  // requiring scale > 0.
   AffineCall(const char* op, const at::Tensor& x, const at::Tensor& scale,
              const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
-             c10::optional<int64_t> axis) {
+             c10::optional<int64_t> axis, bool positive_scale = false) {
     RowLayout layout =
         check_affine_args(op, x, scale, zero_point, quant_min, quant_max, axis, c10::kCPU);
     layout.chunk = kChunk;
-    scale_ = scale.to(at::kFloat).contiguous();
-    zero_point_ = zero_point.to(at::kFloat).contiguous();
-    const float* s = scale_.const_data_ptr<float>();
-    const float* zp = zero_point_.const_data_ptr<float>();
+    scale_used_ = float_values(scale);
+    zero_point_ = float_values(zero_point);
+    const float* zp = zero_point_.data();
     inv_scale_.resize(layout.channels);
     for (int64_t c = 0; c < layout.channels; ++c) {
-      TORCH_CHECK_VALUE(std::isfinite(s[c]) && s[c] > 0, op, ": scale must be finite and > 0, got ",
-                        s[c]);
+      float& s = scale_used_[c];
+      if (positive_scale && !std::isnan(s)) s = std::max(std::fabs(s), kMinStep);
+      TORCH_CHECK_VALUE(std::isfinite(s) && s > 0, op, ": scale must be finite and > 0, got ", s);
       TORCH_CHECK_VALUE(zp[c] >= quant_min && zp[c] <= quant_max, op,
                         ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ",
                         quant_max, "], got ", zp[c]);
-      inv_scale_[c] = 1.0f / s[c];
+      inv_scale_[c] = 1.0f / s;
     }
+    const float* s = scale_used_.data();
     const ZeroPointMode mode = zero_point_mode(zero_point);
     problem_ = {x.scalar_type(),
                 layout,
@@ -118,8 +137,7 @@ class AffineCall {
                           positions_.data() + 2 * period, period, (outer + groups - 1) / groups};
   }
 
-  at::Tensor scale_, zero_point_;
-  std::vector<float> inv_scale_, positions_;
+  std::vector<float> scale_used_, zero_point_, inv_scale_, positions_;
   AffineProblem problem_{};
 };
 
@@ -177,6 +195,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cpu(
   const auto channel_of = [&](int64_t i) { return call.channel_of_partial(i); };
   return {dx, scale_grad ? reduce_partials(dscale_partials, channels, channel_of, g) : no_grad(),
           zero_point_grad ? reduce_partials(dzp_partials, channels, channel_of, g) : no_grad()};
+}
+
+// LSQ with a learned step used as max(|step|, 1e-8) (csrc/train.cpp): the affine kernels on
+// the positive step, computed here on the host, so that a training call is one op each way.
+at::Tensor lsq_train_cpu(const at::Tensor& x, const at::Tensor& step, const at::Tensor& zero_point,
+                         int64_t quant_min, int64_t quant_max, c10::optional<int64_t> axis) {
+  const AffineCall call("lsq_train", x, step, zero_point, quant_min, quant_max, axis, true);
+  const at::Tensor x_c = x.contiguous();
+  at::Tensor out = empty_like_fresh(x_c);
+  if (x_c.numel() != 0)
+    kernels().affine_forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
+  return out;
+}
+
+// (dx, dstep): dstep_c = the LSQ gradient to the step used times d max(|s|, 1e-8) / ds, which is
+// sign(s_c) where |s_c| >= 1e-8 and 0 below; step's dtype and shape, zeros unless step_grad.
+std::tuple<at::Tensor, at::Tensor> lsq_train_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& step,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max, c10::optional<int64_t> axis,
+    bool step_grad) {
+  const char* op = "lsq_train_backward";
+  const AffineCall call(op, x, step, zero_point, quant_min, quant_max, axis, true);
+  check_act_quant_grad(op, grad_out, x);
+  const AffineProblem& p = call.problem();
+  const at::Tensor x_c = x.contiguous(), grad_c = grad_out.contiguous();
+  at::Tensor dx = empty_like_fresh(x_c);
+  const int64_t channels = p.layout.channels;
+  std::vector<float> partials(step_grad ? call.partial_count() : 0);
+  if (x_c.numel() != 0) {
+    kernels().affine_backward(p, grad_c.const_data_ptr(), x_c.const_data_ptr(),
+                              dx.mutable_data_ptr(), step_grad ? partials.data() : nullptr, nullptr);
+  }
+  if (!step_grad) return {dx, at::zeros_like(step)};
+  const int64_t numel_per_scale = channels == 0 ? 0 : x_c.numel() / channels;
+  const double g = numel_per_scale > 0 ? lsq_grad_scale(op, numel_per_scale, quant_max) : 0.0;
+  const at::Tensor sums = reduce_partials(
+      partials, channels, [&](int64_t i) { return call.channel_of_partial(i); }, g);
+  const std::vector<float> s = float_values(step);
+  const float* sum = sums.const_data_ptr<float>();
+  // Written in step's shape, not a view of `sums`: autograd then keeps it as step.grad as is.
+  at::Tensor dstep = at::empty(step.sizes(), step.options().dtype(at::kFloat));
+  float* d = dstep.mutable_data_ptr<float>();
+  for (int64_t c = 0; c < channels; ++c)
+    d[c] = std::fabs(s[c]) >= kMinStep ? (s[c] > 0 ? sum[c] : -sum[c]) : 0.0f;
+  return {dx, step.scalar_type() == at::kFloat ? dstep : dstep.to(step.scalar_type())};
 }
 
 // Per-sample tables s_i = clip / L_i and L_i in float32, as the reference computes them.
@@ -247,6 +310,8 @@ std::tuple<at::Tensor, at::Tensor> sample_bits_backward_cpu(const at::Tensor& gr
 TORCH_LIBRARY_IMPL(climbq_native, CPU, m) {
   m.impl("fake_quant_affine_forward", &climbq::cpu::affine_forward_cpu);
   m.impl("fake_quant_affine_backward", &climbq::cpu::affine_backward_cpu);
+  m.impl("lsq_train", &climbq::cpu::lsq_train_cpu);
+  m.impl("lsq_train_backward", &climbq::cpu::lsq_train_backward_cpu);
   m.impl("fake_quant_per_sample_bits_forward", &climbq::cpu::sample_bits_forward_cpu);
   m.impl("fake_quant_per_sample_bits_backward", &climbq::cpu::sample_bits_backward_cpu);
 }

@@ -1,0 +1,323 @@
+// The QAT training ops: each quantizer's forward and its backward as one autograd op
+// (algorithms.md §1a, §1b, §1e), for the quantizer modules' eager training path
+// (climbq_kernels/ops/train.py).
+//
+// A training step calls a quantizer once forward and once backward. Through these ops each call
+// is one dispatcher call into C++, and the backward runs from the autograd engine with no Python
+// in between: the host cost of a quantizer comes down to what PyTorch's own fake quant pays. Each
+// op's kernel (CompositeExplicitAutograd, so CPU and CUDA alike) lays x out for the fused kernels
+// and calls them through the dispatcher; its Autograd kernel is a torch::autograd::Function whose
+// backward calls the matching *_backward op. Nothing here reads a tensor's value on the host.
+//
+// Gradients: x always; the LSQ step (LSQ's scaled gradient, algorithms.md §1e). The per-sample
+// ClimbQ tables sigma and mu are batch statistics: they take no gradient here (an input that
+// requires one is refused; climbq_kernels.ops.climbq_act_fused differentiates them).
+#include "train.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+
+namespace climbq {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptTensor = std::optional<at::Tensor>;
+
+// The LSQ step as used: max(|s|, kMinStep), so that an optimiser step through zero leaves a
+// valid grid (climbq_kernels/nn/quantizers.py, `_positive_step`).
+constexpr double kMinStep = 1e-8;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+const auto& act_fused_forward() {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const OptTensor&, const OptTensor&, const OptTensor&, int64_t, double,
+                           bool, bool)>("climbq_native::climbq_act_fused_forward");
+  return op;
+}
+
+const auto& act_fused_backward() {
+  static const auto op = op_handle<at::Tensor(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+      const OptTensor&, const OptTensor&, int64_t, double, bool, bool, bool)>(
+      "climbq_native::climbq_act_fused_backward");
+  return op;
+}
+
+// The per-sample kernels read x as B rows in memory order, so any layout whose batch dim is
+// outermost and dense needs no copy: contiguous, or channels-last (passed as its (B, ..., C)
+// permuted view, which is contiguous). Anything else is copied.
+struct KernelView {
+  at::Tensor tensor;
+  bool channels_last;
+};
+
+KernelView kernel_view(const at::Tensor& x) {
+  if (x.is_contiguous()) return {x, false};
+  if (x.dim() >= 3) {
+    at::Tensor moved = x.movedim(1, -1);
+    if (moved.is_contiguous()) return {moved, true};
+  }
+  return {x.contiguous(), false};
+}
+
+at::Tensor like_kernel_view(const at::Tensor& t, const KernelView& view) {
+  return view.channels_last ? t.movedim(1, -1).contiguous() : t.contiguous();
+}
+
+at::Tensor from_kernel_view(const at::Tensor& t, const KernelView& view) {
+  return view.channels_last ? t.movedim(-1, 1) : t;
+}
+
+at::Tensor act_train(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& mu,
+                     int64_t bits, double act_range) {
+  const KernelView view = kernel_view(x);
+  return from_kernel_view(
+      act_fused_forward().call(view.tensor, sigma, mu, std::nullopt, std::nullopt, std::nullopt,
+                               bits, act_range, false, view.channels_last),
+      view);
+}
+
+at::Tensor act_train_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                              const at::Tensor& sigma, const at::Tensor& mu, int64_t bits,
+                              double act_range) {
+  const KernelView view = kernel_view(x);
+  return from_kernel_view(
+      act_fused_backward().call(like_kernel_view(grad_out, view), view.tensor, sigma, mu,
+                                std::nullopt, std::nullopt, std::nullopt, bits, act_range, false,
+                                view.channels_last, true),
+      view);
+}
+
+const auto& weight_forward() {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&, int64_t)>(
+      "climbq_native::climbq_weight_quant_forward");
+  return op;
+}
+
+const auto& weight_backward() {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>(
+      "climbq_native::climbq_weight_quant_backward");
+  return op;
+}
+
+const auto& affine_forward() {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                           int64_t, std::optional<int64_t>)>(
+          "climbq_native::fake_quant_affine_forward");
+  return op;
+}
+
+const auto& affine_backward() {
+  static const auto op =
+      op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+          int64_t, std::optional<int64_t>, bool, bool)>(
+          "climbq_native::fake_quant_affine_backward");
+  return op;
+}
+
+at::Tensor positive_step(const at::Tensor& step) { return step.abs().clamp_min(kMinStep); }
+
+at::Tensor lsq_train(const at::Tensor& x, const at::Tensor& step, const at::Tensor& zero_point,
+                     int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis) {
+  return affine_forward().call(x, positive_step(step), zero_point, quant_min, quant_max, axis);
+}
+
+// (dx, dstep): dstep = the LSQ gradient to the step used, d max(|s|, 1e-8) / ds = sign(s) where
+// |s| >= 1e-8 (else 0), in step's dtype and shape; zeros unless step_grad.
+std::tuple<at::Tensor, at::Tensor> lsq_train_backward(const at::Tensor& grad_out,
+                                                      const at::Tensor& x, const at::Tensor& step,
+                                                      const at::Tensor& zero_point,
+                                                      int64_t quant_min, int64_t quant_max,
+                                                      std::optional<int64_t> axis,
+                                                      bool step_grad) {
+  auto [dx, dscale, dzp] = affine_backward().call(grad_out, x, positive_step(step), zero_point,
+                                                  quant_min, quant_max, axis, step_grad, false);
+  if (!step_grad) return {dx, at::zeros_like(step)};
+  at::Tensor dstep = dscale.reshape(step.sizes()).to(step.scalar_type()).mul_(step.sign());
+  return {dx, dstep.masked_fill_(step.abs().lt(kMinStep), 0)};
+}
+
+// --- autograd ---------------------------------------------------------------------------------
+
+// Each Function calls its op below autograd (the op's own kernel above) and its backward op.
+const auto& act_train_op() {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                           double)>("climbq_native::climbq_act_train");
+  return op;
+}
+
+const auto& act_train_backward_op() {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, int64_t, double)>(
+          "climbq_native::climbq_act_train_backward");
+  return op;
+}
+
+class ActTrainFunction : public torch::autograd::Function<ActTrainFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& sigma,
+                            const at::Tensor& mu, int64_t bits, double act_range) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({x, sigma, mu});
+    ctx->saved_data["bits"] = bits;
+    ctx->saved_data["act_range"] = act_range;
+    return act_train_op().call(x, sigma, mu, bits, act_range);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::AutoDispatchBelowADInplaceOrView guard;  // no autograd fallback on the way down
+    const variable_list saved = ctx->get_saved_variables();
+    at::Tensor dx = act_train_backward_op().call(grads[0], saved[0], saved[1], saved[2],
+                                                 ctx->saved_data["bits"].toInt(),
+                                                 ctx->saved_data["act_range"].toDouble());
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor act_train_autograd(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& mu,
+                              int64_t bits, double act_range) {
+  TORCH_CHECK_VALUE(!at::GradMode::is_enabled() || !(sigma.requires_grad() || mu.requires_grad()),
+                    "climbq_act_train: sigma and mu are batch statistics and take no gradient "
+                    "here; climbq_kernels.ops.climbq_act_fused differentiates them");
+  return ActTrainFunction::apply(x, sigma, mu, bits, act_range);
+}
+
+const auto& weight_train_op() {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&, int64_t)>(
+      "climbq_native::climbq_weight_train");
+  return op;
+}
+
+class WeightTrainFunction : public torch::autograd::Function<WeightTrainFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, int64_t bits) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({w});
+    ctx->saved_data["bits"] = bits;
+    return weight_train_op().call(w, bits);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::AutoDispatchBelowADInplaceOrView guard;  // no autograd fallback on the way down
+    const variable_list saved = ctx->get_saved_variables();
+    return {weight_backward().call(grads[0], saved[0], ctx->saved_data["bits"].toInt()),
+            at::Tensor()};
+  }
+};
+
+at::Tensor weight_train(const at::Tensor& w, int64_t bits) {
+  return weight_forward().call(w, bits);
+}
+
+at::Tensor weight_train_autograd(const at::Tensor& w, int64_t bits) {
+  return WeightTrainFunction::apply(w, bits);
+}
+
+const auto& lsq_train_op() {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                           int64_t, std::optional<int64_t>)>("climbq_native::lsq_train");
+  return op;
+}
+
+const auto& lsq_train_backward_op() {
+  static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+      int64_t, std::optional<int64_t>, bool)>("climbq_native::lsq_train_backward");
+  return op;
+}
+
+class LsqTrainFunction : public torch::autograd::Function<LsqTrainFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& step,
+                            const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                            std::optional<int64_t> axis) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({x, step, zero_point});
+    ctx->saved_data["quant_min"] = quant_min;
+    ctx->saved_data["quant_max"] = quant_max;
+    ctx->saved_data["axis"] = axis.has_value() ? c10::IValue(*axis) : c10::IValue();
+    return lsq_train_op().call(x, step, zero_point, quant_min, quant_max, axis);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::AutoDispatchBelowADInplaceOrView guard;  // no autograd fallback on the way down
+    const variable_list saved = ctx->get_saved_variables();
+    const c10::IValue& axis = ctx->saved_data["axis"];
+    auto [dx, dstep] = lsq_train_backward_op().call(
+        grads[0], saved[0], saved[1], saved[2], ctx->saved_data["quant_min"].toInt(),
+        ctx->saved_data["quant_max"].toInt(),
+        axis.isNone() ? std::nullopt : std::optional<int64_t>(axis.toInt()),
+        ctx->needs_input_grad(1));
+    return {std::move(dx), ctx->needs_input_grad(1) ? std::move(dstep) : at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor lsq_train_autograd(const at::Tensor& x, const at::Tensor& step,
+                              const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                              std::optional<int64_t> axis) {
+  return LsqTrainFunction::apply(x, step, zero_point, quant_min, quant_max, axis);
+}
+
+}  // namespace
+
+at::Tensor climbq_act_train_direct(const at::Tensor& x, const at::Tensor& sigma,
+                                   const at::Tensor& mu, int64_t bits, double act_range) {
+  return act_train_op().call(x, sigma, mu, bits, act_range);
+}
+
+at::Tensor climbq_weight_train_direct(const at::Tensor& w, int64_t bits) {
+  return weight_train_op().call(w, bits);
+}
+
+at::Tensor lsq_train_direct(const at::Tensor& x, const at::Tensor& step,
+                            const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                            std::optional<int64_t> axis) {
+  return lsq_train_op().call(x, step, zero_point, quant_min, quant_max, axis);
+}
+
+}  // namespace climbq
+
+TORCH_LIBRARY_FRAGMENT(climbq_native, m) {
+  // algorithms.md §1a on x (B, ...) of any layout (channels-last read in place, the output
+  // keeps it), sigma, mu (B,) float32 without gradient: the fused forward, differentiable to x.
+  m.def("climbq_act_train(Tensor x, Tensor sigma, Tensor mu, int bits, float act_range) -> Tensor");
+  m.def("climbq_act_train_backward(Tensor grad_out, Tensor x, Tensor sigma, Tensor mu, int bits,"
+        " float act_range) -> Tensor");
+  // algorithms.md §1b, differentiable to w.
+  m.def("climbq_weight_train(Tensor w, int bits) -> Tensor");
+  // LSQ (algorithms.md §1e) with the step used as max(|step|, 1e-8): differentiable to x and to
+  // step (LSQ's scaled gradient); zero_point is a fixed integer tensor in range.
+  m.def("lsq_train(Tensor x, Tensor step, Tensor zero_point, int quant_min, int quant_max,"
+        " int? axis) -> Tensor");
+  m.def("lsq_train_backward(Tensor grad_out, Tensor x, Tensor step, Tensor zero_point,"
+        " int quant_min, int quant_max, int? axis, bool step_grad) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(climbq_native, CompositeExplicitAutograd, m) {
+  m.impl("climbq_act_train", &climbq::act_train);
+  m.impl("climbq_act_train_backward", &climbq::act_train_backward);
+  m.impl("climbq_weight_train", &climbq::weight_train);
+  m.impl("lsq_train", &climbq::lsq_train);
+  m.impl("lsq_train_backward", &climbq::lsq_train_backward);
+}
+
+TORCH_LIBRARY_IMPL(climbq_native, Autograd, m) {
+  m.impl("climbq_act_train", &climbq::act_train_autograd);
+  m.impl("climbq_weight_train", &climbq::weight_train_autograd);
+  m.impl("lsq_train", &climbq::lsq_train_autograd);
+}
