@@ -4,8 +4,10 @@
 # the GPU benchmarks; logs and tables land in bench/results/<device>-<date>/ (and $OUT, when the
 # device tool sets it).
 #
-#   bash bench/gpu_run.sh [build] [tests] [tune] [bench] [paths]     (no argument: the first four)
+#   bash bench/gpu_run.sh [build] [tests] [tune] [bench] [paths] [suite]     (no argument: the first four)
 #
+# `suite` runs `climbq bench` (bench/run_all.py: every kernel family, host_overhead and the QAT
+# training step, one report; SUITE_ARGS adds its options, e.g. "--quick --only qat_step").
 # `paths` times every CUDA INT4 path and MMA kernel forced at every batch size
 # (bench/int4/int4_cuda_paths.py: where the path thresholds and kernel choice come from).
 #
@@ -104,6 +106,14 @@ if wants paths; then
     | tee "$results/int4_cuda_paths.log" | tail -n 40
   paths=${PIPESTATUS[0]}
   status+=" paths=$paths"
+fi
+
+if wants suite; then
+  echo "== climbq bench (every family and the QAT step)"
+  timeout "$(budget "${SUITE_TIMEOUT:-1800}")" python3 -m climbq_kernels.cli bench --out "$results" ${SUITE_ARGS:-} 2>&1 \
+    | tee "$results/climbq_bench.log" | tail -n 60
+  suite=${PIPESTATUS[0]}
+  status+=" suite=$suite"
 fi
 
 [ -n "${OUT:-}" ] && find "$results" -maxdepth 1 -type f -newer "$started" -exec cp {} "$OUT"/ \;

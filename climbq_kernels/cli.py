@@ -1,11 +1,14 @@
 """The `climbq` command: `climbq demo` (the main job end to end: ClimbQ QAT on a long-tailed
-task, INT4 serving) and `climbq info` (versions, backends, devices)."""
+task, INT4 serving), `climbq info` (versions, backends, devices) and `climbq bench` (every
+benchmark of the repository's bench/ folder, one report)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
+from pathlib import Path
 
 
 def _info() -> int:
@@ -34,6 +37,38 @@ def _info() -> int:
         props = torch.cuda.get_device_properties(index)
         print(f"  cuda:{index}: {props.name}, sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB")
     return 0
+
+
+def _bench_dir() -> Path:
+    """The repository's bench/ folder: beside the package in a source checkout (an editable
+    install), absent from a wheel, which ships the package alone."""
+    return Path(__file__).resolve().parents[1] / "bench"
+
+
+def _bench_runner():
+    """bench/run_all.py as a module, or None (with the reason printed) where bench/ is not there."""
+    bench = _bench_dir()
+    if not (bench / "run_all.py").is_file():
+        print(f"climbq bench: error: no benchmarks at {bench}: they live in the repository's bench/ folder, which "
+              "an installed wheel does not include; run it from a source checkout installed with "
+              "`pip install --no-build-isolation -e .`", file=sys.stderr)
+        return None
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))  # its scripts import their neighbours (cases, ledger, report)
+    return importlib.import_module("run_all")
+
+
+def _bench(args, parser: argparse.ArgumentParser) -> int:
+    runner = _bench_runner()
+    if runner is None:
+        return 2
+    try:
+        runner.parse_only(args.only)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    return runner.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +101,28 @@ def main(argv: list[str] | None = None) -> int:
                       help="auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: %(default)s)")
     demo.add_argument("--out", default="climbq-demo",
                       help="folder for results.md, results.json and per_class_accuracy.png (default: ./%(default)s/)")
+    bench = commands.add_parser(
+        "bench", help="run every kernel benchmark and the QAT training step, one report (needs the repository's "
+                      "bench/ folder)",
+        description="Kernel families (climbq_act, climbq_weight, fake_quant, class_stats, int4) against their "
+                    "reference, torch.compile of it and PyTorch's native ops, with the copy bandwidth measured in "
+                    "the same run; host_overhead; and qat_step (resnet18 and a small ViT, a QAT step against "
+                    "float, plain PyTorch modules and torch.ao). Appends to the results ledger and writes "
+                    "results.md, results.json and PNG plots to --out.")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds: a few minutes on a CPU")
+    bench.add_argument("--only", metavar="NAME[,NAME]",
+                       help="run only these families: climbq_act, climbq_weight, fake_quant, class_stats, int4, "
+                            "host_overhead, qat_step (default: all)")
+    bench.add_argument("--out", type=Path, default=Path("climbq-bench"),
+                       help="folder for results.md, results.json and the plots (default: ./%(default)s/)")
+    bench.add_argument("--threads", type=int, help="torch threads (default: torch's, all cores; 1 avoids OpenMP "
+                                                   "stalls on a host that other work loads)")
+    bench.add_argument("--ledger", type=Path, help="append the rows here (default: $CLIMBQ_LEDGER or "
+                                                   "bench/results/ledger.jsonl)")
+    bench.add_argument("--no-ledger", action="store_true", help="append no rows")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench(args, bench)
     if args.command == "info":
         return _info()
     if args.command == "demo":
