@@ -374,6 +374,11 @@ class LSQActQuant(_LazyInit):
         return self._codes
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self._needs_init and self.bits != IDENTITY_BITS and train_ops.native_training(x):
+            # The common training call, kept short (see ClimbQActQuant.forward); the step and zero
+            # point read from the module's dicts, as nn.Module.__getattr__ costs a microsecond each.
+            return train_ops.native().lsq_train(x, self._parameters["step"], self._buffers["zero_point"],
+                                                *self._codes, None)
         if self.bits == IDENTITY_BITS:
             return x
         qmin, qmax = self._range()
@@ -383,14 +388,11 @@ class LSQActQuant(_LazyInit):
             with torch.no_grad():
                 self.step.copy_(reference.lsq_init_scale(x.detach().float(), qmax))
             self._needs_init = False
-        # step and zero point read from the module's dicts: nn.Module.__getattr__ costs a
-        # microsecond each, a share of a training call's host time worth keeping.
-        step, zero_point = self._parameters["step"], self._buffers["zero_point"]
         if torch.compiler.is_compiling():
-            return fusable.lsq(x, step, qmin, qmax)
+            return fusable.lsq(x, self.step, qmin, qmax)
         if train_ops.native_training(x):
-            return train_ops.native().lsq_train(x, step, zero_point, qmin, qmax, None)
-        return _fake_quant(x, _positive_step(step), zero_point, qmin, qmax)
+            return train_ops.native().lsq_train(x, self.step, self.zero_point, qmin, qmax, None)
+        return _fake_quant(x, _positive_step(self.step), self.zero_point, qmin, qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
