@@ -24,8 +24,7 @@ inline void check_histogram_args(const char* op, const at::Tensor& labels, int64
                                  c10::DeviceType device_type) {
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ",
                    labels.scalar_type());
-  TORCH_CHECK_VALUE(labels.dim() == 1, op, ": labels must be 1-D (B,), got shape ",
-                    labels.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1, op, ": labels must be 1-D (B,), got shape ", labels.sizes());
   TORCH_CHECK_VALUE(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
   TORCH_CHECK_VALUE(labels.device().type() == device_type, op, ": labels must be on a ",
                     c10::DeviceTypeName(device_type), " device, got ", labels.device());
@@ -38,9 +37,8 @@ inline void check_table_args(const char* op, const at::Tensor& labels, const at:
                    counts.scalar_type());
   TORCH_CHECK_VALUE(counts.dim() == 1 && counts.size(0) >= 1, op,
                     ": counts must be a non-empty 1-D histogram (K,), got shape ", counts.sizes());
-  TORCH_CHECK_VALUE(counts.device() == labels.device(), op,
-                    ": counts must be on labels' device ", labels.device(), ", got ",
-                    counts.device());
+  TORCH_CHECK_VALUE(counts.device() == labels.device(), op, ": counts must be on labels' device ",
+                    labels.device(), ", got ", counts.device());
 }
 
 }  // namespace climbq

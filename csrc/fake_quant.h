@@ -128,6 +128,13 @@ inline double lsq_grad_scale(const char* op, int64_t numel_per_scale, int64_t qu
   return 1.0 / std::sqrt(static_cast<double>(numel_per_scale) * static_cast<double>(quant_max));
 }
 
+// A running range buffer of the observed affine ops: one float32 element on x's CPU device.
+inline void check_range_buffer(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat && t.numel() == 1 && t.is_contiguous(), op, ": ",
+                    name, " must be a one-element contiguous float32 tensor, got ", t.scalar_type(),
+                    " of shape ", t.sizes());
+}
+
 // Checks x (B, ...), bits (B,) integer and clip (one floating element) on `device_type`.
 inline void check_sample_bits_args(const char* op, const at::Tensor& x, const at::Tensor& bits,
                                    const at::Tensor& clip, c10::DeviceType device_type) {

@@ -81,11 +81,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "torch.ops.climbq_native.int4_matmul, called through the dispatcher from C++ (eager "
         "serving).");
   m.def("climbq_act_train", &climbq::climbq_act_train_direct,
-        "torch.ops.climbq_native.climbq_act_train, called through the dispatcher from C++ (train.h).");
+        "torch.ops.climbq_native.climbq_act_train, called through the dispatcher from C++ "
+        "(train.h).");
   m.def("climbq_weight_train", &climbq::climbq_weight_train_direct,
         "torch.ops.climbq_native.climbq_weight_train, called through the dispatcher from C++.");
   m.def("lsq_train", &climbq::lsq_train_direct,
         "torch.ops.climbq_native.lsq_train, called through the dispatcher from C++.");
+  m.def(
+      "affine_act_train", &climbq::affine_act_train_direct,
+      "torch.ops.climbq_native.affine_act_train's output, called through the dispatcher from C++.");
+  m.def("affine_weight_train", &climbq::affine_weight_train_direct,
+        "torch.ops.climbq_native.affine_weight_train's output, called through the dispatcher from "
+        "C++.");
   m.def("build_info", &build_info,
         "How this extension was built: with_cuda, cuda_archs, cuda_runtime_version "
         "(CUDART_VERSION, 0 without CUDA), build_cuda_setting (CLIMBQ_BUILD_CUDA), cpu_isas "

@@ -18,7 +18,9 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <optional>
+#include <tuple>
 
 namespace climbq {
 namespace {
@@ -37,10 +39,9 @@ c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
 }
 
 const auto& act_fused_forward() {
-  static const auto op =
-      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const OptTensor&, const OptTensor&, const OptTensor&, int64_t, double,
-                           bool, bool)>("climbq_native::climbq_act_fused_forward");
+  static const auto op = op_handle<at::Tensor(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
+      const OptTensor&, int64_t, double, bool, bool)>("climbq_native::climbq_act_fused_forward");
   return op;
 }
 
@@ -118,11 +119,9 @@ const auto& affine_forward() {
 }
 
 const auto& affine_backward() {
-  static const auto op =
-      op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-          int64_t, std::optional<int64_t>, bool, bool)>(
-          "climbq_native::fake_quant_affine_backward");
+  static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+      std::optional<int64_t>, bool, bool)>("climbq_native::fake_quant_affine_backward");
   return op;
 }
 
@@ -139,8 +138,7 @@ std::tuple<at::Tensor, at::Tensor> lsq_train_backward(const at::Tensor& grad_out
                                                       const at::Tensor& x, const at::Tensor& step,
                                                       const at::Tensor& zero_point,
                                                       int64_t quant_min, int64_t quant_max,
-                                                      std::optional<int64_t> axis,
-                                                      bool step_grad) {
+                                                      std::optional<int64_t> axis, bool step_grad) {
   auto [dx, dscale, dzp] = affine_backward().call(grad_out, x, positive_step(step), zero_point,
                                                   quant_min, quant_max, axis, step_grad, false);
   if (!step_grad) return {dx, at::zeros_like(step)};
@@ -159,10 +157,9 @@ const auto& act_train_op() {
 }
 
 const auto& act_train_backward_op() {
-  static const auto op =
-      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, int64_t, double)>(
-          "climbq_native::climbq_act_train_backward");
+  static const auto op = op_handle<at::Tensor(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double)>(
+      "climbq_native::climbq_act_train_backward");
   return op;
 }
 
@@ -196,8 +193,8 @@ at::Tensor act_train_autograd(const at::Tensor& x, const at::Tensor& sigma, cons
 }
 
 const auto& weight_train_op() {
-  static const auto op = op_handle<at::Tensor(const at::Tensor&, int64_t)>(
-      "climbq_native::climbq_weight_train");
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, int64_t)>("climbq_native::climbq_weight_train");
   return op;
 }
 
@@ -235,8 +232,8 @@ const auto& lsq_train_op() {
 
 const auto& lsq_train_backward_op() {
   static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-      int64_t, std::optional<int64_t>, bool)>("climbq_native::lsq_train_backward");
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+      std::optional<int64_t>, bool)>("climbq_native::lsq_train_backward");
   return op;
 }
 
@@ -262,8 +259,9 @@ class LsqTrainFunction : public torch::autograd::Function<LsqTrainFunction> {
         ctx->saved_data["quant_max"].toInt(),
         axis.isNone() ? std::nullopt : std::optional<int64_t>(axis.toInt()),
         ctx->needs_input_grad(1));
-    return {std::move(dx), ctx->needs_input_grad(1) ? std::move(dstep) : at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {std::move(dx), ctx->needs_input_grad(1) ? std::move(dstep) : at::Tensor(),
+            at::Tensor(),  at::Tensor(),
+            at::Tensor(),  at::Tensor()};
   }
 };
 
@@ -271,6 +269,122 @@ at::Tensor lsq_train_autograd(const at::Tensor& x, const at::Tensor& step,
                               const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
                               std::optional<int64_t> axis) {
   return LsqTrainFunction::apply(x, step, zero_point, quant_min, quant_max, axis);
+}
+
+// --- affine fake quant with the range taken in the same op -------------------------------------
+// AffineActQuant / AffineWeightQuant (nn/quantizers.py): observe the range (a running min/max of
+// activations, updated in place; the absolute max of each weight channel), derive the scale and
+// zero point, fake quantize. One op forward, returning (out, scale, zero_point); the backward is
+// fake_quant_affine_backward on the saved scale and zero point (straight-through to x only). The
+// CPU kernels (cpu/fake_quant.cpp) do it in one pass; this composite, which other devices run,
+// uses torch ops for the range and qparams.
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_act_train(
+    const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val, int64_t quant_max, bool ema,
+    double averaging_constant, bool first, bool observe) {
+  if (observe) {
+    const at::Tensor lo = x.amin().to(at::kFloat), hi = x.amax().to(at::kFloat);
+    if (first) {
+      min_val.copy_(lo);
+      max_val.copy_(hi);
+    } else if (ema) {
+      min_val.lerp_(lo, averaging_constant);
+      max_val.lerp_(hi, averaging_constant);
+    } else {
+      at::minimum_out(min_val, min_val, lo);
+      at::maximum_out(max_val, max_val, hi);
+    }
+  }
+  const at::Tensor lo = min_val.clamp_max(0), hi = max_val.clamp_min(0);
+  const at::Tensor scale =
+      hi.sub(lo).div(quant_max).clamp_min(std::numeric_limits<float>::epsilon()).reshape({});
+  const at::Tensor zero_point =
+      lo.neg().div(scale).round().clamp(0, quant_max).to(at::kInt).reshape({});
+  return {affine_forward().call(x, scale, zero_point, 0, quant_max, std::nullopt), scale,
+          zero_point};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_weight_train(const at::Tensor& w,
+                                                                   int64_t quant_min,
+                                                                   int64_t quant_max) {
+  const at::Tensor scale = w.abs()
+                               .reshape({w.size(0), -1})
+                               .amax(1)
+                               .to(at::kFloat)
+                               .div(quant_max)
+                               .clamp_min(std::numeric_limits<float>::epsilon());
+  const at::Tensor zero_point = at::zeros({w.size(0)}, w.options().dtype(at::kInt));
+  return {affine_forward().call(w, scale, zero_point, quant_min, quant_max, 0), scale, zero_point};
+}
+
+const auto& affine_act_train_op() {
+  static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, at::Tensor&, at::Tensor&, int64_t, bool, double, bool, bool)>(
+      "climbq_native::affine_act_train");
+  return op;
+}
+
+const auto& affine_weight_train_op() {
+  static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, int64_t, int64_t)>("climbq_native::affine_weight_train");
+  return op;
+}
+
+// The backward shared by both: straight-through to x where the code lies in range.
+class AffineTrainFunction : public torch::autograd::Function<AffineTrainFunction> {
+ public:
+  template <typename Call>
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t quant_min,
+                               int64_t quant_max, std::optional<int64_t> axis, const Call& call) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, scale, zero_point] = call();
+    ctx->save_for_backward({x, scale, zero_point});
+    ctx->saved_data["quant_min"] = quant_min;
+    ctx->saved_data["quant_max"] = quant_max;
+    ctx->saved_data["axis"] = axis.has_value() ? c10::IValue(*axis) : c10::IValue();
+    ctx->mark_non_differentiable({scale, zero_point});
+    ctx->set_materialize_grads(false);  // no zeros for scale and zero_point's absent gradients
+    return {out, scale, zero_point};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined())
+      return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const variable_list saved = ctx->get_saved_variables();
+    const c10::IValue& axis = ctx->saved_data["axis"];
+    at::Tensor dx = std::get<0>(affine_backward().call(
+        grads[0], saved[0], saved[1], saved[2], ctx->saved_data["quant_min"].toInt(),
+        ctx->saved_data["quant_max"].toInt(),
+        axis.isNone() ? std::nullopt : std::optional<int64_t>(axis.toInt()), false, false));
+    return {std::move(dx), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple(const variable_list& v) {
+  return {v[0], v[1], v[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_act_train_autograd(
+    const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val, int64_t quant_max, bool ema,
+    double averaging_constant, bool first, bool observe) {
+  auto result = as_tuple(AffineTrainFunction::apply(x, int64_t{0}, quant_max, std::nullopt, [&] {
+    return affine_act_train_op().call(x, min_val, max_val, quant_max, ema, averaging_constant,
+                                      first, observe);
+  }));
+  if (observe) {
+    min_val.unsafeGetTensorImpl()->bump_version();
+    max_val.unsafeGetTensorImpl()->bump_version();
+  }
+  return result;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_weight_train_autograd(const at::Tensor& w,
+                                                                            int64_t quant_min,
+                                                                            int64_t quant_max) {
+  return as_tuple(AffineTrainFunction::apply(w, quant_min, quant_max, int64_t{0}, [&] {
+    return affine_weight_train_op().call(w, quant_min, quant_max);
+  }));
 }
 
 }  // namespace
@@ -290,6 +404,18 @@ at::Tensor lsq_train_direct(const at::Tensor& x, const at::Tensor& step,
   return lsq_train_op().call(x, step, zero_point, quant_min, quant_max, axis);
 }
 
+at::Tensor affine_act_train_direct(const at::Tensor& x, const at::Tensor& min_val,
+                                   const at::Tensor& max_val, int64_t quant_max, bool ema,
+                                   double averaging_constant, bool first, bool observe) {
+  at::Tensor min_ref = min_val, max_ref = max_val;  // handles on the same buffers, updated in place
+  return std::get<0>(affine_act_train_op().call(x, min_ref, max_ref, quant_max, ema,
+                                                averaging_constant, first, observe));
+}
+
+at::Tensor affine_weight_train_direct(const at::Tensor& w, int64_t quant_min, int64_t quant_max) {
+  return std::get<0>(affine_weight_train_op().call(w, quant_min, quant_max));
+}
+
 }  // namespace climbq
 
 TORCH_LIBRARY_FRAGMENT(climbq_native, m) {
@@ -306,6 +432,14 @@ TORCH_LIBRARY_FRAGMENT(climbq_native, m) {
         " int? axis) -> Tensor");
   m.def("lsq_train_backward(Tensor grad_out, Tensor x, Tensor step, Tensor zero_point,"
         " int quant_min, int quant_max, int? axis, bool step_grad) -> (Tensor, Tensor)");
+  // Per-tensor affine fake quant on codes [0, quant_max] whose range is the running min/max
+  // (float32 one-element buffers; when observe, updated from x in place: set when first, else
+  // EMA by averaging_constant when ema, else running min/max). Returns (out, scale, zero_point).
+  m.def("affine_act_train(Tensor x, Tensor(a!) min_val, Tensor(b!) max_val, int quant_max,"
+        " bool ema, float averaging_constant, bool first, bool observe)"
+        " -> (Tensor, Tensor, Tensor)");
+  // Per-channel (dim 0) symmetric fake quant with scale_c = max|w_c| / quant_max, zero point 0.
+  m.def("affine_weight_train(Tensor w, int quant_min, int quant_max) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(climbq_native, CompositeExplicitAutograd, m) {
@@ -314,10 +448,14 @@ TORCH_LIBRARY_IMPL(climbq_native, CompositeExplicitAutograd, m) {
   m.impl("climbq_weight_train", &climbq::weight_train);
   m.impl("lsq_train", &climbq::lsq_train);
   m.impl("lsq_train_backward", &climbq::lsq_train_backward);
+  m.impl("affine_act_train", &climbq::affine_act_train);
+  m.impl("affine_weight_train", &climbq::affine_weight_train);
 }
 
 TORCH_LIBRARY_IMPL(climbq_native, Autograd, m) {
   m.impl("climbq_act_train", &climbq::act_train_autograd);
   m.impl("climbq_weight_train", &climbq::weight_train_autograd);
   m.impl("lsq_train", &climbq::lsq_train_autograd);
+  m.impl("affine_act_train", &climbq::affine_act_train_autograd);
+  m.impl("affine_weight_train", &climbq::affine_weight_train_autograd);
 }

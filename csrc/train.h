@@ -16,5 +16,9 @@ at::Tensor climbq_weight_train_direct(const at::Tensor& w, int64_t bits);
 at::Tensor lsq_train_direct(const at::Tensor& x, const at::Tensor& step,
                             const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
                             std::optional<int64_t> axis);
+at::Tensor affine_act_train_direct(const at::Tensor& x, const at::Tensor& min_val,
+                                   const at::Tensor& max_val, int64_t quant_max, bool ema,
+                                   double averaging_constant, bool first, bool observe);
+at::Tensor affine_weight_train_direct(const at::Tensor& w, int64_t quant_min, int64_t quant_max);
 
 }  // namespace climbq

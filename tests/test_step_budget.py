@@ -17,7 +17,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import climbq_kernels as cq
-from climbq_kernels.nn import ClimbQActQuant, ClimbQWeightQuant, LSQActQuant, LSQWeightQuant
+from climbq_kernels.nn import (
+    AffineActQuant,
+    AffineWeightQuant,
+    ClimbQActQuant,
+    ClimbQWeightQuant,
+    LSQActQuant,
+    LSQWeightQuant,
+)
 
 CLASSES = 10
 QUANTIZER_BUDGET = 2
@@ -76,6 +83,9 @@ QUANTIZERS = {
     "climbq_weight": lambda: ClimbQWeightQuant(bits=4),
     "lsq_act": lsq_act,
     "lsq_weight": lambda: LSQWeightQuant(bits=4, out_channels=6),
+    "affine_act_ema": lambda: AffineActQuant(bits=8),
+    "affine_act_minmax": lambda: AffineActQuant(bits=8, observer="minmax"),
+    "affine_weight": lambda: AffineWeightQuant(bits=8, out_channels=6),
 }
 
 
@@ -131,7 +141,8 @@ def step_ops(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> OpCount
     return counter
 
 
-@pytest.mark.parametrize("config", [cq.ClimbQConfig(num_classes=CLASSES), cq.LSQConfig()], ids=["climbq", "lsq"])
+@pytest.mark.parametrize("config", [cq.ClimbQConfig(num_classes=CLASSES), cq.LSQConfig(), cq.FakeQuantConfig()],
+                         ids=["climbq", "lsq", "fakequant"])
 def test_a_quantize_d_step_costs_the_float_step_plus_the_budget(config, gen):
     """Every op a quantize_d step adds to its float step is a quantizer's (two each) or the table's,
     and none reads a value on the host."""

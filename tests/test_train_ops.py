@@ -136,3 +136,67 @@ def test_the_native_ops_pass_opcheck(gen):
     ]
     for op, args in cases:
         opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def python_affine_act(module: cq.nn.AffineActQuant, x: torch.Tensor) -> torch.Tensor:
+    """AffineActQuant's forward on the custom ops (the path the native op replaces)."""
+    if module.training:
+        module._observe(x)
+    qmax = (1 << module.bits) - 1
+    with torch.no_grad():
+        lo, hi = module.min_val.clamp(max=0), module.max_val.clamp(min=0)
+        scale = ((hi - lo) / qmax).clamp_min(torch.finfo(torch.float32).eps)
+        zero_point = torch.round(-lo / scale).clamp(0, qmax).to(torch.int32)
+    return ops.fake_quant_affine(x, scale, zero_point, 0, qmax, None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("observer", ["ema", "minmax"])
+def test_affine_act_train_equals_the_module_s_python_path(observer, dtype, device, gen):
+    native, python = (cq.nn.AffineActQuant(bits=4, observer=observer, averaging_constant=0.1).to(device)
+                      for _ in range(2))
+    for step in range(4):  # the first batch sets the range, the next ones move it
+        x = (torch.randn(5, 7, generator=gen) * (1 + step) + step - 1).to(device, dtype).requires_grad_()
+        grad_out = torch.randn(x.shape, generator=gen).to(device, dtype)
+        out = native(x)
+        expected = python_affine_act(python, x)
+        python._needs_init = False
+        assert torch.equal(native.min_val, python.min_val) and torch.equal(native.max_val, python.max_val)
+        assert torch.equal(out, expected)
+        assert torch.equal(grads(out, [x], grad_out)[0], grads(expected, [x], grad_out)[0])
+    native.eval()
+    frozen = native.min_val.clone(), native.max_val.clone()
+    native(torch.randn(3, 7, generator=gen).to(device, dtype) * 10)
+    assert torch.equal(native.min_val, frozen[0]) and torch.equal(native.max_val, frozen[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_affine_weight_train_equals_the_module_s_python_path(dtype, device, gen):
+    quantizer = cq.nn.AffineWeightQuant(bits=4, out_channels=6).to(device)
+    w = (torch.randn(6, 3, 2, generator=gen) * torch.linspace(0.01, 2, 6).reshape(6, 1, 1)).to(device, dtype)
+    w.requires_grad_()
+    grad_out = torch.randn(w.shape, generator=gen).to(device, dtype)
+    out = quantizer(w)
+    expected = ops.fake_quant_affine(w, quantizer.scale_of(w), quantizer.zero_point, -8, 7, 0)
+    assert torch.equal(out, expected)
+    assert torch.equal(grads(out, [w], grad_out)[0], grads(expected, [w], grad_out)[0])
+
+
+def test_the_affine_ops_refuse_a_non_finite_input(gen):
+    quantizer = cq.nn.AffineActQuant(bits=4)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        quantizer(torch.tensor([[0.5, float("nan")]]))
+    with pytest.raises(ValueError, match="scale must be finite"):
+        cq.nn.AffineWeightQuant(bits=4, out_channels=2)(torch.tensor([[0.5, 1.0], [float("inf"), 0.0]]))
+
+
+def test_the_affine_ops_pass_opcheck(gen):
+    x = torch.randn(4, 3, generator=gen, requires_grad=True)
+    native = torch.ops.climbq_native
+    for op, args in [
+        (native.affine_act_train.default, (x, torch.zeros(()), torch.zeros(()), 15, True, 0.01, True, True)),
+        (native.affine_weight_train.default, (torch.randn(5, 4, generator=gen, requires_grad=True), -8, 7)),
+    ]:
+        opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

@@ -196,6 +196,8 @@ class AffineWeightQuant(_Quantizer):
         qmin, qmax = _signed_range(self.bits)
         if torch.compiler.is_compiling():
             return fusable.affine(weight, self.scale_of(weight), self.zero_point, qmin, qmax, axis=0)
+        if train_ops.native_training(weight):
+            return train_ops.native().affine_weight_train(weight, qmin, qmax)
         return _fake_quant(weight, self.scale_of(weight), self.zero_point, qmin, qmax, axis=0)
 
     def extra_repr(self) -> str:
@@ -435,6 +437,15 @@ class AffineActQuant(_LazyInit):
             self.max_val.lerp_(hi, self.averaging_constant)
 
     def forward(self, x: Tensor) -> Tensor:
+        min_val, max_val = self._buffers["min_val"], self._buffers["max_val"]
+        if (self.bits != IDENTITY_BITS and (self.training or not self._needs_init) and min_val.dtype == torch.float32
+                and train_ops.native_training(x)):
+            # One op: observe (in training), derive the scale and zero point, fake quantize.
+            out = train_ops.native().affine_act_train(x, min_val, max_val, (1 << self.bits) - 1,
+                                                      self.observer == "ema", self.averaging_constant,
+                                                      self._needs_init, self.training)
+            self._needs_init = self._needs_init and not self.training
+            return out
         if self.bits == IDENTITY_BITS:
             return x
         if self.training:

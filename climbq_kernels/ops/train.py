@@ -67,8 +67,9 @@ def _ops():
 
 
 def native():
-    """The extension module `climbq_kernels._C`, whose `climbq_act_train`, `climbq_weight_train` and
-    `lsq_train` take the same arguments as the functions below (the modules call them directly)."""
+    """The extension module `climbq_kernels._C`, whose `climbq_act_train`, `climbq_weight_train`,
+    `lsq_train`, `affine_act_train` and `affine_weight_train` call the ops of the same names and
+    return their first output (the modules call them directly)."""
     return _ops()[5]
 
 
@@ -123,6 +124,11 @@ _FAKES = {
     "climbq_weight_train": lambda w, bits: torch.empty_like(w, memory_format=torch.contiguous_format),
     "lsq_train": lambda x, *args: torch.empty_like(x, memory_format=torch.contiguous_format),
     "lsq_train_backward": _lsq_backward_fake,
+    "affine_act_train": lambda x, *args: (torch.empty_like(x, memory_format=torch.contiguous_format),
+                                          x.new_empty((), dtype=torch.float32), x.new_empty((), dtype=torch.int32)),
+    "affine_weight_train": lambda w, *args: (torch.empty_like(w, memory_format=torch.contiguous_format),
+                                             w.new_empty(w.shape[:1], dtype=torch.float32),
+                                             w.new_empty(w.shape[:1], dtype=torch.int32)),
     "label_histogram": _histogram_fake,
     "class_sigma_table": _table_fake,
 }

@@ -17,7 +17,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace climbq::cpu {
@@ -225,13 +227,14 @@ std::tuple<at::Tensor, at::Tensor> lsq_train_backward_cpu(
   std::vector<float> partials(step_grad ? call.partial_count() : 0);
   if (x_c.numel() != 0) {
     kernels().affine_backward(p, grad_c.const_data_ptr(), x_c.const_data_ptr(),
-                              dx.mutable_data_ptr(), step_grad ? partials.data() : nullptr, nullptr);
+                              dx.mutable_data_ptr(), step_grad ? partials.data() : nullptr,
+                              nullptr);
   }
   if (!step_grad) return {dx, at::zeros_like(step)};
   const int64_t numel_per_scale = channels == 0 ? 0 : x_c.numel() / channels;
   const double g = numel_per_scale > 0 ? lsq_grad_scale(op, numel_per_scale, quant_max) : 0.0;
-  const at::Tensor sums = reduce_partials(
-      partials, channels, [&](int64_t i) { return call.channel_of_partial(i); }, g);
+  const at::Tensor sums =
+      reduce_partials(partials, channels, [&](int64_t i) { return call.channel_of_partial(i); }, g);
   const std::vector<float> s = float_values(step);
   const float* sum = sums.const_data_ptr<float>();
   // Written in step's shape, not a view of `sums`: autograd then keeps it as step.grad as is.
@@ -240,6 +243,109 @@ std::tuple<at::Tensor, at::Tensor> lsq_train_backward_cpu(
   for (int64_t c = 0; c < channels; ++c)
     d[c] = std::fabs(s[c]) >= kMinStep ? (s[c] > 0 ? sum[c] : -sum[c]) : 0.0f;
   return {dx, step.scalar_type() == at::kFloat ? dstep : dstep.to(step.scalar_type())};
+}
+
+// --- affine fake quant with its range taken in the same op (../train.cpp) -------------------
+// The arithmetic is nn/quantizers.py's AffineActQuant / AffineWeightQuant, in float32, one rounding
+// per operation (the file is compiled without FMA contraction; the EMA's lerp uses fma as ATen's
+// does), NaN propagated as torch does.
+
+float nan_min(float a, float b) { return std::isnan(a) || std::isnan(b) ? NAN : std::min(a, b); }
+float nan_max(float a, float b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }
+
+// (min, max) of x's values (NaN if any is NaN), over rows of `inner` elements: (rows,) each.
+std::pair<std::vector<float>, std::vector<float>> row_ranges(const at::Tensor& x_c, int64_t rows,
+                                                             bool absolute) {
+  const int64_t inner = rows == 0 ? 0 : x_c.numel() / rows;
+  std::vector<float> lo(rows, INFINITY), hi(rows, -INFINITY);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_c.scalar_type(), "row_ranges", [&] {
+    const scalar_t* p = x_c.const_data_ptr<scalar_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      float l = INFINITY, h = -INFINITY;
+      for (int64_t j = 0; j < inner; ++j) {
+        float v = static_cast<float>(p[r * inner + j]);
+        if (absolute) v = std::fabs(v);
+        l = nan_min(l, v);
+        h = nan_max(h, v);
+      }
+      lo[r] = l;
+      hi[r] = h;
+    }
+  });
+  return {lo, hi};
+}
+
+// torch.lerp on float32 as ATen's CPU kernel evaluates it (a fused multiply-add either side of
+// weight 0.5), so that a running range matches the module's Python path bit for bit.
+float lerp(float self, float end, float weight) {
+  return std::fabs(weight) < 0.5f ? std::fma(weight, end - self, self)
+                                  : std::fma(weight - 1.0f, end - self, end);
+}
+
+at::Tensor float_scalar(float v) {
+  at::Tensor t = at::empty({}, at::TensorOptions().dtype(at::kFloat));
+  *t.mutable_data_ptr<float>() = v;
+  return t;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_act_train_cpu(
+    const at::Tensor& x, at::Tensor& min_val, at::Tensor& max_val, int64_t quant_max, bool ema,
+    double averaging_constant, bool first, bool observe) {
+  constexpr const char* kOp = "affine_act_train";
+  check_kernel_dtype(kOp, x);
+  check_range_buffer(kOp, "min_val", min_val);
+  check_range_buffer(kOp, "max_val", max_val);
+  TORCH_CHECK_VALUE(quant_max >= 1 && quant_max <= kMaxCode, kOp,
+                    ": quant_max must lie in [1, 2**24], got ", quant_max);
+  const at::Tensor x_c = x.contiguous();
+  float* mn = min_val.mutable_data_ptr<float>();
+  float* mx = max_val.mutable_data_ptr<float>();
+  if (observe) {
+    TORCH_CHECK_VALUE(x_c.numel() > 0, kOp, ": x must not be empty to observe its range");
+    const auto [lo, hi] = row_ranges(x_c, 1, false);
+    const float c = static_cast<float>(averaging_constant);
+    *mn = first ? lo[0] : ema ? lerp(*mn, lo[0], c) : nan_min(*mn, lo[0]);
+    *mx = first ? hi[0] : ema ? lerp(*mx, hi[0], c) : nan_max(*mx, hi[0]);
+  }
+  // lo = min(min_val, 0), hi = max(max_val, 0), NaN kept; scale and zero point as the module's.
+  const float lo = std::isnan(*mn) ? NAN : std::min(*mn, 0.0f);
+  const float hi = std::isnan(*mx) ? NAN : std::max(*mx, 0.0f);
+  const float q = static_cast<float>(quant_max);
+  const float scale_value = nan_max((hi - lo) / q, std::numeric_limits<float>::epsilon());
+  const float zp_value = std::min(std::max(std::nearbyint(-lo / scale_value), 0.0f), q);
+  const at::Tensor scale = float_scalar(scale_value);
+  at::Tensor zero_point = at::empty({}, at::TensorOptions().dtype(at::kInt));
+  *zero_point.mutable_data_ptr<int32_t>() =
+      std::isnan(zp_value) ? 0 : static_cast<int32_t>(zp_value);
+  const AffineCall call(kOp, x_c, scale, zero_point, 0, quant_max, c10::nullopt);
+  at::Tensor out = empty_like_fresh(x_c);
+  if (x_c.numel() != 0)
+    kernels().affine_forward(call.problem(), x_c.const_data_ptr(), out.mutable_data_ptr());
+  return {out, scale, zero_point};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_weight_train_cpu(const at::Tensor& w,
+                                                                       int64_t quant_min,
+                                                                       int64_t quant_max) {
+  constexpr const char* kOp = "affine_weight_train";
+  check_kernel_dtype(kOp, w);
+  TORCH_CHECK_VALUE(w.dim() >= 1 && w.size(0) >= 1, kOp,
+                    ": w must have an output-channel dim 0 of size >= 1, got shape ", w.sizes());
+  TORCH_CHECK_VALUE(quant_max >= 1 && quant_max <= kMaxCode, kOp,
+                    ": quant_max must lie in [1, 2**24], got ", quant_max);
+  const at::Tensor w_c = w.contiguous();
+  const int64_t channels = w_c.size(0);
+  const std::vector<float> amax = row_ranges(w_c, channels, true).second;
+  at::Tensor scale = at::empty({channels}, at::TensorOptions().dtype(at::kFloat));
+  float* s = scale.mutable_data_ptr<float>();
+  for (int64_t c = 0; c < channels; ++c)
+    s[c] = nan_max(amax[c] / static_cast<float>(quant_max), std::numeric_limits<float>::epsilon());
+  at::Tensor zero_point = at::zeros({channels}, at::TensorOptions().dtype(at::kInt));
+  const AffineCall call(kOp, w_c, scale, zero_point, quant_min, quant_max, 0);
+  at::Tensor out = empty_like_fresh(w_c);
+  if (w_c.numel() != 0)
+    kernels().affine_forward(call.problem(), w_c.const_data_ptr(), out.mutable_data_ptr());
+  return {out, scale, zero_point};
 }
 
 // Per-sample tables s_i = clip / L_i and L_i in float32, as the reference computes them.
@@ -312,6 +418,8 @@ TORCH_LIBRARY_IMPL(climbq_native, CPU, m) {
   m.impl("fake_quant_affine_backward", &climbq::cpu::affine_backward_cpu);
   m.impl("lsq_train", &climbq::cpu::lsq_train_cpu);
   m.impl("lsq_train_backward", &climbq::cpu::lsq_train_backward_cpu);
+  m.impl("affine_act_train", &climbq::cpu::affine_act_train_cpu);
+  m.impl("affine_weight_train", &climbq::cpu::affine_weight_train_cpu);
   m.impl("fake_quant_per_sample_bits_forward", &climbq::cpu::sample_bits_forward_cpu);
   m.impl("fake_quant_per_sample_bits_backward", &climbq::cpu::sample_bits_backward_cpu);
 }
