@@ -83,7 +83,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("climbq_act_train", &climbq::climbq_act_train_direct,
         "torch.ops.climbq_native.climbq_act_train, called through the dispatcher from C++ "
         "(train.h).");
-  m.def("climbq_weight_train", &climbq::climbq_weight_train_direct,
+  m.def("climbq_weight_train", &climbq::climbq_weight_train_direct, pybind11::arg("w"),
+        pybind11::arg("bits"), pybind11::arg("channel_scale") = pybind11::none(),
         "torch.ops.climbq_native.climbq_weight_train, called through the dispatcher from C++.");
   m.def("lsq_train", &climbq::lsq_train_direct,
         "torch.ops.climbq_native.lsq_train, called through the dispatcher from C++.");

@@ -19,8 +19,10 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace climbq {
 namespace {
@@ -192,35 +194,68 @@ at::Tensor act_train_autograd(const at::Tensor& x, const at::Tensor& sigma, cons
   return ActTrainFunction::apply(x, sigma, mu, bits, act_range);
 }
 
+// The ClimbQ weight times an optional learned per-output-channel scale (ClimbQWeightQuant's
+// channel_scale, for a layer with no BatchNorm after it): out = s_c * Wq.
+at::Tensor channel_view(const at::Tensor& scale, const at::Tensor& like) {
+  std::vector<int64_t> shape(like.dim(), 1);
+  shape[0] = -1;
+  return scale.to(like.scalar_type()).reshape(shape);
+}
+
+at::Tensor weight_train(const at::Tensor& w, int64_t bits, const OptTensor& channel_scale) {
+  at::Tensor wq = weight_forward().call(w, bits);
+  return channel_scale.has_value() ? wq.mul(channel_view(*channel_scale, wq)) : wq;
+}
+
+// (dw, dscale) of out = s_c * Wq: dWq = grad * s_c, dscale_c = sum over channel c of grad * Wq.
+std::tuple<at::Tensor, at::Tensor> weight_scaled_backward(const at::Tensor& grad_out,
+                                                          const at::Tensor& w, int64_t bits,
+                                                          const at::Tensor& channel_scale) {
+  const at::Tensor wq = weight_forward().call(w, bits);
+  at::Tensor dw = weight_backward().call(grad_out.mul(channel_view(channel_scale, wq)), w, bits);
+  at::Tensor product = grad_out.mul(wq);
+  std::vector<int64_t> inner(w.dim() - 1);
+  std::iota(inner.begin(), inner.end(), 1);
+  at::Tensor dscale = inner.empty() ? product : product.sum(inner);
+  return {dw, dscale.to(channel_scale.scalar_type())};
+}
+
 const auto& weight_train_op() {
-  static const auto op =
-      op_handle<at::Tensor(const at::Tensor&, int64_t)>("climbq_native::climbq_weight_train");
+  static const auto op = op_handle<at::Tensor(const at::Tensor&, int64_t, const OptTensor&)>(
+      "climbq_native::climbq_weight_train");
+  return op;
+}
+
+const auto& weight_scaled_backward_op() {
+  static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&)>(
+      "climbq_native::climbq_weight_scaled_backward");
   return op;
 }
 
 class WeightTrainFunction : public torch::autograd::Function<WeightTrainFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, int64_t bits) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, int64_t bits,
+                            const OptTensor& channel_scale) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({w});
+    ctx->save_for_backward({w, channel_scale.value_or(at::Tensor())});
     ctx->saved_data["bits"] = bits;
-    return weight_train_op().call(w, bits);
+    return weight_train_op().call(w, bits, channel_scale);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     at::AutoDispatchBelowADInplaceOrView guard;  // no autograd fallback on the way down
     const variable_list saved = ctx->get_saved_variables();
-    return {weight_backward().call(grads[0], saved[0], ctx->saved_data["bits"].toInt()),
-            at::Tensor()};
+    const int64_t bits = ctx->saved_data["bits"].toInt();
+    if (!saved[1].defined()) return {weight_backward().call(grads[0], saved[0], bits), {}, {}};
+    auto [dw, dscale] = weight_scaled_backward_op().call(grads[0], saved[0], bits, saved[1]);
+    return {std::move(dw), {}, std::move(dscale)};
   }
 };
 
-at::Tensor weight_train(const at::Tensor& w, int64_t bits) {
-  return weight_forward().call(w, bits);
-}
-
-at::Tensor weight_train_autograd(const at::Tensor& w, int64_t bits) {
-  return WeightTrainFunction::apply(w, bits);
+at::Tensor weight_train_autograd(const at::Tensor& w, int64_t bits,
+                                 const OptTensor& channel_scale) {
+  return WeightTrainFunction::apply(w, bits, channel_scale);
 }
 
 const auto& lsq_train_op() {
@@ -394,8 +429,9 @@ at::Tensor climbq_act_train_direct(const at::Tensor& x, const at::Tensor& sigma,
   return act_train_op().call(x, sigma, mu, bits, act_range);
 }
 
-at::Tensor climbq_weight_train_direct(const at::Tensor& w, int64_t bits) {
-  return weight_train_op().call(w, bits);
+at::Tensor climbq_weight_train_direct(const at::Tensor& w, int64_t bits,
+                                      const std::optional<at::Tensor>& channel_scale) {
+  return weight_train_op().call(w, bits, channel_scale);
 }
 
 at::Tensor lsq_train_direct(const at::Tensor& x, const at::Tensor& step,
@@ -424,8 +460,11 @@ TORCH_LIBRARY_FRAGMENT(climbq_native, m) {
   m.def("climbq_act_train(Tensor x, Tensor sigma, Tensor mu, int bits, float act_range) -> Tensor");
   m.def("climbq_act_train_backward(Tensor grad_out, Tensor x, Tensor sigma, Tensor mu, int bits,"
         " float act_range) -> Tensor");
-  // algorithms.md §1b, differentiable to w.
-  m.def("climbq_weight_train(Tensor w, int bits) -> Tensor");
+  // algorithms.md §1b, times channel_scale[c] (C,) along dim 0 when given; differentiable to w
+  // and channel_scale.
+  m.def("climbq_weight_train(Tensor w, int bits, Tensor? channel_scale=None) -> Tensor");
+  m.def("climbq_weight_scaled_backward(Tensor grad_out, Tensor w, int bits, Tensor channel_scale)"
+        " -> (Tensor, Tensor)");
   // LSQ (algorithms.md §1e) with the step used as max(|step|, 1e-8): differentiable to x and to
   // step (LSQ's scaled gradient); zero_point is a fixed integer tensor in range.
   m.def("lsq_train(Tensor x, Tensor step, Tensor zero_point, int quant_min, int quant_max,"
@@ -446,6 +485,7 @@ TORCH_LIBRARY_IMPL(climbq_native, CompositeExplicitAutograd, m) {
   m.impl("climbq_act_train", &climbq::act_train);
   m.impl("climbq_act_train_backward", &climbq::act_train_backward);
   m.impl("climbq_weight_train", &climbq::weight_train);
+  m.impl("climbq_weight_scaled_backward", &climbq::weight_scaled_backward);
   m.impl("lsq_train", &climbq::lsq_train);
   m.impl("lsq_train_backward", &climbq::lsq_train_backward);
   m.impl("affine_act_train", &climbq::affine_act_train);

@@ -12,7 +12,8 @@ namespace climbq {
 
 at::Tensor climbq_act_train_direct(const at::Tensor& x, const at::Tensor& sigma,
                                    const at::Tensor& mu, int64_t bits, double act_range);
-at::Tensor climbq_weight_train_direct(const at::Tensor& w, int64_t bits);
+at::Tensor climbq_weight_train_direct(const at::Tensor& w, int64_t bits,
+                                      const std::optional<at::Tensor>& channel_scale);
 at::Tensor lsq_train_direct(const at::Tensor& x, const at::Tensor& step,
                             const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
                             std::optional<int64_t> axis);

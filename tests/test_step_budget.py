@@ -81,6 +81,7 @@ def lsq_act() -> LSQActQuant:
 QUANTIZERS = {
     "climbq_act": lambda: ClimbQActQuant(bits=4, num_classes=CLASSES),
     "climbq_weight": lambda: ClimbQWeightQuant(bits=4),
+    "climbq_weight_scaled": lambda: ClimbQWeightQuant(bits=4, out_channels=6, channel_scale=True),
     "lsq_act": lsq_act,
     "lsq_weight": lambda: LSQWeightQuant(bits=4, out_channels=6),
     "affine_act_ema": lambda: AffineActQuant(bits=8),

@@ -63,6 +63,18 @@ def test_climbq_weight_train_equals_the_public_op(dtype, device, gen):
     assert torch.equal(grads(out, [w], grad_out)[0], grads(expected, [w], grad_out)[0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_climbq_weight_train_with_a_channel_scale_equals_the_scaled_product(device, gen):
+    w = (torch.randn(6, 5, 3, generator=gen) * 0.1).to(device).requires_grad_()
+    scale = torch.linspace(0.5, 2.0, 6, device=device).requires_grad_()
+    grad_out = torch.randn(w.shape, generator=gen).to(device)
+    out = train_ops.climbq_weight_train(w, 3, scale)
+    expected = cq.climbq_weight_quant(w, 3) * scale.reshape(-1, 1, 1)
+    assert torch.equal(out, expected)
+    for got, want in zip(grads(out, [w, scale], grad_out), grads(expected, [w, scale], grad_out), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
 STEPS = {"positive": 0.07, "negative": -0.07, "below the floor": 3e-9, "zero": 0.0}
 
 
@@ -130,6 +142,8 @@ def test_the_native_ops_pass_opcheck(gen):
     cases = [
         (native.climbq_act_train.default, (x, sigma, mu, 4, 2.0)),
         (native.climbq_weight_train.default, (torch.randn(6, 4, generator=gen, requires_grad=True), 4)),
+        (native.climbq_weight_train.default, (torch.randn(6, 4, generator=gen, requires_grad=True), 4,
+                                              torch.rand(6, requires_grad=True))),
         (native.lsq_train.default, (x, step, torch.zeros((), dtype=torch.int32), -8, 7, None)),
         (native.label_histogram.default, (labels, 3)),
         (native.class_sigma_table.default, (labels, reference.label_histogram(labels, 3))),

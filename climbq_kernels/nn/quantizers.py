@@ -123,10 +123,10 @@ class ClimbQWeightQuant(_Quantizer):
     def forward(self, weight: Tensor) -> Tensor:
         if self.bits == IDENTITY_BITS:
             return weight
+        if train_ops.native_training(weight):  # one op, channel scale included
+            return train_ops.native().climbq_weight_train(weight, self.bits, self.scale)
         if torch.compiler.is_compiling():
             wq = fusable.climbq_weight(weight, self.bits)
-        elif train_ops.native_training(weight):
-            wq = train_ops.climbq_weight_train(weight, self.bits)
         else:
             wq = functional.climbq_weight_quant(weight, self.bits)
         return wq if self.scale is None else wq * _channel_view(self.scale.to(wq.dtype), wq)

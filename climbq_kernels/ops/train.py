@@ -79,9 +79,10 @@ def climbq_act_train(x: Tensor, sigma: Tensor, mu: Tensor, bits: int, act_range:
     return _ops()[0](x, sigma, mu, bits, act_range)
 
 
-def climbq_weight_train(w: Tensor, bits: int) -> Tensor:
-    """algorithms.md §1b, differentiable to w (through the weight's mean and standard deviation)."""
-    return _ops()[1](w, bits)
+def climbq_weight_train(w: Tensor, bits: int, channel_scale: Tensor | None = None) -> Tensor:
+    """algorithms.md §1b, times `channel_scale` (C,) per output channel (dim 0) when given;
+    differentiable to w (through the weight's mean and standard deviation) and channel_scale."""
+    return _ops()[1](w, bits, channel_scale)
 
 
 def lsq_train(x: Tensor, step: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
@@ -121,7 +122,10 @@ def _table_fake(labels, counts):
 _FAKES = {
     "climbq_act_train": _like,
     "climbq_act_train_backward": lambda grad_out, x, *args: torch.empty_like(x),
-    "climbq_weight_train": lambda w, bits: torch.empty_like(w, memory_format=torch.contiguous_format),
+    "climbq_weight_train": lambda w, bits, channel_scale=None: torch.empty_like(
+        w, memory_format=torch.contiguous_format),
+    "climbq_weight_scaled_backward": lambda grad_out, w, bits, channel_scale: (
+        torch.empty_like(w, memory_format=torch.contiguous_format), torch.empty_like(channel_scale)),
     "lsq_train": lambda x, *args: torch.empty_like(x, memory_format=torch.contiguous_format),
     "lsq_train_backward": _lsq_backward_fake,
     "affine_act_train": lambda x, *args: (torch.empty_like(x, memory_format=torch.contiguous_format),
