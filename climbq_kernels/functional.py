@@ -299,7 +299,9 @@ def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axi
     if quant_min >= quant_max:
         raise ValueError(f"quant_min must be < quant_max, got [{quant_min}, {quant_max}]")
     scale = _as_qparam("scale", scale, x, _table_dtype(x))
-    zero_point = _as_qparam("zero_point", zero_point, x, torch.int64)
+    # A fractional Python zero point stays floating (a learned-style zero point), never truncated.
+    fractional = isinstance(zero_point, float) and not float(zero_point).is_integer()
+    zero_point = _as_qparam("zero_point", zero_point, x, _table_dtype(x) if fractional else torch.int64)
     check_tensor("scale", scale, floating=True)
     if axis is None:
         if scale.numel() != 1 or zero_point.numel() != 1:

@@ -25,7 +25,9 @@ class Int4Weight:
     """
 
     def __init__(self, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int):
-        self.packed, self.scales, self.zeros, self.group_size = packed, scales, zeros, int(group_size)
+        if isinstance(group_size, bool) or not isinstance(group_size, int):
+            raise TypeError(f"group_size must be an int (the stored weight's group size), got {group_size!r}")
+        self.packed, self.scales, self.zeros, self.group_size = packed, scales, zeros, group_size
         self._validate()
 
     def _validate(self) -> None:

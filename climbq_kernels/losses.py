@@ -16,6 +16,7 @@ from .checks import (
     unchecked_label_mask,
 )
 from .constants import HOMOVAR_ALPHA, HOMOVAR_BETA0
+from .reference._args import check_fraction
 from .reference.homovar import check_class_counts, weights_from_levene
 
 
@@ -70,10 +71,7 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts,
     raise_pending_label_errors()
     checked = check_labels(labels, features.shape[0], num_classes)
     check_same_device(features=features, logits=logits, labels=labels)
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if not 0 < beta0 < 1:
-        raise ValueError(f"beta0 must be in (0, 1), got {beta0}")
+    alpha, beta0 = check_fraction("alpha", alpha), check_fraction("beta0", beta0)
     in_range = unchecked_label_mask(labels, num_classes)
     labels = checked.long() if in_range is None else labels.long().clamp(0, num_classes - 1)
     with torch.no_grad():

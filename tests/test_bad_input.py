@@ -104,7 +104,7 @@ def test_homovar_loss_argument_checks(gen):
         cq.homovar_loss(features, logits, torch.tensor([0, 1, 2, 3, 1, 2]), counts)
     with pytest.raises(ValueError, match="features must be"):
         cq.homovar_loss(features[:4], logits, labels, counts)
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match="alpha must lie strictly between 0 and 1"):
         cq.homovar_loss(features, logits, labels, counts, alpha=1.5)
 
 
@@ -124,3 +124,45 @@ def test_deferred_label_check_raises_at_the_next_call(monkeypatch, gen):
     cq.climbq_act_quant(x, bad, num_classes=3)
     with pytest.raises(ValueError, match="earlier call"):
         checks.raise_pending_label_errors(wait=True)
+
+
+def test_int4_weight_refuses_a_group_size_that_is_not_an_int(gen):
+    qweight = cq.quantize_int4(torch.randn(4, 64, generator=gen), group_size=32)
+    for bad in (32.9, None, "32", True):
+        with pytest.raises(TypeError, match="group_size must be an int"):
+            cq.Int4Weight(qweight.packed, qweight.scales, qweight.zeros, bad)
+
+
+@pytest.mark.parametrize("argument,value", [("stride", 0), ("stride", (1, -1)), ("dilation", 0), ("padding", -1),
+                                            ("stride", 1.5), ("kernel_size", 0)])
+def test_int4_conv_refuses_bad_geometry_at_construction(argument, value):
+    kwargs = {"kernel_size": 3, argument: value}
+    with pytest.raises(ValueError, match=f"{argument} must be an int or a pair of ints"):
+        cq.nn.Int4Conv2d(4, 8, group_size=None, **kwargs)
+
+
+def test_class_tables_refuse_a_missing_num_classes(batch):
+    _, labels = batch
+    for bad, error in ((None, TypeError), (0, ValueError), (2.0, TypeError)):
+        with pytest.raises(error, match="num_classes"):
+            cq.reference.class_sigma(labels, bad)
+
+
+@pytest.mark.parametrize("argument,value,error", [("alpha", "0.05", TypeError), ("alpha", 1.0, ValueError),
+                                                  ("beta0", None, TypeError), ("beta0", 0.0, ValueError)])
+def test_homovar_loss_names_a_bad_alpha_or_beta0(argument, value, error, gen):
+    features, logits = torch.randn(8, 4, generator=gen), torch.randn(8, 3, generator=gen)
+    labels = torch.randint(0, 3, (8,), generator=gen)
+    with pytest.raises(error, match=argument):
+        cq.homovar_loss(features, logits, labels, torch.tensor([10, 5, 2]), **{argument: value})
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_a_fractional_python_zero_point_is_kept_not_truncated(backend, device, gen):
+    x = torch.randn(5, 7, generator=gen).to(device)
+    with cq.use_backend(backend):
+        out = cq.fake_quant(x, 0.1, 0.5, -8, 7)
+    expected = cq.reference.fake_quant_affine(x.double(), 0.1, 0.5, -8, 7).float()
+    truncated = cq.reference.fake_quant_affine(x.double(), 0.1, 0, -8, 7).float()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(out, truncated)

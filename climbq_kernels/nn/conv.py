@@ -24,6 +24,12 @@ from .packing import climbq_weight, latent_weight, quantize_weight
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
+def _check_ints(name: str, pair: tuple, minimum: int) -> None:
+    """Require a pair of ints >= minimum (a zero stride would divide by zero at the first forward)."""
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {pair}")
+
+
 class Int4Conv2d(Int4Module):
     """F.conv2d(x, W, bias, stride, padding, dilation) with W stored as group-wise INT4.
 
@@ -45,6 +51,10 @@ class Int4Conv2d(Int4Module):
                 raise ValueError(f"padding='same' needs stride 1, got stride {stride}")
         else:
             padding = _pair(padding)
+            _check_ints("padding", padding, 0)
+        _check_ints("stride", stride, 1)
+        _check_ints("dilation", dilation, 1)
+        _check_ints("kernel_size", kernel_size, 1)
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
         super().__init__(in_channels * kernel_size[0] * kernel_size[1], out_channels, bias, group_size,

@@ -30,7 +30,7 @@ from ..checks import (
     check_tensor,
 )
 from ..constants import DEFAULT_INFERENCE_SIGMA, FLOAT_DTYPES, IDENTITY_BITS, levels
-from ._args import check_batched, check_grad
+from ._args import check_batched, check_grad, check_int
 from ._normal import half_normal_cdf, normal_cdf, normal_pdf, normal_ppf
 
 # --- shared pieces --------------------------------------------------------------------------
@@ -97,6 +97,7 @@ def class_counts(labels: Tensor, num_classes: int) -> Tensor:
     check_tensor("labels", labels)
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")
+    check_int("num_classes", num_classes, minimum=1)
     check_labels(labels, labels.shape[0], num_classes)
     return label_histogram(labels, num_classes)
 
