@@ -29,6 +29,7 @@ from .checks import (
     unchecked_label_mask,
 )
 from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, MAX_CODE_BITS
+from .reference.fake_quant import check_code_range
 
 
 def _table_dtype(x: Tensor) -> torch.dtype:
@@ -293,10 +294,8 @@ def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axi
     learned too.
     """
     check_tensor("x", x, floating=True)
-    for name, value in (("quant_min", quant_min), ("quant_max", quant_max)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if quant_min >= quant_max:
+    check_code_range(quant_min, quant_max)
+    if quant_min == quant_max:
         raise ValueError(f"quant_min must be < quant_max, got [{quant_min}, {quant_max}]")
     scale = _as_qparam("scale", scale, x, _table_dtype(x))
     # A fractional Python zero point stays floating (a learned-style zero point), never truncated.
@@ -315,8 +314,8 @@ def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axi
         if scale.shape != (channels,) or zero_point.shape != (channels,):
             raise ValueError(f"per-channel fake quant along axis {axis} needs scale and zero_point of shape "
                              f"({channels},), got {tuple(scale.shape)} and {tuple(zero_point.shape)}")
-    if can_sync(scale) and not bool((scale > 0).all()):
-        raise ValueError("scale must be > 0")
+    if can_sync(scale) and not bool(((scale > 0) & (scale < float("inf"))).all()):
+        raise ValueError("scale must be finite and > 0")
     if can_sync(zero_point) and not bool(((zero_point >= quant_min) & (zero_point <= quant_max)).all()):
         raise ValueError(f"zero_point must lie in [quant_min, quant_max] = [{quant_min}, {quant_max}]")
     return ops.fake_quant_affine_eager(x, scale, zero_point, quant_min, quant_max, axis)

@@ -79,7 +79,7 @@ def test_fake_quant_argument_checks(batch):
     x, _ = batch
     with pytest.raises(ValueError, match="quant_min must be < quant_max"):
         cq.fake_quant(x, 0.1, 0, 5, 5)
-    with pytest.raises(ValueError, match="scale must be > 0"):
+    with pytest.raises(ValueError, match="scale must be finite and > 0"):
         cq.fake_quant(x, -0.1, 0, 0, 255)
     with pytest.raises(ValueError, match=r"scale and zero_point of shape \(6,\)"):
         cq.fake_quant(x, torch.ones(4), torch.zeros(4, dtype=torch.int64), 0, 255, axis=1)
@@ -166,3 +166,16 @@ def test_a_fractional_python_zero_point_is_kept_not_truncated(backend, device, g
     truncated = cq.reference.fake_quant_affine(x.double(), 0.1, 0, -8, 7).float()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     assert not torch.allclose(out, truncated)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_every_backend_refuses_an_infinite_scale_and_an_inexact_code_range(backend, device, batch):
+    """The checks live in the public function, which every backend's call goes through."""
+    x = batch[0].to(device)
+    with cq.use_backend(backend):
+        with pytest.raises(ValueError, match="scale must be finite and > 0"):
+            cq.fake_quant(x, float("inf"), 0, 0, 255)
+        with pytest.raises(ValueError, match=r"must lie in \[-2\*\*24, 2\*\*24\]"):
+            cq.fake_quant(x, 0.1, 0, 0, 2**25)
+        with pytest.raises(TypeError, match="quant_max must be an int"):
+            cq.fake_quant(x, 0.1, 0, 0, 255.0)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ..checks import check_bits, check_positive_float, check_tensor
 from ..constants import IDENTITY_BITS, levels
+from ..reference.fake_quant import check_code_range
 
 __all__ = ["affine", "climbq_act", "climbq_act_relu", "climbq_weight", "lsq", "MIN_STEP"]
 
@@ -51,7 +52,6 @@ MIN_STEP = 1e-8
 # not belong to this Graph"); a literal is a constant. (Floats passed as arguments, act_range,
 # are fine symbolic.) tests/test_fusable.py checks the values:
 #   0.7071067811865476 = sqrt(1/2),  0.3989422804014327 = 1/sqrt(2 pi),  1e-8 = MIN_STEP.
-_MAX_CODE = 1 << 24
 
 
 # --- shared pieces --------------------------------------------------------------------------
@@ -229,16 +229,6 @@ def climbq_weight(w: Tensor, bits: int) -> Tensor:
 
 # --- algorithms.md §1e: affine fake quant and LSQ ---------------------------------------------------
 
-def _check_range(quant_min, quant_max) -> None:
-    for name, value in (("quant_min", quant_min), ("quant_max", quant_max)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if quant_min > quant_max:
-        raise ValueError(f"quant_min must be <= quant_max, got {quant_min} > {quant_max}")
-    if max(abs(quant_min), abs(quant_max)) > _MAX_CODE:
-        raise ValueError(f"quant_min and quant_max must lie in [-2**24, 2**24], got [{quant_min}, {quant_max}]")
-
-
 def _param(name: str, value, x: Tensor, axis: int | None, number_dtype: torch.dtype) -> Tensor:
     """A scale or zero point on x's device, viewed to broadcast against x: per tensor (axis None)
     a number or a one-element tensor, 0-d; per channel a (C,) tensor, C = x.shape[axis]."""
@@ -379,7 +369,7 @@ def lsq(x: Tensor, step: Tensor, quant_min: int, quant_max: int, axis: int | Non
     """
     _check_x("x", x, batched=False)
     check_tensor("step", step, floating=True)
-    _check_range(quant_min, quant_max)
+    check_code_range(quant_min, quant_max)
     if quant_max < 1:
         raise ValueError(f"quant_max must be >= 1 (LSQ's gradient scale divides by sqrt(quant_max)), got {quant_max}")
     axis = _axis(axis, x)
@@ -416,7 +406,7 @@ def affine(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axis: i
     x giving (qmin - zp) * scale.
     """
     _check_x("x", x, batched=False)
-    _check_range(quant_min, quant_max)
+    check_code_range(quant_min, quant_max)
     axis = _axis(axis, x)
     scale_t = _param("scale", scale, x, axis, torch.float64)
     if not scale_t.is_floating_point():

@@ -62,7 +62,9 @@ class _Grid(NamedTuple):
     numel_per_scale: int
 
 
-def _check_range(quant_min, quant_max) -> tuple[int, int]:
+def check_code_range(quant_min, quant_max) -> tuple[int, int]:
+    """Require int quant_min <= quant_max within [-2**24, 2**24] (every code an exact float); the one
+    check of a code range, which every fake-quant path runs."""
     check_int("quant_min", quant_min)
     check_int("quant_max", quant_max)
     if quant_min > quant_max:
@@ -90,7 +92,7 @@ def _channel_table(name: str, table, x: Tensor, axis: int, floating: bool) -> Te
 
 def _grid(x: Tensor, scale, zero_point, quant_min, quant_max, axis) -> _Grid:
     check_tensor("x", x, floating=True)
-    quant_min, quant_max = _check_range(quant_min, quant_max)
+    quant_min, quant_max = check_code_range(quant_min, quant_max)
     if axis is None:
         scale_t = scalar_tensor("scale", scale, x)
         if isinstance(scale, Tensor):
