@@ -179,3 +179,15 @@ def test_every_backend_refuses_an_infinite_scale_and_an_inexact_code_range(backe
             cq.fake_quant(x, 0.1, 0, 0, 2**25)
         with pytest.raises(TypeError, match="quant_max must be an int"):
             cq.fake_quant(x, 0.1, 0, 0, 255.0)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+@pytest.mark.parametrize("table", ["scales", "zeros"])
+def test_int4_layers_refuse_a_table_replaced_after_construction(table, backend, device, gen):
+    """A buffer swapped for one of another shape is refused by every kernel backend, never read
+    past its end."""
+    layer = cq.nn.Int4Linear.from_linear(torch.nn.Linear(64, 8), group_size=32).to(device)
+    setattr(layer, table, torch.ones(8, 1, device=device))
+    x = torch.randn(3, 64, generator=gen).to(device)
+    with cq.use_backend(backend), pytest.raises(ValueError, match=f"{table} must .*shape"):
+        layer(x)
