@@ -191,3 +191,20 @@ def test_int4_layers_refuse_a_table_replaced_after_construction(table, backend, 
     x = torch.randn(3, 64, generator=gen).to(device)
     with cq.use_backend(backend), pytest.raises(ValueError, match=f"{table} must .*shape"):
         layer(x)
+
+
+def test_int4_packing_of_weights_near_the_float32_limit_stays_finite():
+    w = torch.tensor([[3e38, -3e38] * 16, [1.0, -2.0] * 16])
+    qweight = cq.quantize_int4(w, group_size=32)
+    restored = qweight.dequantize()
+    assert torch.isfinite(restored).all()
+    assert torch.allclose(restored[0], w[0], rtol=0.07)  # half a step of (6e38 / 15) at most
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_int4_packing_runs_under_any_forced_backend(backend, gen):
+    """quantize_int4 has no kernel (a one-time packing step): a forced backend does not refuse it."""
+    layer = torch.nn.Linear(64, 8)
+    with cq.use_backend(backend):
+        served = cq.nn.Int4Linear.from_linear(layer, group_size=32)
+    assert served.qweight.shape == (8, 64)

@@ -72,6 +72,9 @@ def run(op: str, like: Tensor, *args):
     """Run `op` on the backend chosen for `like`'s device and dtype; tensors go in contiguous."""
     table = KERNELS[op]
     implemented = _IMPLEMENTED[op]
+    if implemented == _REFERENCE_ONLY:
+        # A one-time step with no kernel (quantize_int4's packing) runs under any backend choice.
+        return table["reference"](*args)
     if like.dtype not in KERNEL_DTYPES:
         forced = dispatch.explicit_backend()
         if forced not in (None, "reference"):

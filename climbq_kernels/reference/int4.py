@@ -74,7 +74,8 @@ def quantize_int4(w: Tensor, group_size: int | None = 128) -> tuple[Tensor, Tens
     INT4_GROUP_SIZES dividing K, or None / K for one group per row (`checks.check_group_size`).
     Computed in float32 (w is cast) so the result does not depend on w's dtype. Per group:
 
-        scale = (max - min) / 15          (1 where that is 0: max == min, the group is exact)
+        scale = (max - min) / 15          (1 where that is 0: max == min, the group is exact;
+                                           max/15 - min/15 where max - min overflows float32)
         zero  = -min / scale              (float, not rounded)
         q     = clamp(rint(w / scale + zero), 0, 15)
 
@@ -88,6 +89,9 @@ def quantize_int4(w: Tensor, group_size: int | None = 128) -> tuple[Tensor, Tens
     lo = groups.amin(dim=2)
     hi = groups.amax(dim=2)
     scale = (hi - lo) / INT4_QMAX
+    # A range wider than float32's (weights near +-3e38) would give an infinite scale and NaN
+    # weights; hi/15 - lo/15 is finite there (and not used elsewhere, so other groups keep their bits).
+    scale = torch.where(torch.isinf(scale), hi / INT4_QMAX - lo / INT4_QMAX, scale)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = -lo / scale
     q = torch.round(groups / scale.unsqueeze(2) + zero.unsqueeze(2)).clamp(0, INT4_QMAX)
