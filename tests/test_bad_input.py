@@ -208,3 +208,13 @@ def test_int4_packing_runs_under_any_forced_backend(backend, gen):
     with cq.use_backend(backend):
         served = cq.nn.Int4Linear.from_linear(layer, group_size=32)
     assert served.qweight.shape == (8, 64)
+
+
+def test_int4_conversion_refuses_a_non_finite_bias():
+    layer = torch.nn.Linear(64, 8)
+    with torch.no_grad():
+        layer.bias[3] = float("nan")
+    with pytest.raises(ValueError, match="bias"):
+        cq.nn.Int4Linear.from_linear(layer, group_size=32)
+    with pytest.raises(ValueError, match="bias"):
+        cq.convert_int4(torch.nn.Sequential(layer))

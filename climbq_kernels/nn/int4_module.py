@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..checks import check_tensor
+from ..checks import check_finite, check_tensor
 from ..int4 import Int4Weight
 from .packing import padded_width, resolve_group_size
 
@@ -64,6 +64,7 @@ class Int4Module(nn.Module):
         self.group_size = qweight.group_size
         self.packed, self.scales, self.zeros = qweight.packed, qweight.scales, qweight.zeros
         if bias is not None:
+            check_finite("bias", bias.detach())  # as the weight: a NaN bias would serve NaN outputs
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @property
