@@ -218,3 +218,16 @@ def test_int4_conversion_refuses_a_non_finite_bias():
         cq.nn.Int4Linear.from_linear(layer, group_size=32)
     with pytest.raises(ValueError, match="bias"):
         cq.convert_int4(torch.nn.Sequential(layer))
+
+
+@pytest.mark.parametrize("where", ["all", "one"])
+def test_homovar_loss_is_nan_when_features_are_not_finite(where, gen):
+    features, logits = torch.randn(8, 4, generator=gen), torch.randn(8, 3, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 3, (8,), generator=gen)
+    if where == "all":
+        features.fill_(float("nan"))
+    else:
+        features[2, 1] = float("inf")
+    loss = cq.homovar_loss(features, logits, labels, torch.tensor([10, 5, 2]))
+    assert torch.isnan(loss)
+    assert torch.isfinite(cq.homovar_loss(torch.randn(8, 4, generator=gen), logits, labels, torch.tensor([10, 5, 2])))
