@@ -97,12 +97,11 @@ def _act_tables(x: Tensor, labels, num_classes, sigma,
     check_same_device(x=x, labels=labels)
     in_range = unchecked_label_mask(labels, num_classes)
     labels = checked.long() if in_range is None else labels.long().clamp(0, num_classes - 1)
-    if sigma is None:
-        sigma = reference.class_sigma(labels, num_classes)
+    if sigma is None:  # in the table dtype: a float64 input gets the float64 formula
+        sigma = reference.class_sigma(labels, num_classes, _table_dtype(x))
     else:
         check_class_table("sigma", sigma, num_classes, x)
-        if can_sync(sigma) and not bool((sigma > 0).all()):
-            raise ValueError("sigma must be > 0 for every class")
+        check_positive("sigma", sigma)  # as the reference: finite and > 0 on every backend
     if mu is None:
         mu = torch.zeros(num_classes, dtype=_table_dtype(x), device=x.device)
     else:

@@ -65,7 +65,7 @@ def test_act_quant_argument_checks(batch):
         cq.climbq_act_quant(x, labels)
     with pytest.raises(ValueError, match=r"sigma must have shape \(3,\)"):
         cq.climbq_act_quant(x, labels, sigma=torch.ones(4), num_classes=3)
-    with pytest.raises(ValueError, match="sigma must be > 0"):
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
         cq.climbq_act_quant(x, labels, sigma=torch.tensor([1.0, 0.0, 1.0]))
     with pytest.raises(TypeError, match="sigma must be a number when labels is None"):
         cq.climbq_act_quant(x, sigma=torch.ones(3))
@@ -231,3 +231,20 @@ def test_homovar_loss_is_nan_when_features_are_not_finite(where, gen):
     loss = cq.homovar_loss(features, logits, labels, torch.tensor([10, 5, 2]))
     assert torch.isnan(loss)
     assert torch.isfinite(cq.homovar_loss(torch.randn(8, 4, generator=gen), logits, labels, torch.tensor([10, 5, 2])))
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0.0, -1.0])
+def test_every_backend_refuses_a_sigma_table_that_is_not_finite_and_positive(bad, backend, device, batch):
+    x, labels = batch
+    sigma = torch.tensor([1.0, bad, 2.0], device=device)
+    with cq.use_backend(backend), pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        cq.climbq_act_quant(x.to(device), labels.to(device), num_classes=3, sigma=sigma)
+
+
+def test_a_float64_input_gets_the_float64_default_sigma_table(batch):
+    x, labels = batch
+    x = x.double()
+    sigma = cq.reference.class_sigma(labels, 3, torch.float64)
+    expected = cq.reference.climbq_act_quant(x, sigma[labels], torch.zeros(4, dtype=torch.float64), 4, 2.0)
+    assert torch.equal(cq.climbq_act_quant(x, labels, num_classes=3, bits=4, act_range=2.0), expected)
