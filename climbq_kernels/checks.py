@@ -32,9 +32,12 @@ from .constants import FLOAT_DTYPES, IDENTITY_BITS, INT4_GROUP_SIZES, MAX_BITS, 
 
 
 def check_tensor(name: str, value, *, floating: bool = False) -> torch.Tensor:
-    """Require a tensor (of a floating dtype when `floating`)."""
+    """Require a tensor with values (not on the meta device), of a floating dtype when `floating`."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_meta:
+        raise ValueError(f"{name} is a meta tensor, which has no values to quantize or check: move it to a CPU "
+                         "or CUDA device first (torch.compile's fake tensors need nothing of the kind)")
     if floating and value.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a floating tensor (float32, float16, bfloat16 or float64), "

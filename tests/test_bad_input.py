@@ -248,3 +248,11 @@ def test_a_float64_input_gets_the_float64_default_sigma_table(batch):
     sigma = cq.reference.class_sigma(labels, 3, torch.float64)
     expected = cq.reference.climbq_act_quant(x, sigma[labels], torch.zeros(4, dtype=torch.float64), 4, 2.0)
     assert torch.equal(cq.climbq_act_quant(x, labels, num_classes=3, bits=4, act_range=2.0), expected)
+
+
+def test_meta_tensors_are_named_not_read():
+    x = torch.randn(4, 6, device="meta")
+    for call in (lambda: cq.fake_quant(x, 0.1, 0, -8, 7), lambda: cq.climbq_act_quant(x),
+                 lambda: cq.climbq_weight_quant(x), lambda: cq.quantize_int4(torch.randn(4, 64, device="meta"), 32)):
+        with pytest.raises(ValueError, match="(x|w) is a meta tensor"):
+            call()
