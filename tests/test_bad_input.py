@@ -256,3 +256,17 @@ def test_meta_tensors_are_named_not_read():
                  lambda: cq.climbq_weight_quant(x), lambda: cq.quantize_int4(torch.randn(4, 64, device="meta"), 32)):
         with pytest.raises(ValueError, match="(x|w) is a meta tensor"):
             call()
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_a_nan_input_makes_the_lsq_step_gradient_nan(backend, device, gen):
+    """algorithms.md §1e: documented, unlike torch's learnable op, which returns a finite gradient."""
+    x = torch.randn(4, 6, generator=gen).to(device)
+    x[1, 2] = float("nan")
+    x.requires_grad_()
+    step = torch.tensor(0.1, device=device, requires_grad=True)
+    with cq.use_backend(backend):
+        out = cq.fake_quant(x, step, 0, -8, 7)
+    out.sum().backward()
+    assert torch.isnan(step.grad)
+    assert out[1, 2] == -8 * 0.1  # the NaN code goes to quant_min (§1e)
