@@ -188,7 +188,8 @@ def fake_quant_affine_backward(grad_out: Tensor, x: Tensor, scale, zero_point, q
     dx = grad_out * inside
     dscale = dzero_point = None
     if scale_requires_grad or zero_point_requires_grad:
-        g = lsq_grad_scale(grid.numel_per_scale, grid.quant_max)
+        # An empty x has no gradient terms to scale: the sums below are 0, as the kernels return.
+        g = lsq_grad_scale(grid.numel_per_scale, grid.quant_max) if grid.numel_per_scale else 0.0
         grad = grad_out.to(grid.compute)
         zp = grid.zero_point
         if scale_requires_grad:
