@@ -507,11 +507,7 @@ def class_stats_cases(draw, max_numel, backend):
     shape = draw(shapes(max_dims=2 if backend == "cpu" else 4, max_numel=max_numel, empty_batch=True))
     labels, num_classes = draw(labelings(shape[0]))
     # Spreads that keep the float16 reference (the yardstick) from overflowing its sums.
-    # issue 20: Triton gives var 0 (finite) for a class holding a NaN or inf, and mean NaN (not inf)
-    # for an inf in the first sample, spreading NaN to the other classes; the CPU kernel gives mean
-    # NaN for a class whose first element is inf, and var inf where the reference's var is NaN
-    # (a class holding inf). So the kernels see no inf, Triton no NaN either.
-    specials = SPECIALS if backend == "reference" else (math.nan,) if backend == "cpu" else ()
+    specials = SPECIALS
     x = draw(values(shape, dtype, spreads=(1.0, 0.05, 3.0), specials=specials))
     grads = [draw(values((num_classes, *shape[1:2]), dtype, specials=())) for _ in range(2)]
     return x, labels, num_classes, grads

@@ -3,7 +3,8 @@
 
 x (B, F, S) (F = x.shape[1], 1 for 1-D x; S the product of the trailing sizes). Program
 (fb, i) reduces sample i's rows x[i, f, :] for BLOCK_F features f of block fb in float64
-after shifting by the first sample's value, d = x - x[0, f, 0], and adds sum d and sum d^2
+after shifting by the first sample's value, d = x - x[0, f, 0] (exact in float64; the shift is 0
+where x[0, f, 0] is NaN or Inf, so that it stays in its own class), and adds sum d and sum d^2
 to the (class labels[i], feature f) accumulators with float64 atomics. The finalize kernel
 then writes, with n_k = counts_k (samples of class k times S):
 
@@ -39,6 +40,7 @@ def class_stats_sums_kernel(x_ptr, labels_ptr, sum_d_ptr, sum_d2_ptr, features, 
     sample = tl.program_id(1).to(tl.int64)
     f_mask = f < features
     shift = tl.load(x_ptr + f * positions, mask=f_mask, other=0.0).to(tl.float32)
+    shift = tl.where(tl.abs(shift) < float("inf"), shift, 0.0).to(tl.float64)  # NaN/Inf would reach every class
     row = x_ptr + (sample * features + f) * positions  # (BLOCK_F,) row starts
     acc_a = tl.zeros([BLOCK_F], dtype=tl.float64)
     acc_b = tl.zeros([BLOCK_F], dtype=tl.float64)
@@ -46,7 +48,7 @@ def class_stats_sums_kernel(x_ptr, labels_ptr, sum_d_ptr, sum_d2_ptr, features, 
         s = s0 + tl.arange(0, BLOCK_S)
         mask = f_mask[:, None] & (s < positions)[None, :]
         x = tl.load(row[:, None] + s[None, :], mask=mask, other=0.0).to(tl.float32)
-        d = tl.where(mask, x - shift[:, None], 0.0).to(tl.float64)
+        d = tl.where(mask, x.to(tl.float64) - shift[:, None], 0.0)  # exact: two float32 values in float64
         acc_a += tl.sum(d, axis=1)
         acc_b += tl.sum(d * d, axis=1)
     k = tl.load(labels_ptr + sample)
@@ -66,8 +68,10 @@ def class_stats_finalize_kernel(x_ptr, sum_d_ptr, sum_d2_ptr, counts_ptr, mean_p
     present = mask & (n > 0)
     n_safe = tl.where(present, n, 1.0)
     mean_d = tl.load(sum_d_ptr + j, mask=mask, other=0.0) / n_safe
-    shift = tl.load(x_ptr + f * positions, mask=present, other=0.0).to(tl.float32).to(tl.float64)
-    var = tl.maximum(tl.load(sum_d2_ptr + j, mask=mask, other=0.0) / n_safe - mean_d * mean_d, 0.0)
+    shift = tl.load(x_ptr + f * positions, mask=present, other=0.0).to(tl.float32)
+    shift = tl.where(tl.abs(shift) < float("inf"), shift, 0.0).to(tl.float64)
+    var = tl.load(sum_d2_ptr + j, mask=mask, other=0.0) / n_safe - mean_d * mean_d
+    var = tl.where(var < 0.0, 0.0, var)  # rounding below 0 clipped; NaN kept (tl.maximum drops it)
     mean = tl.where(present, shift + mean_d, 0.0)
     var = tl.where(present, var, 0.0)
     tl.store(mean_ptr + j, mean.to(tl.float32).to(mean_ptr.dtype.element_ty), mask=mask)

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <vector>
 
@@ -73,7 +74,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_stats_cpu(const at::Tensor&
       const double inv_n = 1.0 / static_cast<double>(std::max<int64_t>(count_p[k], 1));
       for (int64_t j = k * shape.features; j < (k + 1) * shape.features; ++j) {
         mean_p[j] = static_cast<scalar_t>(static_cast<float>(mean_acc[j]));
-        var_p[j] = static_cast<scalar_t>(static_cast<float>(m2_acc[j] * inv_n));
+        // A class whose mean is not finite holds an Inf or NaN: (x - mean)^2 is NaN for it, as in
+        // the reference, where the running M2 may have become Inf instead.
+        const double v = std::isfinite(mean_acc[j]) ? m2_acc[j] * inv_n : NAN;
+        var_p[j] = static_cast<scalar_t>(static_cast<float>(v));
       }
     }
   });

@@ -31,6 +31,10 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kBlocksPerSm = 8;
 
+// The shift: the first sample's value, or 0 where that is NaN or Inf, which would otherwise reach
+// every class's sums.
+__device__ __forceinline__ float finite_or_zero(float v) { return isfinite(v) ? v : 0.0f; }
+
 // kGroup lanes (1 or a warp) reduce each row; counts get S per sample from the f == 0 rows.
 template <typename T, int kGroup>
 __global__ void segment_sums_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
@@ -45,11 +49,12 @@ __global__ void segment_sums_kernel(const T* __restrict__ x, const int64_t* __re
        row += groups) {
     const int64_t sample = row / features, f = row % features;
     const int64_t k = labels[sample];
-    const float shift = static_cast<float>(x[f * positions]);
+    const float shift = finite_or_zero(static_cast<float>(x[f * positions]));
     const T* p = x + row * positions;
     double a = 0, b = 0;
     for (int64_t s = lane; s < positions; s += kGroup) {
-      const double d = static_cast<float>(p[s]) - shift;
+      // Exact: the difference of two float32 values in float64.
+      const double d = static_cast<double>(static_cast<float>(p[s])) - static_cast<double>(shift);
       a += d;
       b += d * d;
     }
@@ -78,8 +83,9 @@ __global__ void finalize_kernel(const T* __restrict__ x, const double* __restric
   double m = 0, v = 0;
   if (n > 0) {
     const double mean_d = sum_d[j] / n;
-    m = static_cast<float>(x[f * positions]) + mean_d;
-    v = std::max(sum_d2[j] / n - mean_d * mean_d, 0.0);
+    m = finite_or_zero(static_cast<float>(x[f * positions])) + mean_d;
+    v = sum_d2[j] / n - mean_d * mean_d;
+    v = v < 0.0 ? 0.0 : v;  // rounding below 0 clipped; NaN kept
   }
   mean[j] = static_cast<T>(static_cast<float>(m));
   var[j] = static_cast<T>(static_cast<float>(v));

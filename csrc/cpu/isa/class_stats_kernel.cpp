@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "../vec_io.h"
 
@@ -29,7 +30,8 @@ constexpr int64_t kGrainElements = 32768;
 // with its magnitude.
 template <typename T>
 void row_summary(const T* row, int64_t n, double& mean, float& m2) {
-  const float first = static_cast<float>(row[0]);
+  const float raw = static_cast<float>(row[0]);
+  const float first = std::isfinite(raw) ? raw : 0.0f;  // a NaN/Inf shift would void the whole row
   const Vec shift(first);
   Vec acc(0.0f);
   for (int64_t j = 0; j < n; j += kLanes) {
@@ -57,7 +59,10 @@ inline void chan_merge(double& mean, double& m2, double n_a, double n_b, double 
                        double row_m2) {
   const double n = n_a + n_b;
   const double delta = row_mean - mean;
-  mean += delta * (n_b / n);
+  // Once an Inf is in, the mean is not finite: add the values (Inf + finite = Inf, Inf - Inf and
+  // NaN give NaN), as the reference's sum does; the variance is NaN then
+  // (csrc/cpu/class_stats.cpp).
+  mean = std::isfinite(mean) ? mean + delta * (n_b / n) : mean + row_mean;
   m2 += row_m2 + delta * delta * (n_a * n_b / n);
 }
 
@@ -78,8 +83,10 @@ void accumulate_typed(const SegmentProblem& p, const T* x) {
         double* __restrict__ m2 = p.m2 + base;
         const T* __restrict__ row = sample;
         for (int64_t f = f_begin; f < f_end; ++f) {  // independent features: vectorises
-          const double delta = static_cast<double>(static_cast<float>(row[f])) - mean[f];
-          mean[f] += delta * inv_n;
+          const double v = static_cast<double>(static_cast<float>(row[f]));
+          const double delta = v - mean[f];
+          mean[f] =
+              std::isfinite(mean[f]) ? mean[f] + delta * inv_n : mean[f] + v;  // as chan_merge
           m2[f] += delta * delta * m2_scale;
         }
       } else {
