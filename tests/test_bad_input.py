@@ -270,3 +270,12 @@ def test_a_nan_input_makes_the_lsq_step_gradient_nan(backend, device, gen):
     out.sum().backward()
     assert torch.isnan(step.grad)
     assert out[1, 2] == -8 * 0.1  # the NaN code goes to quant_min (§1e)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_every_backend_refuses_a_non_finite_weight_by_name(bad, backend, device, gen):
+    w = torch.randn(4, 6, generator=gen)
+    w[2, 3] = bad
+    with cq.use_backend(backend), pytest.raises(ValueError, match="w must be finite"):
+        cq.climbq_weight_quant(w.to(device), bits=4)

@@ -2,10 +2,10 @@
 
 Backends: the reference; the C++ CPU kernel (which rejects zero spread itself, from the
 statistics it already has on the host); CUDA and Triton, whose statistics stay on the device.
-For those two, `_reject_zero_spread` checks w first with one extra read of w and a host sync,
-done only where `checks.can_sync` allows (eager mode, not during CUDA graph capture); where it
-is skipped, a zero-spread w quantizes every element to z = 0 (code rint(N/2)) and gets the
-gradient 0, never NaN.
+For those two, `_check_weight_values` checks w first (finite, nonzero spread, as the reference)
+with one extra read of w and a host sync, done only where `checks.can_sync` allows (eager mode,
+not during CUDA graph capture); where it is skipped, a zero-spread w quantizes every element to
+z = 0 (code rint(N/2)) and gets the gradient 0, never NaN.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ from ._dispatch import native, register_kernels, run, triton_launcher
 from ._eager import custom_op, eager
 
 
-def _reject_zero_spread(kernel: Callable) -> Callable:
-    """`kernel(..., w, bits)` preceded by the zero-spread check for device-side statistics."""
+def _check_weight_values(kernel: Callable) -> Callable:
+    """`kernel(..., w, bits)` preceded by the reference's value checks (w finite, nonzero spread),
+    for the backends whose statistics stay on the device: one host read for both."""
     def call(*args):
         w = args[-2]
         if w.numel() and can_sync(w):
-            low, high = torch.aminmax(w)
-            if not bool(high > low):
+            low, high = torch.aminmax(w)  # NaN reaches both
+            finite, spread = torch.stack((torch.isfinite(low) & torch.isfinite(high), high > low)).tolist()
+            if not finite:
+                raise ValueError("w must be finite: found NaN or Inf")
+            if not spread:
                 raise ValueError("w must have nonzero spread: all its elements are equal, so std(w) = 0")
         return kernel(*args)
     return call
@@ -37,14 +41,14 @@ register_kernels({
     "climbq_weight_quant": {
         "reference": reference.climbq_weight_quant,
         "cpu": native("climbq_weight_quant_forward"),
-        "cuda": _reject_zero_spread(native("climbq_weight_quant_forward")),
-        "triton": _reject_zero_spread(triton_launcher("climbq_weight", "climbq_weight_quant_forward")),
+        "cuda": _check_weight_values(native("climbq_weight_quant_forward")),
+        "triton": _check_weight_values(triton_launcher("climbq_weight", "climbq_weight_quant_forward")),
     },
     "climbq_weight_quant_backward": {
         "reference": reference.climbq_weight_quant_backward,
         "cpu": native("climbq_weight_quant_backward"),
-        "cuda": _reject_zero_spread(native("climbq_weight_quant_backward")),
-        "triton": _reject_zero_spread(triton_launcher("climbq_weight", "climbq_weight_quant_backward")),
+        "cuda": _check_weight_values(native("climbq_weight_quant_backward")),
+        "triton": _check_weight_values(triton_launcher("climbq_weight", "climbq_weight_quant_backward")),
     },
 })
 
