@@ -18,6 +18,7 @@ from climbq_kernels import ops, reference
 from climbq_kernels.constants import levels
 from climbq_kernels.nn import fusable
 from climbq_kernels.nn.quantizers import _positive_step
+from climbq_kernels.reference import _normal as reference_normal
 from climbq_kernels.reference._normal import normal_cdf, normal_pdf
 from climbq_kernels.testing import assert_error_rule
 
@@ -157,14 +158,16 @@ def test_climbq_act_gives_no_gradient_to_the_statistics(gen):
 
 
 def test_the_literal_constants_are_the_reference_constants():
-    """fusable writes sqrt(1/2), 1/sqrt(2 pi) and the LSQ step floor as literals (see its comment)."""
-    source = inspect.getsource(fusable)
+    """fusable writes the LSQ step floor, and reference/_normal.py sqrt(1/2) and 1/sqrt(2 pi), as
+    literals (see their comments)."""
+    source, normal_source = inspect.getsource(fusable), inspect.getsource(reference_normal)
     for value in (math.sqrt(0.5), 1.0 / math.sqrt(2.0 * math.pi)):
-        assert repr(value) in source
+        assert repr(value) in normal_source
     assert fusable.MIN_STEP == 1e-8 and "clamp_min(1e-8)" in source
     assert _positive_step(torch.tensor(0.0)).item() == torch.tensor(fusable.MIN_STEP).item()
     t = torch.linspace(-5, 5, 101, dtype=torch.float64)
-    assert torch.equal(fusable._normal_cdf(t), normal_cdf(t)) and torch.equal(fusable._normal_pdf(t), normal_pdf(t))
+    assert torch.equal(normal_cdf(t), 0.5 * (1.0 + torch.erf(t * math.sqrt(0.5))))
+    assert torch.equal(normal_pdf(t), torch.exp(-0.5 * t * t) * (1.0 / math.sqrt(2.0 * math.pi)))
 
 
 def test_climbq_act_identity_and_argument_checks(gen):

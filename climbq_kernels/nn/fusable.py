@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ..checks import check_bits, check_positive_float, check_tensor
 from ..constants import IDENTITY_BITS, levels
+from ..reference._normal import half_normal_cdf, normal_cdf, normal_pdf
 from ..reference.fake_quant import check_code_range
 
 __all__ = ["affine", "climbq_act", "climbq_act_relu", "climbq_weight", "lsq", "MIN_STEP"]
@@ -51,7 +52,7 @@ MIN_STEP = 1e-8
 # autograd.Function bodies of a graph trips dynamo (torch 2.14: "Argument 'item' of Node ... does
 # not belong to this Graph"); a literal is a constant. (Floats passed as arguments, act_range,
 # are fine symbolic.) tests/test_fusable.py checks the values:
-#   0.7071067811865476 = sqrt(1/2),  0.3989422804014327 = 1/sqrt(2 pi),  1e-8 = MIN_STEP.
+#   1e-8 = MIN_STEP; the normal CDF and density come from reference/_normal.py, written alike.
 
 
 # --- shared pieces --------------------------------------------------------------------------
@@ -73,16 +74,6 @@ def _per_sample(name: str, table, x: Tensor, dtype: torch.dtype) -> Tensor:
     if table.dim() != 1 or table.shape[0] != x.shape[0]:
         raise ValueError(f"{name} must have shape ({x.shape[0]},) (one value per sample), got {tuple(table.shape)}")
     return table.detach().to(device=x.device, dtype=dtype).reshape(x.shape[0], *([1] * (x.dim() - 1)))
-
-
-def _normal_cdf(t: Tensor) -> Tensor:
-    """Phi(t), the reference's expression (`reference._normal.normal_cdf`)."""
-    return 0.5 * (1.0 + torch.erf(t * 0.7071067811865476))
-
-
-def _normal_pdf(t: Tensor) -> Tensor:
-    """phi(t), the reference's expression (`reference._normal.normal_pdf`)."""
-    return torch.exp(-0.5 * t * t) * 0.3989422804014327
 
 
 def _level(q: Tensor, bits: int) -> Tensor:
@@ -108,10 +99,10 @@ class _ClimbQAct(torch.autograd.Function):
         z, _ = _act_z(x, sigma, mu)
         n = levels(bits)
         if relu:
-            u = torch.erf(z.clamp_min(0) * 0.7071067811865476)  # reference._normal.half_normal_cdf
+            u = half_normal_cdf(z)
             out = act_range * (torch.round(u * n) / n)
         else:
-            out = act_range * _level(torch.round(_normal_cdf(z) * n), bits)
+            out = act_range * _level(torch.round(normal_cdf(z) * n), bits)
         ctx.save_for_backward(x, sigma, mu)
         ctx.act_range, ctx.relu = act_range, relu
         return out.to(x.dtype)
@@ -120,7 +111,7 @@ class _ClimbQAct(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, sigma, mu = ctx.saved_tensors
         z, sigma_b = _act_z(x, sigma, mu)
-        dx = grad_out.to(z.dtype) * (2.0 * ctx.act_range) * _normal_pdf(z) / sigma_b
+        dx = grad_out.to(z.dtype) * (2.0 * ctx.act_range) * normal_pdf(z) / sigma_b
         if ctx.relu:
             dx = torch.where(z > 0, dx, torch.zeros_like(dx))
         return dx.to(x.dtype), None, None, None, None, None
@@ -185,7 +176,7 @@ class _ClimbQWeight(torch.autograd.Function):
         high = wc.amax()
         flat = (high == wc.amin()) & high.isfinite()
         z = _weight_z(w, mean, std, flat)
-        out = _level(torch.round(_normal_cdf(z) * levels(bits)), bits)
+        out = _level(torch.round(normal_cdf(z) * levels(bits)), bits)
         ctx.save_for_backward(w, mean, std, flat)
         return out.to(w.dtype)
 
@@ -194,7 +185,7 @@ class _ClimbQWeight(torch.autograd.Function):
         w, mean, std, flat = ctx.saved_tensors
         z = _weight_z(w, mean, std, flat)
         n = w.numel()
-        g_phi = grad_out.to(z.dtype) * _normal_pdf(z)
+        g_phi = grad_out.to(z.dtype) * normal_pdf(z)
         s1 = g_phi.sum()
         s2 = (g_phi * z).sum()
         two_over_std = torch.where(flat, torch.zeros_like(std), 2.0 / std)
