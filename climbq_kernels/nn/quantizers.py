@@ -215,6 +215,13 @@ RUNNING_MOMENTUM = 0.1
 """Weight of each training batch in the running sigma of `sigma="class_std"` (BatchNorm's default)."""
 
 
+def _check_batch_size(labels: int, x: Tensor) -> None:
+    """The labels of `class_labels` must be one per sample of the quantizer's input."""
+    if labels != x.shape[0]:
+        raise ValueError(f"labels of class_labels have {labels} entries, but the quantizer's input has batch size "
+                         f"{x.shape[0]}")
+
+
 class ClimbQActQuant(_Quantizer):
     """ClimbQ activation quantizer (algorithms.md §1a, §1f) reading the labels of `class_labels`.
 
@@ -293,9 +300,7 @@ class ClimbQActQuant(_Quantizer):
                               "use one constant sigma (no class-wise scaling); run the forward inside "
                               "climbq_kernels.class_labels(labels)", stacklevel=3)
             return None
-        if batch.labels.shape[0] != x.shape[0]:
-            raise ValueError(f"labels of class_labels have {batch.labels.shape[0]} entries, but the quantizer's "
-                             f"input has batch size {x.shape[0]}")
+        _check_batch_size(batch.labels.shape[0], x)
         if self.sigma == "class_std":
             return self._class_std_tables(x, batch)
         return batch.per_sample_tables(self.num_classes, _table_dtype(x))
@@ -305,9 +310,7 @@ class ClimbQActQuant(_Quantizer):
         if self._native_rule and batch is not None and self.training and train_ops.native_training(x):
             # The common training call, kept short: its host time is paid per layer per step.
             sigma, mu = batch.per_sample_tables(self.num_classes, torch.float32)
-            if sigma.shape[0] != x.shape[0]:
-                raise ValueError(f"labels of class_labels have {sigma.shape[0]} entries, but the quantizer's "
-                                 f"input has batch size {x.shape[0]}")
+            _check_batch_size(sigma.shape[0], x)
             return train_ops.native().climbq_act_train(x, sigma, mu, self.bits, self.act_range)
         if self.bits == IDENTITY_BITS:
             return torch.relu(x) if self.form == "relu" else x
@@ -368,33 +371,32 @@ class LSQActQuant(_LazyInit):
         self.bits = _check_uniform_bits(bits, signed=signed)
         self.signed = bool(signed)
         self._codes = _signed_range(bits) if signed else (0, (1 << bits) - 1)
+        """(qmin, qmax) of the code grid."""
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
 
-    def _range(self) -> tuple[int, int]:
-        """(qmin, qmax) of the code grid."""
-        return self._codes
-
     def forward(self, x: Tensor) -> Tensor:
-        if not self._needs_init and self.bits != IDENTITY_BITS and train_ops.native_training(x):
-            # The common training call, kept short (see ClimbQActQuant.forward); the step and zero
-            # point read from the module's dicts, as nn.Module.__getattr__ costs a microsecond each.
-            return train_ops.native().lsq_train(x, self._parameters["step"], self._buffers["zero_point"],
-                                                *self._codes, None)
         if self.bits == IDENTITY_BITS:
             return x
-        qmin, qmax = self._range()
         if self._needs_init:
-            if not self.training:
-                self._require_init()
-            with torch.no_grad():
-                self.step.copy_(reference.lsq_init_scale(x.detach().float(), qmax))
-            self._needs_init = False
-        if torch.compiler.is_compiling():
-            return fusable.lsq(x, self.step, qmin, qmax)
+            self._init_step(x)
+        # The step and zero point read from the module's dicts: nn.Module.__getattr__ costs a
+        # microsecond each, a share of the host time a training call pays per layer.
+        step, zero_point = self._parameters["step"], self._buffers["zero_point"]
+        qmin, qmax = self._codes
         if train_ops.native_training(x):
-            return train_ops.native().lsq_train(x, self.step, self.zero_point, qmin, qmax, None)
-        return _fake_quant(x, _positive_step(self.step), self.zero_point, qmin, qmax)
+            return train_ops.native().lsq_train(x, step, zero_point, qmin, qmax, None)
+        if torch.compiler.is_compiling():
+            return fusable.lsq(x, step, qmin, qmax)
+        return _fake_quant(x, _positive_step(step), zero_point, qmin, qmax)
+
+    def _init_step(self, x: Tensor) -> None:
+        """Set the step from the first training batch (refused in eval mode: there is no range yet)."""
+        if not self.training:
+            self._require_init()
+        with torch.no_grad():
+            self.step.copy_(reference.lsq_init_scale(x.detach().float(), self._codes[1]))
+        self._needs_init = False
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
