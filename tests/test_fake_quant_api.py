@@ -6,6 +6,8 @@ import torch
 import climbq_kernels as cq
 from climbq_kernels import reference
 
+from .conftest import KERNEL_BACKENDS
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_per_tensor_is_bit_identical_to_torch(dtype, gen):
@@ -41,3 +43,23 @@ def test_learned_scale_gets_the_lsq_gradient(gen):
     torch._fake_quantize_learnable_per_channel_affine(
         x_t, scale_t, zero_point.float(), 1, -8, 7, reference.lsq_grad_scale(4 * 5, 7)).backward(grad)
     torch.testing.assert_close(scale.grad, scale_t.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device,dtype", [("reference", "cpu", torch.float64)] + [
+    (backend, device, dtype) for backend, device in [("reference", "cpu")] + KERNEL_BACKENDS
+    for dtype in (torch.float32, torch.bfloat16)])
+def test_a_zero_code_is_positive_zero(backend, device, dtype):
+    """A floating zero point of 0 rounds small negative x to the code -0.0; the output is +0.0 as in
+    torch's fake quant (per tensor and per channel, fused and unfused zero-point paths)."""
+    x = torch.tensor([[-0.01, -0.0, -0.04, 0.02, -0.3]] * 2, dtype=dtype, device=device)
+    expected = torch.fake_quantize_per_channel_affine(x.float().cpu(), torch.full((2,), 0.1), torch.zeros(2), 0, 0,
+                                                      255)
+    assert not torch.signbit(expected).any()
+    scales = torch.full((2,), 0.1, device=device)
+    with cq.use_backend(backend):
+        outputs = [cq.fake_quant(x, 0.1, 0.0, 0, 255),
+                   cq.fake_quant(x, 0.1, torch.tensor(0.0, device=device), 0, 255),
+                   cq.fake_quant(x, scales, torch.zeros(2, device=device), 0, 255, axis=0),
+                   cq.fake_quant(x, scales, torch.zeros(2, dtype=torch.float16, device=device), -8, 7, axis=0)]
+    for out in outputs:
+        assert not torch.signbit(out[out == 0]).any(), f"-0.0 in {out.tolist()}"

@@ -265,8 +265,8 @@ def _pre_clamp(x: Tensor, scale: Tensor, zero_point: Tensor) -> tuple[Tensor, Te
         return v, torch.round(v) + zp, zp
     if dtype == torch.float32 and zero_point.dtype == torch.float32:
         fused = x_c.double() * (1.0 / scale_c).double() + zp.double()
-        return v, torch.round(fused.to(dtype)), zp
-    return v, torch.round(v + zp), zp
+        return v, torch.round(fused.to(dtype)) + 0.0, zp  # + 0: a zero code is +0, as torch's
+    return v, torch.round(v + zp) + 0.0, zp
 
 
 def _clamp_code(q: Tensor, quant_min: int, quant_max: int) -> Tensor:

@@ -16,6 +16,8 @@ bit for bit, because it follows their kernels' arithmetic (ATen `FakeQuantAffine
   a floating zero point is added before rounding (torch's per-channel float-zp path), as
   one fused multiply-add when it is float32 (see `_pre_clamp`);
 - the clamp is C's fmax/fmin (`torch.fmax`/`fmin`): a NaN code becomes quant_min;
+- a zero code is +0.0, never -0.0 (a floating zero point of 0 would otherwise keep the sign of
+  rint(-0.3) = -0.0 where torch returns +0.0);
 - the output product (clamp(q) - zp) * scale is float32 per tensor, float64 per channel
   (torch evaluates it in double there), then rounded to float32 and to x's dtype.
 
@@ -133,8 +135,8 @@ def _pre_clamp(x: Tensor, grid: _Grid) -> tuple[Tensor, Tensor]:
         return v, torch.round(v) + grid.zero_point
     if grid.fused_zero_point:
         fused = x_c.double() * grid.inv_scale.double() + grid.zero_point.double()
-        return v, torch.round(fused.to(grid.compute))
-    return v, torch.round(v + grid.zero_point)
+        return v, torch.round(fused.to(grid.compute)) + 0.0  # + 0: a zero code is +0, as torch's
+    return v, torch.round(v + grid.zero_point) + 0.0
 
 
 def fake_quant_affine(x: Tensor, scale, zero_point, quant_min: int, quant_max: int,

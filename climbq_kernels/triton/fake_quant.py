@@ -42,9 +42,9 @@ def _code(x, inv_scale, zp, ZP_MODE: tl.constexpr):
     if ZP_MODE == 0:
         q = round_half_even(v) + zp
     elif ZP_MODE == 1:
-        q = round_half_even(tl.fma(x, inv_scale, zp))
+        q = round_half_even(tl.fma(x, inv_scale, zp)) + 0.0  # + 0: a zero code is +0, as torch's
     else:
-        q = round_half_even(v + zp)
+        q = round_half_even(v + zp) + 0.0
     return v, q
 
 

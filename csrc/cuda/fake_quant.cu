@@ -58,9 +58,10 @@ template <int kZpMode>
 __device__ float code_of(float x, float inv_scale, float zp, float& v) {
   v = __fmul_rn(x, inv_scale);
   if constexpr (kZpMode == static_cast<int>(ZeroPointMode::kInteger)) return rintf(v) + zp;
+  // + 0: a zero code is +0, as torch's is.
   if constexpr (kZpMode == static_cast<int>(ZeroPointMode::kFusedFloat))
-    return rintf(fmaf(x, inv_scale, zp));
-  return rintf(__fadd_rn(v, zp));
+    return __fadd_rn(rintf(fmaf(x, inv_scale, zp)), 0.0f);
+  return __fadd_rn(rintf(__fadd_rn(v, zp)), 0.0f);
 }
 
 template <typename T, int kZpMode, bool kDoubleProduct>

@@ -87,13 +87,15 @@ struct AffineChannel {
       : scale(s), inv_scale(inv), zero_point(zp), quant_min(p.quant_min), quant_max(p.quant_max),
         mode(p.zp_mode) {}
 
-  // The code before clamping, q; v = x * inv_scale is returned through `v`.
+  // The code before clamping, q; v = x * inv_scale is returned through `v`. Adding +0 to a
+  // rounded floating code makes a zero code +0, as torch's is (-0 + 0 = +0).
   Vec code(const Vec& x, Vec& v) const {
     v = x * inv_scale;
     switch (mode) {
       case ZeroPointMode::kInteger: return v.round() + zero_point;
-      case ZeroPointMode::kFusedFloat: return fused_multiply_add(x, inv_scale, zero_point).round();
-      default: return (v + zero_point).round();
+      case ZeroPointMode::kFusedFloat:
+        return fused_multiply_add(x, inv_scale, zero_point).round() + Vec(0.0f);
+      default: return (v + zero_point).round() + Vec(0.0f);
     }
   }
 
