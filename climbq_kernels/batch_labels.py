@@ -32,8 +32,17 @@ from .checks import check_labels, check_tensor, raise_pending_label_errors
 from .ops import train as train_ops
 
 
+def check_sync(sync) -> bool | None:
+    """Require `sync` to be True, False or None (automatic)."""
+    if sync is not None and not isinstance(sync, bool):
+        raise TypeError(f"sync must be True, False or None (whenever torch.distributed runs), "
+                        f"got {type(sync).__name__}")
+    return sync
+
+
 def distributed_group(process_group, sync: bool | None):
     """The process group to all-reduce class statistics over, or None for a single process."""
+    check_sync(sync)
     if sync is False or not dist.is_available() or not dist.is_initialized():
         if sync:
             raise RuntimeError("class_labels(sync=True) needs torch.distributed to be initialised")

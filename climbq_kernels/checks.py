@@ -177,18 +177,21 @@ def _check_label_range_on_device(labels: torch.Tensor, num_classes: int) -> torc
     return labels.clamp(0, num_classes - 1)
 
 
-def check_labels(labels, batch: int, num_classes: int | None) -> torch.Tensor:
-    """Require int labels of shape (batch,) with values in [0, num_classes); returns the labels
-    the kernels may index with (clamped into range where the range check is deferred)."""
+def check_labels(labels, batch: int, num_classes: int) -> torch.Tensor:
+    """Require int labels of shape (batch,) with values in [0, num_classes), num_classes an int
+    >= 1; returns the labels the kernels may index with (clamped into range where the range
+    check is deferred)."""
     check_tensor("labels", labels)
     if labels.dtype not in _INTEGER_DTYPES:
         raise TypeError(f"labels must be an integer tensor (int64 preferred), got dtype {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != batch:
         raise ValueError(f"labels must have shape ({batch},) to match x's batch, got {tuple(labels.shape)}")
-    if num_classes is None or not labels.numel():
-        return labels
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int (the number of classes), got {type(num_classes).__name__}")
+    if num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if not labels.numel():
+        return labels
     if not can_sync(labels):
         return labels.clamp(0, num_classes - 1) if labels.is_cuda else labels
     if label_checks_are_synchronous(labels):
@@ -258,14 +261,21 @@ def check_positive(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must be finite and > 0 everywhere")
 
 
-def check_group_size(group_size, in_features: int) -> int:
-    """Require an INT4 group size from INT4_GROUP_SIZES dividing in_features (None: one per row)."""
-    if group_size is None or group_size == in_features:
-        return in_features
+def check_group_size_choice(group_size) -> None:
+    """Require None (one group per row) or an int from INT4_GROUP_SIZES."""
+    if group_size is None:
+        return
     if isinstance(group_size, bool) or not isinstance(group_size, int):
         raise TypeError(f"group_size must be an int or None, got {type(group_size).__name__}")
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES} or None (one group per row), got {group_size}")
+
+
+def check_group_size(group_size, in_features: int) -> int:
+    """Require an INT4 group size from INT4_GROUP_SIZES dividing in_features (None: one per row)."""
+    if group_size is None or group_size == in_features:
+        return in_features
+    check_group_size_choice(group_size)
     if in_features % group_size:
         raise ValueError(f"group_size {group_size} must divide in_features {in_features}")
     return group_size

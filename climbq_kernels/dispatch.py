@@ -96,6 +96,8 @@ def _statuses() -> dict[str, BackendStatus]:
 
 
 def _check_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, one of {BACKEND_NAMES}, got {type(name).__name__}")
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
     return name

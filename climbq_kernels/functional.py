@@ -17,6 +17,7 @@ from .checks import (
     can_sync,
     check_bits,
     check_class_table,
+    check_finite,
     check_finite_number,
     check_labels,
     check_positive,
@@ -29,6 +30,7 @@ from .checks import (
     unchecked_label_mask,
 )
 from .constants import DEFAULT_ACT_RANGE, DEFAULT_BITS, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS, MAX_CODE_BITS
+from .reference._args import check_int
 from .reference.fake_quant import check_code_range
 
 
@@ -106,6 +108,8 @@ def _act_tables(x: Tensor, labels, num_classes, sigma,
         mu = torch.zeros(num_classes, dtype=_table_dtype(x), device=x.device)
     else:
         check_class_table("mu", mu, num_classes, x)
+        if can_sync(mu):  # as sigma's check: a host read, skipped where none is allowed
+            check_finite("mu", mu)
     sigma_s = sigma[labels].to(_table_dtype(x))
     if in_range is not None:
         sigma_s = torch.where(in_range, sigma_s, torch.nan)
@@ -153,6 +157,8 @@ def _channel_table(name: str, table, x: Tensor) -> Tensor | None:
         raise ValueError(f"{name} must have shape ({x.shape[1]},) (one value per channel of x, dim 1), "
                          f"got {tuple(table.shape)}")
     check_same_device(x=x, **{name: table})
+    if can_sync(table):  # as sigma's check: a host read, skipped where none is allowed
+        check_finite(name, table)
     return table.to(_table_dtype(x))
 
 
@@ -167,7 +173,9 @@ def climbq_act_quant(x: Tensor, labels: Tensor | None = None, *, num_classes: in
     and the output is channels-last too; other layouts give a contiguous output.
 
     With `labels` (B,) in [0, K): sigma is the per-class table `sigma` (K,) if given, else the
-    default rule `class_sigma(labels, num_classes)`; `mu` (K,) defaults to zeros. Gradients:
+    default rule `class_sigma(labels, num_classes)`; `mu` (K,) defaults to zeros. A given sigma
+    must be finite and > 0, a given mu (and bn_scale, bn_shift below) finite (ValueError naming
+    it; a host read of the table, skipped where `checks.can_sync` says none is allowed). Gradients:
     to x exactly through Phi (straight-through on rint only); to caller-given `sigma`/`mu`
     tables when they require grad.
 
@@ -272,6 +280,7 @@ def climbq_weight_quant(w: Tensor, bits: int = DEFAULT_BITS) -> Tensor:
 
 def _as_qparam(name: str, value, like: Tensor, dtype: torch.dtype) -> Tensor:
     if isinstance(value, Tensor):
+        check_tensor(name, value)
         check_same_device(x=like, **{name: value})
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -306,7 +315,8 @@ def fake_quant(x: Tensor, scale, zero_point, quant_min: int, quant_max: int, axi
             raise ValueError("per-tensor fake quant (axis=None) needs one scale and one zero_point, got "
                              f"{scale.numel()} and {zero_point.numel()}")
     else:
-        if isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim():
+        check_int("axis", axis)
+        if not -x.dim() <= axis < x.dim():
             raise ValueError(f"axis must be an int in [{-x.dim()}, {x.dim()}), got {axis!r}")
         axis %= x.dim()
         channels = x.shape[axis]

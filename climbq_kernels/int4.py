@@ -34,8 +34,10 @@ class Int4Weight:
         for name, t, dtype in (("packed", self.packed, torch.uint8), ("scales", self.scales, torch.float32),
                                ("zeros", self.zeros, torch.float32)):
             check_tensor(name, t)
-            if t.dtype != dtype or t.dim() != 2:
-                raise ValueError(f"{name} must be a 2-D {dtype} tensor, got {t.dim()}-D {t.dtype}")
+            if t.dtype != dtype:
+                raise TypeError(f"{name} must be a 2-D {dtype} tensor, got dtype {t.dtype}")
+            if t.dim() != 2:
+                raise ValueError(f"{name} must be a 2-D {dtype} tensor, got {t.dim()}-D")
         rows, half = self.packed.shape
         in_features = 2 * half
         check_group_size(self.group_size, in_features)

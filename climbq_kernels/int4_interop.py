@@ -22,6 +22,11 @@ Both directions keep the codes bit for bit; the float offsets round once (exact 
 is a power of two), and the CUDA format also rounds scales and zeros to bfloat16. PyTorch has no
 op that unpacks either format: the codes are read back through its own kernel, a matmul of the
 identity with scale 1 and zero 8, where every output is exactly one code (`_read_codes`).
+
+One exception: in a group whose scale is 0, PyTorch's weight is its zero alone, whatever the
+codes, which `zero = 8 - torch_zero / scale` cannot express. Such a group comes back as code 8
+everywhere with scale |torch_zero| and zero 8 - sign(torch_zero): (8 - zero) * scale =
+torch_zero exactly, the value PyTorch's kernels compute.
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .checks import check_group_size, check_tensor
+from .checks import check_finite, check_group_size, check_tensor
 from .int4 import Int4Weight
+from .reference._args import check_int
 
 TORCH_INT4_OFFSET = 8
 """PyTorch's int4 format stores q - 8 times the scale, plus its zero."""
 TORCH_INT4_ROW_MULTIPLE = 16
 """`_convert_weight_to_int4pack_for_cpu` packs rows in tiles of 16."""
+TORCH_INT4_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""The activation (and scales_and_zeros) dtypes `_weight_int4pack_mm_for_cpu` takes."""
 TORCH_INT4_CUDA_INNER_K_TILES = (2, 4, 8)
 """`_convert_weight_to_int4pack` packs 2, 4 or 8 k-tiles per 4/8/16-byte load."""
 TORCH_INT4_CUDA_N_TILE = 8
@@ -75,14 +83,19 @@ def torch_scales_and_zeros(qweight: Int4Weight, dtype: torch.dtype) -> Tensor:
     return torch.stack([qweight.scales.T, torch_zero.T], dim=-1).to(dtype).contiguous()
 
 
-def _check_scales_and_zeros(scales_and_zeros, group_size, in_features: int) -> tuple[int, int]:
-    """(group_size, out_features) of a (K/g, N, 2) table, with clear errors."""
+def _check_scales_and_zeros(scales_and_zeros, group_size, in_features) -> tuple[int, int]:
+    """(group_size, out_features) of a finite (K/g, N, 2) table for an even in_features K, with
+    clear errors."""
+    check_int("in_features", in_features, minimum=2)
+    if in_features % 2:
+        raise ValueError(f"in_features must be even (two codes per byte), got {in_features}")
     check_tensor("scales_and_zeros", scales_and_zeros, floating=True)
     group_size = check_group_size(group_size, in_features)
     groups = in_features // group_size
     if scales_and_zeros.dim() != 3 or scales_and_zeros.shape[0] != groups or scales_and_zeros.shape[2] != 2:
         raise ValueError(f"scales_and_zeros must have shape ({groups}, out_features, 2) for in_features "
                          f"{in_features} and group_size {group_size}, got {tuple(scales_and_zeros.shape)}")
+    check_finite("scales_and_zeros", scales_and_zeros)
     return group_size, scales_and_zeros.shape[1]
 
 
@@ -102,9 +115,16 @@ def _read_codes(int4pack_mm: Callable, packed: Tensor, group_size: int, in_featu
 
 
 def _int4_weight_from_torch(codes: Tensor, scales_and_zeros: Tensor, group_size: int) -> Int4Weight:
-    scales = scales_and_zeros[..., 0].T.float().contiguous()
-    zeros = (TORCH_INT4_OFFSET - scales_and_zeros[..., 1].T.float() / scales).contiguous()
-    return Int4Weight(reference.pack_int4(codes), scales, zeros, group_size)
+    """Our (packed, scales, zeros) for codes (N, K) and PyTorch's table; zero-scale groups as the
+    module docstring says."""
+    scales = scales_and_zeros[..., 0].T.float()
+    torch_zeros = scales_and_zeros[..., 1].T.float()
+    constant = scales == 0  # (N, K/g): groups whose weight is torch_zero alone
+    zeros = torch.where(constant, TORCH_INT4_OFFSET - torch.sign(torch_zeros),
+                        TORCH_INT4_OFFSET - torch_zeros / torch.where(constant, 1.0, scales))
+    scales = torch.where(constant, torch_zeros.abs(), scales)
+    codes = codes.masked_fill(constant.repeat_interleave(group_size, dim=1), TORCH_INT4_OFFSET)
+    return Int4Weight(reference.pack_int4(codes), scales.contiguous(), zeros.contiguous(), group_size)
 
 
 # --- CPU ------------------------------------------------------------------------------------
@@ -116,22 +136,43 @@ def to_torch_int4pack(qweight: Int4Weight, dtype: torch.dtype = torch.float32) -
     float16): its scales_and_zeros must match it. CPU weights only.
     """
     _check_qweight(qweight)
+    if dtype not in TORCH_INT4_CPU_DTYPES:
+        raise TypeError(f"dtype must be one of {TORCH_INT4_CPU_DTYPES} (the activation dtypes of PyTorch's CPU "
+                        f"int4 kernel), got {dtype!r}")
     if qweight.device.type != "cpu":
         raise ValueError(f"to_torch_int4pack converts to PyTorch's CPU format: qweight must be on the CPU, "
                          f"got {qweight.device} (to_torch_int4pack_cuda makes the CUDA format)")
     if qweight.shape[0] % TORCH_INT4_ROW_MULTIPLE:
-        raise ValueError(f"PyTorch's CPU int4 format needs out_features divisible by {TORCH_INT4_ROW_MULTIPLE}, "
-                         f"got {qweight.shape[0]}")
+        raise ValueError(f"qweight must have out_features divisible by {TORCH_INT4_ROW_MULTIPLE} for PyTorch's "
+                         f"CPU int4 format, got {qweight.shape[0]}")
     codes = reference.unpack_int4(qweight.packed).to(torch.int32)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     return packed, torch_scales_and_zeros(qweight, dtype), qweight.group_size
 
 
 def from_torch_int4pack(packed: Tensor, scales_and_zeros: Tensor, group_size: int, in_features: int) -> Int4Weight:
-    """The `Int4Weight` of a PyTorch CPU int4 weight (the inverse of `to_torch_int4pack`)."""
+    """The `Int4Weight` of a PyTorch CPU int4 weight (the inverse of `to_torch_int4pack`).
+
+    packed: uint8 (N, in_features / 2) from `_convert_weight_to_int4pack_for_cpu`, N a multiple
+    of 16; scales_and_zeros: finite floating (in_features / group_size, N, 2). TypeError or
+    ValueError naming the argument otherwise.
+    """
     check_tensor("packed", packed)
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed must be a uint8 tensor (PyTorch's CPU int4 layout), got dtype {packed.dtype}")
     group_size, out_features = _check_scales_and_zeros(scales_and_zeros, group_size, in_features)
-    codes = _read_codes(torch.ops.aten._weight_int4pack_mm_for_cpu, packed, group_size, in_features,
+    if out_features % TORCH_INT4_ROW_MULTIPLE:
+        raise ValueError(f"scales_and_zeros must have out_features divisible by {TORCH_INT4_ROW_MULTIPLE} for "
+                         f"PyTorch's CPU int4 format, got {out_features}")
+    expected = (out_features, in_features // 2)
+    if tuple(packed.shape) != expected:
+        raise ValueError(f"packed must have shape {expected} for out_features {out_features} (of scales_and_zeros) "
+                         f"and in_features {in_features}, got {tuple(packed.shape)}")
+    if packed.device.type != "cpu" or scales_and_zeros.device.type != "cpu":
+        raise ValueError(f"packed and scales_and_zeros must be on the CPU (PyTorch's CPU int4 format; "
+                         f"from_torch_int4pack_cuda reads the CUDA one), got {packed.device} and "
+                         f"{scales_and_zeros.device}")
+    codes = _read_codes(torch.ops.aten._weight_int4pack_mm_for_cpu, packed.contiguous(), group_size, in_features,
                         out_features, torch.float32)
     return _int4_weight_from_torch(codes, scales_and_zeros, group_size)
 
@@ -145,7 +186,8 @@ def check_torch_int4pack_cuda_shape(out_features: int, in_features: int, group_s
     packed k-tiles, which the kernel assumes); N a multiple of 8 (its scales table is read for
     N rounded up to whole tiles); group_size in {32, 64, 128, 256}.
     """
-    if isinstance(inner_k_tiles, bool) or inner_k_tiles not in TORCH_INT4_CUDA_INNER_K_TILES:
+    check_int("inner_k_tiles", inner_k_tiles)
+    if inner_k_tiles not in TORCH_INT4_CUDA_INNER_K_TILES:
         raise ValueError(f"inner_k_tiles must be one of {TORCH_INT4_CUDA_INNER_K_TILES}, got {inner_k_tiles!r}")
     k_multiple = TORCH_INT4_CUDA_K_TILE * inner_k_tiles
     if in_features % k_multiple:
@@ -186,8 +228,10 @@ def from_torch_int4pack_cuda(packed: Tensor, scales_and_zeros: Tensor, group_siz
     Codes come back bit for bit; scales and zeros are those of the bfloat16 table.
     """
     check_tensor("packed", packed)
-    if packed.dtype != torch.int32 or packed.dim() != 4:
+    if packed.dim() != 4:
         raise ValueError(f"packed must be PyTorch's 4-D int32 CUDA int4 layout, got {packed.dim()}-D {packed.dtype}")
+    if packed.dtype != torch.int32:
+        raise TypeError(f"packed must be PyTorch's 4-D int32 CUDA int4 layout, got dtype {packed.dtype}")
     group_size, out_features = _check_scales_and_zeros(scales_and_zeros, group_size, in_features)
     inner_k_tiles = 2 * packed.shape[3]
     check_torch_int4pack_cuda_shape(out_features, in_features, group_size, inner_k_tiles)

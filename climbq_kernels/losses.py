@@ -63,6 +63,7 @@ def homovar_loss(features: Tensor, logits: Tensor, labels: Tensor, class_counts,
                          f"and {tuple(logits.shape)}")
     num_classes = logits.shape[1]
     if isinstance(class_counts, Tensor):
+        check_tensor("class_counts", class_counts)
         check_same_device(logits=logits, class_counts=class_counts)
     class_counts = check_class_counts(class_counts, logits.device)
     if class_counts.shape != (num_classes,):

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from .batch_labels import class_labels
-from .checks import check_bits
+from .checkpoint import check_before_loading
+from .checks import check_bits, check_group_size_choice, check_positive_float
 from .constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
 from .int4 import Int4Weight
 from .nn.conv import Int4Conv2d
@@ -94,6 +95,8 @@ class ClimbQConfig:
             raise ValueError(f"act_form must be one of {ACT_FORMS}, got {self.act_form!r}")
         if self.num_classes is not None:
             check_int("num_classes", self.num_classes, minimum=1)
+        check_positive_float("act_range", self.act_range)
+        check_positive_float("inference_sigma", self.inference_sigma)
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,8 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     every candidate layer and BatchNorm; False keeps it in float. The model must be a float
     model (ValueError for one that quantize_ already converted) with at least one layer to
     quantize. Parameters are shared, not copied: optimisers built before the call still hold
-    the weights (but not the quantizers' own parameters: build the optimiser after).
+    the weights (but not the quantizers' own parameters: build the optimiser after). The model's
+    `load_state_dict` then checks every tensor before copying any (`climbq_kernels.checkpoint`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -260,7 +264,7 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
             # only selects that path, so clearing it keeps every forward on the quantized layers.
             layer.activation_relu_or_gelu = 0
     object.__setattr__(model, _FLOAT_REASONS, kept)
-    return model
+    return check_before_loading(model)
 
 
 def summary(model: nn.Module) -> str:
@@ -330,10 +334,12 @@ def convert(model: nn.Module, *, quantize_float_layers: bool = False, group_size
     classifier) stay in float: quantizing them now would change the model's predictions. With
     `quantize_float_layers=True` they are quantized anyway, group-wise (`convert_int4` with
     `group_size`). ValueError for a model with no quantized layer, or one with more than 4-bit
-    weights; the model is then left unchanged.
+    weights; the model is then left unchanged. Its `load_state_dict` checks every tensor before
+    copying any (`climbq_kernels.checkpoint`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_group_size_choice(group_size)
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
     if not layers:
         raise ValueError("model has no quantized layer: convert takes a model prepared with quantize_ and trained")
@@ -344,7 +350,7 @@ def convert(model: nn.Module, *, quantize_float_layers: bool = False, group_size
                   for name in getattr(model, _FLOAT_REASONS, {}) if _servable(model.get_submodule(name))]
     for name, served in swaps:
         _set_child(model, name, served)
-    return model.eval()
+    return check_before_loading(model).eval()
 
 
 def _servable(layer: nn.Module) -> bool:

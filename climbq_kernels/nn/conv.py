@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
+from ..reference._args import check_int
 from .int4_module import Int4Module
 from .packing import climbq_weight, latent_weight, quantize_weight
 
@@ -55,8 +56,8 @@ class Int4Conv2d(Int4Module):
         _check_ints("stride", stride, 1)
         _check_ints("dilation", dilation, 1)
         _check_ints("kernel_size", kernel_size, 1)
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
+        check_int("in_channels", in_channels, minimum=1)
+        check_int("out_channels", out_channels, minimum=1)
         super().__init__(in_channels * kernel_size[0] * kernel_size[1], out_channels, bias, group_size,
                          device=device, dtype=dtype)
         self.in_channels, self.out_channels = in_channels, out_channels

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from torch import nn
 from tqdm import tqdm
 
-from ..checks import check_bits
-from ..constants import INT4_GROUP_SIZES
+from ..checkpoint import check_before_loading
+from ..checks import check_bits, check_group_size_choice
 from .conv import Int4Conv2d
 from .linear import Int4Linear
 from .packing import padded_width
@@ -29,9 +29,7 @@ def _listing(names: list[str]) -> str:
 def _check_arguments(model, group_size, skip, climbq_bits) -> set[str]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if group_size is not None and (isinstance(group_size, bool) or group_size not in INT4_GROUP_SIZES):
-        raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES} or None (one group per row), "
-                         f"got {group_size!r}")
+    check_group_size_choice(group_size)
     if climbq_bits is not None:
         check_bits(climbq_bits, "climbq_bits")
     if isinstance(skip, str) or not isinstance(skip, Iterable):
@@ -108,7 +106,8 @@ def convert_int4(model: nn.Module, group_size: int | None = 128, *, convs: bool 
     groups=1) and the linear children of `nn.MultiheadAttention` and `nn.TransformerEncoderLayer`,
     whose forward reads their `.weight` itself (out_proj; the encoder layer's eval fast path).
     A layer shared by several parents is converted once and stays shared. Errors from a layer
-    (say NaN weights) are raised naming it.
+    (say NaN weights) are raised naming it. The model's `load_state_dict` then checks every
+    tensor before copying any (`climbq_kernels.checkpoint`).
     """
     skip = _check_arguments(model, group_size, skip, climbq_bits)
     targets, kept = _targets(model, convs, skip)
@@ -138,4 +137,4 @@ def convert_int4(model: nn.Module, group_size: int | None = 128, *, convs: bool 
         notes.append(f"kept in float: {_listing(kept)}")
     if notes:
         warnings.warn("convert_int4: " + "; ".join(notes), stacklevel=2)
-    return model
+    return check_before_loading(model)

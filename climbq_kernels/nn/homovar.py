@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..batch_labels import check_sync
 from ..constants import HOMOVAR_ALPHA, HOMOVAR_BETA0
 from ..losses import homovar_loss
 from ..reference._args import check_fraction
@@ -35,7 +36,7 @@ class HomoVarLoss(nn.Module):
     def __init__(self, class_counts, alpha: float = HOMOVAR_ALPHA, beta0: float = HOMOVAR_BETA0, *,
                  sync: bool | None = None, process_group=None):
         super().__init__()
-        self.sync, self.process_group = sync, process_group
+        self.sync, self.process_group = check_sync(sync), process_group
         device = class_counts.device if isinstance(class_counts, Tensor) else torch.device("cpu")
         counts = check_class_counts(class_counts, device)
         if counts.device.type != "cpu":  # a GPU tensor's values are not read per call: read them once here

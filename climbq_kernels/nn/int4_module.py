@@ -6,10 +6,14 @@ State. Buffers `packed` uint8 (out_features, W/2), `scales` and `zeros` float32
 dtype in forward); the group size in `_extra_state` as {"group_size": int}. So `state_dict()`
 holds every tensor as stored, and a fresh module of the same shape loads it back exactly.
 
-Loading checks each packed tensor's dtype and shape against the module and names the tensor,
-the expected and the found shape in PyTorch's `load_state_dict` error (a RuntimeError); a
-checkpoint whose group size differs from the module's is adopted (scales and zeros are resized
-to it), so a model converted with other group sizes still loads.
+Loading checks each packed tensor's dtype and shape against the module, and that scales, zeros
+and bias are finite, and names the tensor, the expected and the found value in PyTorch's
+`load_state_dict` error (a RuntimeError); a checkpoint whose group size differs from the
+module's is adopted (scales and zeros are resized to it), so a model converted with other group
+sizes still loads. Scales and zeros are not bounded further: a learned ClimbQ channel scale may
+make a scale negative, and `quantize_int4` gives zeros outside [0, 15] to groups that do not
+straddle 0. A model from `convert_int4` checks all its modules before loading any
+(`climbq_kernels.checkpoint`).
 
 Moving the module (`.to(device)`, `.cuda()`) moves every buffer; casting it (`.half()`,
 `.to(torch.bfloat16)`) casts the bias only: scales and zeros stay float32, the format's dtype.
@@ -21,21 +25,26 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..checkpoint import SelfChecking, value_errors
 from ..checks import check_finite, check_tensor
 from ..int4 import Int4Weight
+from ..reference._args import check_int
 from .packing import padded_width, resolve_group_size
 
 _PACKED_DTYPES = {"packed": torch.uint8, "scales": torch.float32, "zeros": torch.float32}
+_FINITE = {"scales": "finite", "zeros": "finite", "bias": "finite"}
 
 
-class Int4Module(nn.Module):
+class Int4Module(SelfChecking, nn.Module):
     """Packed INT4 weight (out_features, in_features) + optional bias; subclasses add `forward`."""
+
+    _CHECKPOINT_OWN_SHAPES = tuple(_PACKED_DTYPES)
+    """Tensors whose shape `_check_checkpoint` checks itself: the checkpoint's group size sets them."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size, device=None, dtype=None):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int("in_features", in_features, minimum=1)
+        check_int("out_features", out_features, minimum=1)
         self.in_features, self.out_features = in_features, out_features
         self.group_size = resolve_group_size(group_size, in_features)
         width = self.packed_in_features
@@ -100,28 +109,30 @@ class Int4Module(nn.Module):
     def set_extra_state(self, state) -> None:
         self.group_size = resolve_group_size(state["group_size"], self.in_features)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        errors = self._check_checkpoint(state_dict, prefix)
-        if errors:
-            error_msgs.extend(errors)
-            return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _prepare_load(self, state_dict, prefix: str) -> None:
+        group_size = self._checkpoint_group_size(state_dict, prefix)
+        if group_size != self.group_size:  # adopt it: resize scales and zeros before PyTorch copies them
+            like = {"dtype": torch.float32, "device": self.scales.device}
+            groups = (self.out_features, self.packed_in_features // group_size)
+            self.scales, self.zeros = torch.ones(groups, **like), torch.zeros(groups, **like)
+            self.group_size = group_size
+
+    def _checkpoint_group_size(self, state_dict, prefix: str) -> int:
+        """The group size of the checkpoint's extra state (this module's when it has none); ValueError,
+        TypeError or KeyError for an invalid one."""
+        extra = state_dict.get(prefix + "_extra_state")
+        return self.group_size if extra is None else resolve_group_size(extra["group_size"], self.in_features)
 
     def _check_checkpoint(self, state_dict, prefix: str) -> list[str]:
-        """Messages for every packed tensor of `state_dict` this module cannot hold; adopts its group size."""
+        """Messages for every tensor of `state_dict` under `prefix` this module cannot hold; changes nothing."""
         kind = f"{type(self).__name__}({self.extra_repr()})"
         if prefix + "weight" in state_dict and prefix + "packed" not in state_dict:
             return [(f"{prefix}weight is a float weight but {prefix[:-1] or 'this module'} is a packed {kind}: "
                      f"load the float checkpoint into the float model, then convert it (convert_int4)")]
-        group_size = self.group_size
-        extra = state_dict.get(prefix + "_extra_state")
-        if extra is not None:
-            try:
-                group_size = resolve_group_size(extra["group_size"], self.in_features)
-            except (KeyError, TypeError, ValueError) as err:
-                return [f"{prefix}_extra_state must hold a valid group_size for {kind}: {err}"]
+        try:
+            group_size = self._checkpoint_group_size(state_dict, prefix)
+        except (KeyError, TypeError, ValueError) as err:
+            return [f"{prefix}_extra_state must hold a valid group_size for {kind}: {err}"]
         width = self.packed_in_features
         shapes = {"packed": (self.out_features, width // 2),
                   "scales": (self.out_features, width // group_size),
@@ -136,12 +147,7 @@ class Int4Module(nn.Module):
                 errors.append(f"{prefix}{name} must be a {_PACKED_DTYPES[name]} tensor of shape {shape} for "
                               f"{kind} with group_size {group_size}, got {found}"
                               + (" (a truncated or wrong-shaped packed weight)" if name == "packed" else ""))
-        if not errors and group_size != self.group_size:
-            like = {"dtype": torch.float32, "device": self.scales.device}
-            self.scales = torch.ones(shapes["scales"], **like)
-            self.zeros = torch.zeros(shapes["zeros"], **like)
-            self.group_size = group_size
-        return errors
+        return errors or value_errors(state_dict, prefix, _FINITE, type(self).__name__)
 
     def _apply(self, fn, recurse=True):
         # A dtype cast must not round the float32 scales and zeros: move them, keep their dtype.

@@ -32,6 +32,11 @@ def _check_layer(name: str, layer, kind: type) -> None:
         raise TypeError(f"{name} must be a torch.nn.{kind.__name__}, got {type(layer).__name__}")
 
 
+def _check_quantizer(name: str, quantizer) -> None:
+    if not isinstance(quantizer, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module (a quantizer), got {type(quantizer).__name__}")
+
+
 class _WeightQuantized:
     """Mixin: `from_float(layer, weight_quant, input_quant=None)` for a layer whose weight (and,
     optionally, input) goes through quantizers; the float class is the mixin's next base."""
@@ -43,6 +48,9 @@ class _WeightQuantized:
     def from_float(cls, layer: nn.Module, weight_quant: nn.Module, input_quant: nn.Module | None = None):
         float_type = cls.__mro__[2]
         _check_layer(float_type.__name__.lower(), layer, float_type)
+        _check_quantizer("weight_quant", weight_quant)
+        if input_quant is not None:
+            _check_quantizer("input_quant", input_quant)
         new = _adopt(cls, layer)
         new.weight_quant = weight_quant
         new.input_quant = input_quant if input_quant is not None else nn.Identity()
@@ -71,6 +79,7 @@ class _ActQuantAfter:
     @classmethod
     def from_float(cls, layer: nn.Module, act_quant: nn.Module):
         _check_layer("batchnorm", layer, cls.__mro__[2])
+        _check_quantizer("act_quant", act_quant)
         new = _adopt(cls, layer)
         new.act_quant = act_quant
         return new

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from .. import functional, ops, reference
 from ..batch_labels import current_batch_labels
-from ..checks import check_bits, check_positive_float
+from ..checkpoint import SelfChecking, value_errors
+from ..checks import check_bits, check_number, check_positive_float, check_tensor
 from ..constants import DEFAULT_ACT_RANGE, DEFAULT_INFERENCE_SIGMA, IDENTITY_BITS
 from ..functional import _table_dtype
 from ..ops import train as train_ops
@@ -66,12 +67,17 @@ def _check_uniform_bits(bits, signed: bool, name: str = "bits") -> int:
     return bits
 
 
-class _Quantizer(nn.Module):
+class _Quantizer(SelfChecking, nn.Module):
     """A quantizer whose grid settings (`SETTINGS`) travel in its state dict as extra state, so a
     checkpoint made with another method, bit-width or scale rule is refused on load instead of
-    loading its tensors into a different grid."""
+    loading its tensors into a different grid; so is one whose `CHECKPOINT_VALUES` tensors are
+    not finite (or, for a sigma, not > 0)."""
 
     SETTINGS: tuple[str, ...] = ("bits",)
+    CHECKPOINT_VALUES: dict[str, str] = {}
+    """Learned or observed tensors and the values a checkpoint may hold in them: "finite", or
+    "positive" (finite and > 0). LSQ steps may hold any finite value: the forward uses
+    max(|s|, 1e-8), so a step an optimiser drove through zero is a valid trained state."""
 
     def _settings(self) -> dict:
         return {"quantizer": type(self).__name__, **{name: getattr(self, name) for name in self.SETTINGS}}
@@ -80,9 +86,35 @@ class _Quantizer(nn.Module):
         return self._settings()
 
     def set_extra_state(self, state) -> None:
-        if state != self._settings():
+        if not _same_settings(state, self._settings()):
             raise ValueError(f"the checkpoint's quantizer {state} does not match this model's {self._settings()}: "
                              "quantize_ the model with the config the checkpoint was trained with")
+
+    def _check_checkpoint(self, state_dict, prefix: str) -> list[str]:
+        """Messages for every entry of `state_dict` under `prefix` this quantizer cannot hold; changes nothing."""
+        errors = []
+        key, settings = prefix + "_extra_state", self._settings()
+        if key in state_dict and not _same_settings(state_dict[key], settings):
+            found = state_dict[key]
+            differ = ""
+            if isinstance(found, dict):
+                differ = "; ".join(f"{name} {found.get(name, '(none)')!r} in the checkpoint, {value!r} here"
+                                   for name, value in settings.items() if not _same_value(found.get(name), value))
+                differ = f" ({differ})" if differ else ""
+            errors.append(f"{key}: the checkpoint's quantizer {found} does not match this model's {settings}"
+                          f"{differ}: quantize_ the model with the config the checkpoint was trained with")
+        return errors + value_errors(state_dict, prefix, self.CHECKPOINT_VALUES, type(self).__name__)
+
+
+
+def _same_value(a, b) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _same_settings(state, settings: dict) -> bool:
+    """Whether extra state `state` holds exactly `settings` (types too: bits 4.0 is not bits 4)."""
+    return (isinstance(state, dict) and state.keys() == settings.keys()
+            and all(_same_value(state[name], value) for name, value in settings.items()))
 
 
 # --- weights ----------------------------------------------------------------------------------
@@ -98,12 +130,13 @@ class ClimbQWeightQuant(_Quantizer):
     """
 
     SETTINGS = ("bits", "channel_scale")
+    CHECKPOINT_VALUES = {"scale": "finite"}  # learned: any sign is a trained state
 
     def __init__(self, bits: int = 4, out_channels: int | None = None, channel_scale: bool = False):
         super().__init__()
         check_bits(bits, "bits")
-        if channel_scale and (out_channels is None or out_channels < 1):
-            raise ValueError(f"out_channels must be a positive int with channel_scale, got {out_channels!r}")
+        if channel_scale:
+            check_int("out_channels", out_channels, minimum=1)
         self.bits = bits
         self.scale = nn.Parameter(torch.ones(out_channels)) if channel_scale else None
 
@@ -143,7 +176,10 @@ class LSQWeightQuant(_Quantizer):
     a valid (positive) step instead of an error.
     """
 
+    CHECKPOINT_VALUES = {"step": "finite"}
+
     def __init__(self, bits: int = 4, out_channels: int = 1):
+        check_int("out_channels", out_channels, minimum=1)
         super().__init__()
         self.bits = _check_uniform_bits(bits, signed=True)
         self.step = nn.Parameter(torch.ones(out_channels))
@@ -180,6 +216,7 @@ class AffineWeightQuant(_Quantizer):
     """
 
     def __init__(self, bits: int = 8, out_channels: int = 1):
+        check_int("out_channels", out_channels, minimum=1)
         super().__init__()
         self.bits = _check_uniform_bits(bits, signed=True)
         self.register_buffer("zero_point", torch.zeros(out_channels, dtype=torch.int32), persistent=False)
@@ -242,6 +279,7 @@ class ClimbQActQuant(_Quantizer):
 
     _warned_without_labels = False
     SETTINGS = ("bits", "num_classes", "act_range", "sigma", "form")
+    CHECKPOINT_VALUES = {"running_sigma": "positive"}  # divides the input in eval mode
 
     def __init__(self, bits: int = 4, num_classes: int = 10, act_range: float = DEFAULT_ACT_RANGE,
                  inference_sigma: float = DEFAULT_INFERENCE_SIGMA, sigma: str = "batch_frequency",
@@ -351,9 +389,13 @@ class _LazyInit(_Quantizer):
             raise RuntimeError(f"{type(self).__name__} has not seen a training batch yet, so it has no range: run "
                                "the model in training mode on a batch first, or load a trained state dict")
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._needs_init = False
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        refused = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if len(error_msgs) == refused:
+            self._needs_init = False
 
 
 class LSQActQuant(_LazyInit):
@@ -365,6 +407,7 @@ class LSQActQuant(_LazyInit):
     """
 
     SETTINGS = ("bits", "signed")
+    CHECKPOINT_VALUES = {"step": "finite"}
 
     def __init__(self, bits: int = 4, signed: bool = True):
         super().__init__()
@@ -376,6 +419,8 @@ class LSQActQuant(_LazyInit):
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            check_tensor("x", x)  # raises, naming x
         if self.bits == IDENTITY_BITS:
             return x
         if self._needs_init:
@@ -412,12 +457,14 @@ class AffineActQuant(_LazyInit):
     """
 
     SETTINGS = ("bits", "observer")
+    CHECKPOINT_VALUES = {"min_val": "finite", "max_val": "finite"}
 
     def __init__(self, bits: int = 8, observer: str = "ema", averaging_constant: float = 0.01):
         super().__init__()
         self.bits = _check_uniform_bits(bits, signed=False)
         if observer not in ("minmax", "ema"):
             raise ValueError(f"observer must be 'minmax' or 'ema', got {observer!r}")
+        check_number("averaging_constant", averaging_constant)
         if not 0 < averaging_constant <= 1:
             raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant!r}")
         self.observer, self.averaging_constant = observer, float(averaging_constant)

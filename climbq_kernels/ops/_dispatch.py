@@ -76,6 +76,9 @@ def run(op: str, like: Tensor, *args):
         # A one-time step with no kernel (quantize_int4's packing) runs under any backend choice.
         return table["reference"](*args)
     if like.dtype not in KERNEL_DTYPES:
+        if not like.is_floating_point():
+            # No backend takes it: the reference's argument checks refuse it, naming the argument.
+            return table["reference"](*args)
         forced = dispatch.explicit_backend()
         if forced not in (None, "reference"):
             raise TypeError(f"{op}: the '{forced}' backend takes float32, float16 or bfloat16 tensors, "
