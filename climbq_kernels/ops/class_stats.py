@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from .. import reference
+from .. import dispatch, reference
 from ._dispatch import native, register_kernels, run, triton_launcher
 from ._eager import custom_op, eager
 
@@ -28,8 +30,27 @@ def class_stats(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Te
     The floating outputs come first (unlike the reference's (counts, mean, var)): autograd
     tooling such as opcheck sums outputs starting from the first one.
     """
-    counts, mean, var = run("class_stats", x, x, labels, num_classes)
+    if x.is_cuda and torch.are_deterministic_algorithms_enabled() and _gpu_kernels_allowed_to_yield():
+        counts, mean, var = reference.class_stats(x, labels, num_classes)
+    else:
+        counts, mean, var = run("class_stats", x, x, labels, num_classes)
     return mean, var, counts.to(torch.int64)
+
+
+def _gpu_kernels_allowed_to_yield() -> bool:
+    """Under `torch.use_deterministic_algorithms(True)`: whether CUDA tensors may go to the
+    reference (its index_add_ is deterministic in that mode) instead of the CUDA and Triton
+    kernels, which add float64 atomics in arrival order. A backend forced to those kernels
+    raises instead, or warns in torch's warn_only mode, as torch's nondeterministic ops do."""
+    forced = dispatch.explicit_backend()
+    if forced in (None, "reference"):
+        return True
+    message = (f"class_stats on the '{forced}' backend adds float64 atomics in arrival order, which is not "
+               "deterministic; leave the backend automatic (deterministic mode then runs the reference)")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=3)
+        return False
+    raise RuntimeError(message)
 
 
 @class_stats.register_fake

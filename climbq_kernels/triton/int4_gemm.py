@@ -124,6 +124,8 @@ def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr
             step = tl.dot(w, tl.trans(x), input_precision="ieee") - carry_t
             total = acc_t + step
             carry_t = (total - acc_t) - step
+            # Once the sum is infinite the carry is inf - inf = NaN: drop it, acc keeps the inf.
+            carry_t = tl.where(carry_t == carry_t, carry_t, 0.0)
             acc_t = total
         else:
             acc_t = tl.dot(w, tl.trans(x), acc_t, input_precision="ieee")

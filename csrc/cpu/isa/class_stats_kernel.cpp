@@ -3,9 +3,9 @@
 //
 // Threads own disjoint feature ranges and visit the samples in order, so no two threads touch
 // one accumulator and the result does not depend on the number of threads. A row of
-// positions > 1 elements (a channel of one sample) is first summarised by two float32 vector
-// passes over its values less its first element (row mean, then the squared deviations from
-// it), then merged in float64.
+// positions > 1 elements (a channel of one sample) is first summarised by two passes over its
+// values less its first element (the row mean in float64, then the squared deviations from it
+// in float32 vectors), then merged in float64.
 #include "../class_stats_kernel.h"
 
 #include <ATen/Parallel.h>
@@ -26,23 +26,22 @@ using vec_io::Vec;
 constexpr int64_t kGrainElements = 32768;
 
 // Mean (float64) and sum of squared deviations (float32) of row[0..n), n >= 1. The mean is
-// summed relative to row[0], so its float32 rounding error scales with the row's spread, not
-// with its magnitude.
+// accumulated in float64 (§4a) relative to row[0], in four interleaved sums (a fixed order, so
+// the result is the same on every run); the squared deviations from it are a float32 vector pass.
 template <typename T>
 void row_summary(const T* row, int64_t n, double& mean, float& m2) {
   const float raw = static_cast<float>(row[0]);
   const float first = std::isfinite(raw) ? raw : 0.0f;  // a NaN/Inf shift would void the whole row
-  const Vec shift(first);
-  Vec acc(0.0f);
-  for (int64_t j = 0; j < n; j += kLanes) {
-    const int64_t live = std::min(kLanes, n - j);
-    Vec d = load_floats(row + j, live) - shift;
-    if (live < kLanes) d = Vec::set(Vec(0.0f), d, live);
-    acc = acc + d;
-  }
-  const float mean_shifted = static_cast<float>(vec_io::sum_lanes(acc)) / static_cast<float>(n);
+  double sums[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int k = 0; k < 4; ++k)
+      sums[k] += static_cast<double>(static_cast<float>(row[i + k])) - first;
+  for (; i < n; ++i) sums[0] += static_cast<double>(static_cast<float>(row[i])) - first;
+  const double mean_shifted = ((sums[0] + sums[1]) + (sums[2] + sums[3])) / static_cast<double>(n);
   mean = static_cast<double>(first) + mean_shifted;
-  const Vec centre(mean_shifted);
+  const Vec shift(first);
+  const Vec centre(static_cast<float>(mean_shifted));
   Vec sq(0.0f);
   for (int64_t j = 0; j < n; j += kLanes) {
     const int64_t live = std::min(kLanes, n - j);
