@@ -9,6 +9,7 @@ torch.compile and skips torch.library's dispatch layers in plain eager mode.
 """
 
 from ._dispatch import KERNELS
+from .acs import disagreement_score, disagreement_score_eager, error_vector_score, error_vector_score_eager
 from .class_stats import class_stats, class_stats_eager
 from .climbq_act import (
     climbq_act_codes,
@@ -29,7 +30,8 @@ from .dynamic_bits import (
 from .fake_quant import fake_quant_affine, fake_quant_affine_backward, fake_quant_affine_eager
 from .int4 import int4_matmul, int4_matmul_eager, quantize_int4
 
-__all__ = ["KERNELS", "class_stats", "class_stats_eager", "climbq_act_codes", "climbq_act_codes_eager",
+__all__ = ["KERNELS", "disagreement_score", "disagreement_score_eager", "error_vector_score",
+           "error_vector_score_eager", "class_stats", "class_stats_eager", "climbq_act_codes", "climbq_act_codes_eager",
            "climbq_act_fused", "climbq_act_fused_backward", "climbq_act_fused_eager", "climbq_act_quant",
            "climbq_act_quant_backward", "climbq_act_quant_eager", "climbq_weight_quant",
            "climbq_weight_quant_backward", "climbq_weight_quant_eager", "fake_quant_affine",
