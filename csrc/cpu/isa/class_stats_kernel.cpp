@@ -26,19 +26,23 @@ using vec_io::Vec;
 constexpr int64_t kGrainElements = 32768;
 
 // Mean (float64) and sum of squared deviations (float32) of row[0..n), n >= 1. The mean is
-// accumulated in float64 (§4a) relative to row[0], in four interleaved sums (a fixed order, so
+// accumulated in float64 (§4a) relative to row[0], in 16 interleaved sums (a fixed order, so
 // the result is the same on every run); the squared deviations from it are a float32 vector pass.
 template <typename T>
 void row_summary(const T* row, int64_t n, double& mean, float& m2) {
   const float raw = static_cast<float>(row[0]);
   const float first = std::isfinite(raw) ? raw : 0.0f;  // a NaN/Inf shift would void the whole row
-  double sums[4] = {0.0, 0.0, 0.0, 0.0};
+  // kSums independent sums: the compiler turns them into float64 vectors whose adds overlap.
+  constexpr int kSums = 16;
+  double sums[kSums] = {};
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; ++k)
+  for (; i + kSums <= n; i += kSums)
+    for (int k = 0; k < kSums; ++k)
       sums[k] += static_cast<double>(static_cast<float>(row[i + k])) - first;
   for (; i < n; ++i) sums[0] += static_cast<double>(static_cast<float>(row[i])) - first;
-  const double mean_shifted = ((sums[0] + sums[1]) + (sums[2] + sums[3])) / static_cast<double>(n);
+  for (int width = kSums / 2; width > 0; width /= 2)
+    for (int k = 0; k < width; ++k) sums[k] += sums[k + width];
+  const double mean_shifted = sums[0] / static_cast<double>(n);
   mean = static_cast<double>(first) + mean_shifted;
   const Vec shift(first);
   const Vec centre(static_cast<float>(mean_shifted));
