@@ -40,6 +40,16 @@ def gen():
     return torch.Generator().manual_seed(20261122)
 
 
+def assert_same_state(got: dict, expected: dict) -> None:
+    """Two state dicts hold the same keys, and every tensor the same dtype and bits."""
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key
+
+
 def load_bench_script(stem: str):
     """bench/<stem>.py as a module (bench/ is no package; its scripts import their neighbours)."""
     path = Path(__file__).resolve().parent.parent / "bench" / f"{stem}.py"

@@ -16,6 +16,8 @@ import climbq_kernels as cq
 from climbq_kernels.checkpoint import checkpoint_errors
 from climbq_kernels.nn import LSQActQuant, convert_int4
 
+from .conftest import assert_same_state
+
 CLASSES = 10
 
 
@@ -26,22 +28,13 @@ def _saved(state: dict) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
-def _assert_same_state(got: dict, expected: dict) -> None:
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        if isinstance(value, torch.Tensor):
-            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
-        else:
-            assert got[key] == value, key
-
-
 def _assert_refused(model: nn.Module, state: dict, key: str, match: str = "", strict: bool = True) -> None:
     """Loading `state` raises naming `key` (and `match`), and leaves every tensor of model as it was."""
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(RuntimeError, match=re.escape(key) + ".*" + match) as err:
         model.load_state_dict(state, strict=strict)
     assert "nothing was loaded" in str(err.value)
-    _assert_same_state(model.state_dict(), before)
+    assert_same_state(model.state_dict(), before)
 
 
 def _with(state: dict, key: str, value) -> dict:
@@ -76,7 +69,7 @@ def int4_checkpoint() -> dict:
 def test_int4_checkpoint_round_trips_exactly_with_weights_only(int4_checkpoint):
     source, target = _int4_model(0), _int4_model(1)
     target.load_state_dict(int4_checkpoint, strict=True)
-    _assert_same_state(target.state_dict(), source.state_dict())
+    assert_same_state(target.state_dict(), source.state_dict())
     x = torch.randn(3, 8, 4, 4)
     assert torch.equal(target(x), source(x))
 
@@ -181,7 +174,7 @@ def test_qat_checkpoint_round_trips_exactly_with_weights_only(qat):
     config, checkpoint, target, _, _ = qat
     source, target = _qat_model(config, 0), copy.deepcopy(target)
     target.load_state_dict(checkpoint, strict=True)
-    _assert_same_state(target.state_dict(), source.state_dict())
+    assert_same_state(target.state_dict(), source.state_dict())
     with torch.no_grad():
         assert torch.equal(target(X), source(X))
 
@@ -258,6 +251,6 @@ def test_a_converted_qat_model_round_trips_and_refuses_nan_scales(qat):
     bad = _with(checkpoint, "8.scales", _poisoned(checkpoint["8.scales"], float("nan")))
     _assert_refused(target, bad, "8.scales", "finite")
     target.load_state_dict(checkpoint, strict=True)
-    _assert_same_state(target.state_dict(), served.state_dict())
+    assert_same_state(target.state_dict(), served.state_dict())
     with torch.no_grad():
         assert torch.equal(target(X), served(X))

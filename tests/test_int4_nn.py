@@ -15,6 +15,8 @@ from climbq_kernels import reference
 from climbq_kernels.nn import Int4Conv2d, Int4Linear, Int4Module, convert_int4
 from climbq_kernels.testing import assert_error_rule
 
+from .conftest import assert_same_state
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -201,21 +203,12 @@ def test_climbq_conv_and_parametrized_layers_convert_losslessly(gen):
 
 # --- state dicts ----------------------------------------------------------------------------------
 
-def _assert_same_state(got: dict, expected: dict) -> None:
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        if isinstance(value, torch.Tensor):
-            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
-        else:
-            assert got[key] == value, key
-
-
 def test_linear_state_dict_round_trips_exactly_and_carries_the_group_size(gen):
     layer = Int4Linear.from_linear(_linear(gen, 256, 32), 64)
     fresh = Int4Linear(256, 32, group_size=128)  # built for another group size: the checkpoint's wins
     fresh.load_state_dict(_round_trip(layer.state_dict()))
     assert fresh.group_size == 64
-    _assert_same_state(fresh.state_dict(), layer.state_dict())
+    assert_same_state(fresh.state_dict(), layer.state_dict())
     x = torch.randn(3, 256, generator=gen)
     assert torch.equal(fresh(x), layer(x))
 
@@ -231,7 +224,7 @@ def test_converted_model_state_dict_round_trips_into_a_fresh_conversion(gen):
     assert [m.group_size for m in (model[0], model[2], model[5])] == [28, 144, 32]
     fresh = convert_int4(_small_convnet(torch.Generator().manual_seed(1)), None)
     fresh.load_state_dict(_round_trip(model.state_dict()))
-    _assert_same_state(fresh.state_dict(), model.state_dict())
+    assert_same_state(fresh.state_dict(), model.state_dict())
     x = torch.randn(2, 3, 8, 8, generator=gen)
     assert torch.equal(fresh(x), model(x))
 
@@ -255,7 +248,7 @@ def test_loading_a_truncated_or_wrong_packed_weight_names_the_tensor_and_shape(g
         model.load_state_dict({k: v for k, v in state.items() if k != "0.zeros"})
     fresh = nn.Sequential(Int4Linear(128, 16, group_size=64))
     fresh.load_state_dict(state)  # the failed loads above left nothing half-loaded that matters
-    _assert_same_state(fresh.state_dict(), state)
+    assert_same_state(fresh.state_dict(), state)
 
 
 # --- convert_int4 -------------------------------------------------------------------------------
