@@ -16,6 +16,11 @@ import torch
 
 import climbq_kernels as cq
 from climbq_kernels import reference
+from climbq_kernels.methods import acs
+from climbq_kernels.ops._dispatch import KERNELS
+from climbq_kernels.ops.rcaq import rcaq_encoder_step
+from climbq_kernels.reference import acs as reference_acs
+from climbq_kernels.reference import rcaq as reference_rcaq
 
 
 def cpu_backends() -> tuple[str, ...]:
@@ -232,6 +237,108 @@ def per_sample_bits_case(device: str, dtype: torch.dtype = torch.float32, shape=
     candidates.update({f"climbq {name}": ours(name) for name in backends})
     return Case(f"per-sample bits fwd+bwd {tuple(shape)} {str(dtype)[6:]}", candidates,
                 floor_bytes=5 * x.numel() * x.element_size())
+
+
+def _op_backends(op: str, backends: tuple[str, ...]) -> tuple[str, ...]:
+    """The backends among `backends` that have a kernel for `op` (RCAQ has no GPU kernel, ACS no CUDA one)."""
+    return tuple(name for name in backends if name in KERNELS[op])
+
+
+def _evs_composition(logits, labels):
+    """EVS as a user writes it in PyTorch: the reference's math without its argument checks."""
+    onehot = torch.nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return torch.linalg.vector_norm(torch.softmax(logits, 1) - onehot, dim=1)
+
+
+def _ds_composition(logits_q, logits_fp):
+    """DS as a user writes it in PyTorch: the reference's math without its argument checks."""
+    return torch.linalg.vector_norm(torch.softmax(logits_q, 1) - torch.softmax(logits_fp, 1), dim=1)
+
+
+ACS_COMPOSITION = "PyTorch composition (reference's math, unchecked)"
+"""No PyTorch op computes the scores: this candidate is softmax, one_hot / softmax, vector_norm."""
+
+
+def error_vector_score_case(device: str, dtype: torch.dtype = torch.float32, shape=(1024, 1000),
+                            backends: tuple[str, ...] = ()) -> Case:
+    """ACS error vector score ||softmax(z_i) - onehot(y_i)||_2 per row (algorithms.md §2), no gradient."""
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(shape, generator=gen) * 3).to(device, dtype)
+    labels = torch.randint(0, shape[1], (shape[0],), generator=gen).to(device)
+    compiled = torch.compile(reference_acs.error_vector_score)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                return acs.error_vector_score(logits, labels)
+        return run
+
+    candidates = {"reference (eager)": lambda: reference_acs.error_vector_score(logits, labels),
+                  "torch.compile(reference)": lambda: compiled(logits, labels),
+                  ACS_COMPOSITION: lambda: _evs_composition(logits, labels)}
+    candidates.update({f"climbq {name}": ours(name) for name in _op_backends("error_vector_score", backends)})
+    # One read of the logits and the labels, one write of the (B,) scores.
+    return Case(f"error_vector_score {tuple(shape)} {str(dtype)[6:]}", candidates,
+                floor_bytes=logits.numel() * logits.element_size() + labels.numel() * labels.element_size()
+                + shape[0] * logits.element_size())
+
+
+def disagreement_score_case(device: str, dtype: torch.dtype = torch.float32, shape=(1024, 1000),
+                            backends: tuple[str, ...] = ()) -> Case:
+    """ACS disagreement score ||softmax(z_q,i) - softmax(z_fp,i)||_2 per row (algorithms.md §2), no gradient."""
+    gen = torch.Generator().manual_seed(0)
+    logits_fp = (torch.randn(shape, generator=gen) * 3).to(device, dtype)
+    logits_q = logits_fp + (torch.randn(shape, generator=gen) * 0.3).to(device, dtype)
+    compiled = torch.compile(reference_acs.disagreement_score)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                return acs.disagreement_score(logits_q, logits_fp)
+        return run
+
+    candidates = {"reference (eager)": lambda: reference_acs.disagreement_score(logits_q, logits_fp),
+                  "torch.compile(reference)": lambda: compiled(logits_q, logits_fp),
+                  ACS_COMPOSITION: lambda: _ds_composition(logits_q, logits_fp)}
+    candidates.update({f"climbq {name}": ours(name) for name in _op_backends("disagreement_score", backends)})
+    # One read of each logits tensor, one write of the (B,) scores.
+    return Case(f"disagreement_score {tuple(shape)} {str(dtype)[6:]}", candidates,
+                floor_bytes=(2 * logits_q.numel() + shape[0]) * logits_q.element_size())
+
+
+def rcaq_encoder_case(device: str, dtype: torch.dtype = torch.float32, points: int = 100_000, sensors: int = 2,
+                      rate: int = 8, prototypes: int = 32, gamma: float = 0.5, backends: tuple[str, ...] = ()) -> Case:
+    """One sensor's RCAQ encoder step (algorithms.md §5): costs (P, R) and the new table, sensor 0 of
+    `sensors` sensors of `rate` indices each (stride rate^(sensors-1)), `prototypes` prototypes."""
+    gen = torch.Generator().manual_seed(0)
+    codewords, stride = rate ** sensors, rate ** (sensors - 1)
+    x = torch.randn(points, sensors, generator=gen).to(dtype)
+    codebook = torch.randn(codewords, sensors, generator=gen).to(dtype)
+    w = torch.randn(sensors, generator=gen, dtype=torch.float64)
+    w = w / w.norm()
+    # Each point's current index on every sensor, and its joint index without sensor 0's term.
+    q = torch.randint(0, rate, (points, sensors), generator=gen)
+    base_index = (q[:, 1:] * torch.tensor([rate ** (sensors - 2 - i) for i in range(sensors - 1)])).sum(1)
+    proto_index = torch.randint(0, prototypes, (points,), generator=gen)
+    lookup = torch.randint(0, rate, (prototypes,), generator=gen)
+    labels, codeword_labels = reference_rcaq.decision(x, w), reference_rcaq.decision(codebook, w)
+    tensors = (x, labels, codebook, codeword_labels, proto_index, base_index, lookup)
+    args = (*(t.to(device) for t in tensors), stride, rate, gamma)
+    compiled = torch.compile(reference_rcaq.rcaq_encoder_step)
+
+    def ours(backend: str) -> Callable[[], object]:
+        def run():
+            with cq.use_backend(backend):
+                return rcaq_encoder_step(*args)
+        return run
+
+    candidates = {"reference (eager)": lambda: reference_rcaq.rcaq_encoder_step(*args),
+                  "torch.compile(reference)": lambda: compiled(*args)}
+    candidates.update({f"climbq {name}": ours(name) for name in _op_backends("rcaq_encoder_step", backends)})
+    # One read of the points and their labels, prototypes and base indices; the (M, d) codebook,
+    # the tables and the (P, R) costs are a few KB.
+    return Case(f"rcaq_encoder_step N={points} d={sensors} R={rate} P={prototypes} {str(dtype)[6:]}", candidates,
+                floor_bytes=points * (sensors * x.element_size() + 3 * 8))
 
 
 def int4_matmul_case(device: str, dtype: torch.dtype = torch.float32, shape=(4096, 4096), batch: int = 1,

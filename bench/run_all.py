@@ -2,7 +2,7 @@
 
 Families (`--only` takes a comma list of these names):
 
-  climbq_act, climbq_weight, fake_quant, class_stats, int4
+  climbq_act, climbq_weight, fake_quant, class_stats, int4, acs_scores, rcaq_encoder
       the kernel cases of bench/bench_<family>.py (CPU_CASES; on CUDA its GPU_CASES): each
       candidate (reference, torch.compile of it, PyTorch's native op, peers, ours) against the
       case's first candidate, with GB/s of the case's floor traffic and % of the copy bandwidth
@@ -55,16 +55,19 @@ from cases import (  # noqa: E402
     climbq_act_case,
     climbq_weight_case,
     cpu_backends,
+    disagreement_score_case,
+    error_vector_score_case,
     int4_matmul_case,
     lsq_per_channel_case,
     per_sample_bits_case,
+    rcaq_encoder_case,
 )
 from climbq_kernels.testing import median_seconds  # noqa: E402
 from int4.int4_cpu_interleaved import SLOW_PEER, interleaved_seconds, summarize  # noqa: E402
 from report import CpuCacheFlush, copy_bandwidth_bytes_per_s, do_bench_seconds, gpu_copy_bandwidth, header  # noqa: E402
 
 SOURCE = "bench/run_all.py (climbq bench)"
-KERNEL_FAMILIES = ("climbq_act", "climbq_weight", "fake_quant", "class_stats", "int4")
+KERNEL_FAMILIES = ("climbq_act", "climbq_weight", "fake_quant", "class_stats", "int4", "acs_scores", "rcaq_encoder")
 FAMILIES = (*KERNEL_FAMILIES, "host_overhead", "qat_step")
 
 
@@ -83,6 +86,11 @@ def quick_cases(family: str, device: str, backends: tuple[str, ...]) -> list[Cas
                 for s in ((256, 512), (1024, 2048))]
     if family == "int4":
         return [int4_matmul_case(device, bf16, (2048, 2048), batch, backends=backends) for batch in (1, 4, 16)]
+    if family == "acs_scores":
+        return [*(error_vector_score_case(device, f32, shape=s, backends=backends) for s in ((1024, 10), (256, 1000))),
+                disagreement_score_case(device, f32, shape=(256, 1000), backends=backends)]
+    if family == "rcaq_encoder":
+        return [rcaq_encoder_case(device, f32, points=n, backends=backends) for n in (1000, 10_000)]
     raise ValueError(f"{family} is not a kernel family")
 
 

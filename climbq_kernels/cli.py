@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser(
         "bench", help="run every kernel benchmark and the QAT training step, one report (needs the repository's "
                       "bench/ folder)",
-        description="Kernel families (climbq_act, climbq_weight, fake_quant, class_stats, int4) against their "
+        description="Kernel families (climbq_act, climbq_weight, fake_quant, class_stats, int4, acs_scores, "
+                    "rcaq_encoder) against their "
                     "reference, torch.compile of it and PyTorch's native ops, with the copy bandwidth measured in "
                     "the same run; host_overhead; and qat_step (resnet18 and a small ViT, a QAT step against "
                     "float, plain PyTorch modules and torch.ao). Appends to the results ledger and writes "
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds: a few minutes on a CPU")
     bench.add_argument("--only", metavar="NAME[,NAME]",
                        help="run only these families: climbq_act, climbq_weight, fake_quant, class_stats, int4, "
-                            "host_overhead, qat_step (default: all)")
+                            "acs_scores, rcaq_encoder, host_overhead, qat_step (default: all)")
     bench.add_argument("--out", type=Path, default=Path("climbq-bench"),
                        help="folder for results.md, results.json and the plots (default: ./%(default)s/)")
     bench.add_argument("--threads", type=int, help="torch threads (default: torch's, all cores; 1 avoids OpenMP "

@@ -86,8 +86,8 @@ def test_unknown_family_is_refused_naming_it(only, message, capsys, tmp_path):
 def test_only_takes_a_comma_list_run_in_the_suite_order(runner):
     assert runner.parse_only("qat_step, class_stats") == ["class_stats", "qat_step"]
     assert runner.parse_only(None) == list(runner.FAMILIES)
-    assert set(runner.FAMILIES) == {"climbq_act", "climbq_weight", "fake_quant", "class_stats", "int4",
-                                    "host_overhead", "qat_step"}
+    assert set(runner.FAMILIES) == {"climbq_act", "climbq_weight", "fake_quant", "class_stats", "int4", "acs_scores",
+                                    "rcaq_encoder", "host_overhead", "qat_step"}
 
 
 def test_without_the_bench_folder_it_says_where_it_looked(monkeypatch, capsys, tmp_path):
