@@ -1,14 +1,16 @@
 // ACS per-sample scores on the CPU (algorithms.md §2): the error vector score
 // ||softmax(z) - onehot(y)||_2 and the disagreement score ||softmax(z_q) - softmax(z_fp)||_2.
 //
-// One task per block of rows (at::parallel_for); each row is read three times while it sits in
-// cache (max, sum of exp, then the squared differences), so the B x K softmax is never written.
-// Accumulation in double for every dtype: a sequential float sum over K = 1000 logits loses
-// several times what torch's vectorised float32 softmax does (the error rule would fail), and a
-// scalar double loop costs little beside reading the row. A NaN logit makes its row's sum of exp
-// NaN and so the row's score NaN; a row of -inf (or with a +inf) is NaN too, as torch.softmax
-// gives.
-#include <ATen/Dispatch.h>
+// Checks, output allocation and the choice of instruction set; float32/float16/bfloat16 logits
+// go to the vectorised kernels in isa/acs_scores_kernel.cpp (float32 per-lane sums, float64
+// across blocks; see there). float64 logits stay on a scalar float64 loop here: one task per
+// block of rows (at::parallel_for), each row read three times while it sits in cache (max, sum
+// of exp, then the squared differences), so the B x K softmax is never written. A NaN logit
+// makes its row's sum of exp NaN and so the row's score NaN; a row of -inf (or with a +inf) is
+// NaN too, as torch.softmax gives.
+#include "acs_scores_kernel.h"
+#include "isa_choice.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -32,6 +34,19 @@ void check_logits(const char* op, const char* name, const at::Tensor& logits) {
   TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), op, ": ", name,
                    " must be a floating tensor, got ", logits.scalar_type());
   TORCH_CHECK_VALUE(logits.device().is_cpu(), op, ": ", name, " must be a CPU tensor");
+}
+
+struct AcsScoreKernels {
+  decltype(&DEFAULT::error_vector_score_kernel) error_vector_score;
+  decltype(&DEFAULT::disagreement_score_kernel) disagreement_score;
+};
+
+const AcsScoreKernels& acs_score_kernels() {
+  static const AcsScoreKernels chosen = choose_isa<AcsScoreKernels>(
+      {DEFAULT::error_vector_score_kernel, DEFAULT::disagreement_score_kernel},
+      {CLIMBQ_AVX2::error_vector_score_kernel, CLIMBQ_AVX2::disagreement_score_kernel},
+      {CLIMBQ_AVX512::error_vector_score_kernel, CLIMBQ_AVX512::disagreement_score_kernel});
+  return chosen;
 }
 
 int64_t grain_rows(int64_t k) {
@@ -67,7 +82,14 @@ at::Tensor error_vector_score_cpu(const at::Tensor& logits, const at::Tensor& la
                       y_p[i], " at index ", i);
   }
   at::Tensor out = at::empty({batch}, logits.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), kOp, [&] {
+  if (batch == 0) return out;
+  if (z.scalar_type() != at::kDouble) {
+    acs_score_kernels().error_vector_score(
+        {z.scalar_type(), batch, k, z.const_data_ptr(), nullptr, y_p, out.mutable_data_ptr()});
+    return out;
+  }
+  {
+    using scalar_t = double;
     using acc_t = double;
     const scalar_t* z_p = z.const_data_ptr<scalar_t>();
     scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
@@ -85,7 +107,7 @@ at::Tensor error_vector_score_cpu(const at::Tensor& logits, const at::Tensor& la
         out_p[i] = static_cast<scalar_t>(std::sqrt(sq));
       }
     });
-  });
+  }
   return out;
 }
 
@@ -102,7 +124,14 @@ at::Tensor disagreement_score_cpu(const at::Tensor& logits_q, const at::Tensor& 
   const int64_t batch = logits_q.size(0), k = logits_q.size(1);
   const at::Tensor zq = logits_q.contiguous(), zf = logits_fp.contiguous();
   at::Tensor out = at::empty({batch}, logits_q.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zq.scalar_type(), kOp, [&] {
+  if (batch == 0) return out;
+  if (zq.scalar_type() != at::kDouble) {
+    acs_score_kernels().disagreement_score({zq.scalar_type(), batch, k, zq.const_data_ptr(),
+                                            zf.const_data_ptr(), nullptr, out.mutable_data_ptr()});
+    return out;
+  }
+  {
+    using scalar_t = double;
     using acc_t = double;
     const scalar_t* q_p = zq.const_data_ptr<scalar_t>();
     const scalar_t* f_p = zf.const_data_ptr<scalar_t>();
@@ -123,7 +152,7 @@ at::Tensor disagreement_score_cpu(const at::Tensor& logits_q, const at::Tensor& 
         out_p[i] = static_cast<scalar_t>(std::sqrt(sq));
       }
     });
-  });
+  }
   return out;
 }
 
