@@ -22,20 +22,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from ...reference._args import check_int
 from .scoring import score_dataset
 from .selection import check_coreset_fraction, coreset_size, select_coreset
 
 __all__ = ["SELECTIONS", "CoresetSampler"]
 
 SELECTIONS = ("acs", "random")
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class CoresetSampler(Sampler[int]):
@@ -60,8 +53,8 @@ class CoresetSampler(Sampler[int]):
                  selection: str = "acs", num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False, device=None, progress: bool = True):
         self.fraction = check_coreset_fraction(fraction)
-        self.interval = _check_int("interval", interval, 1)
-        self.epochs = _check_int("epochs", epochs, 1)
+        self.interval = check_int("interval", interval, 1)
+        self.epochs = check_int("epochs", epochs, 1)
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if schedule not in ("cos", "cos2"):
@@ -74,8 +67,8 @@ class CoresetSampler(Sampler[int]):
             num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if rank is None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        self.num_replicas = _check_int("num_replicas", num_replicas, 1)
-        self.rank = _check_int("rank", rank, 0)
+        self.num_replicas = check_int("num_replicas", num_replicas, 1)
+        self.rank = check_int("rank", rank, 0)
         if self.rank >= self.num_replicas:
             raise ValueError(f"rank must lie in [0, num_replicas={self.num_replicas}), got {self.rank}")
         self.model_q, self.model_fp, self.score_loader = model_q, model_fp, score_loader
@@ -91,7 +84,7 @@ class CoresetSampler(Sampler[int]):
         self.history: list[dict] = []
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = _check_int("epoch", epoch, 0)
+        self.epoch = check_int("epoch", epoch, 0)
 
     @property
     def num_samples(self) -> int:

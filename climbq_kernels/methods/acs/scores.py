@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ...checks import check_labels, check_same_device, check_tensor
 from ...ops import acs as acs_ops
+from ...reference._args import check_int
 
 __all__ = ["SCHEDULES", "acs_beta", "acs_score", "disagreement_score", "error_vector_score"]
 
@@ -64,11 +65,8 @@ def disagreement_score(logits_q: Tensor, logits_fp: Tensor) -> Tensor:
 
 
 def _check_epochs(epoch, epochs) -> None:
-    for name, value in (("epoch", epoch), ("epochs", epochs)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    check_int("epoch", epoch)
+    check_int("epochs", epochs, minimum=1)
     if not 0 <= epoch <= epochs:
         raise ValueError(f"epoch must lie in [0, epochs={epochs}], got {epoch}")
 
